@@ -1,0 +1,119 @@
+"""Intersection and union counts of unit masks with concept masks, vectorized.
+
+A pixel of a segmentation can carry several labels at once (an object, a part, a material,
+a color). Each image's pixels are encoded as ids of the distinct label *combinations* that
+occur in it, with a small table from combination to concepts. Counting then needs one gather
+per active pixel, whatever the number of mask planes, and a label found in two planes at the
+same pixel is counted once.
+
+All counts are exact integers summed over the dataset:
+    IoU(k, c) = inter[k, c] / (active[k, cat(c)] + label_pixels[c] - inter[k, c])
+where active[k, g] counts unit k's active pixels over images in which category g is labeled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+NO_CONCEPT = -1
+
+
+@dataclass
+class EncodedSegmentation:
+    """One image's labels in the form the tally consumes."""
+
+    combo_ids: np.ndarray        # (P,) uint16/int32: combination id of each pixel
+    table: np.ndarray            # (n_combos, M) int32 concept indices, NO_CONCEPT where none
+    image_concepts: np.ndarray   # (I,) int32 concept indices of image-level labels
+    concept_pixels: np.ndarray   # (C,) int64 pixels of each concept in this image
+
+
+def encode_segmentation(planes: np.ndarray, image_labels: np.ndarray, concept_of_label: np.ndarray,
+                        n_concepts: int) -> EncodedSegmentation:
+    """planes: (M, sh, sw) label numbers; concept_of_label: label number -> concept index or -1."""
+    m = planes.shape[0]
+    pixels = planes.shape[1] * planes.shape[2] if planes.ndim == 3 else 0
+    id_dtype = np.uint16 if pixels <= 65536 else np.int32
+    concept_pixels = np.zeros(n_concepts, dtype=np.int64)
+    image_concepts = concept_of_label[np.asarray(image_labels, dtype=np.int64)] if len(image_labels) else \
+        np.zeros(0, dtype=np.int32)
+    image_concepts = np.unique(image_concepts[image_concepts >= 0]).astype(np.int32)
+    concept_pixels[image_concepts] += pixels
+    if m == 0:
+        return EncodedSegmentation(np.zeros(pixels, dtype=id_dtype), np.zeros((1, 0), dtype=np.int32),
+                                   image_concepts, concept_pixels)
+    flat = concept_of_label[planes.reshape(m, -1)]          # (M, P) concept indices
+    key = flat[0].astype(np.int64) + 1
+    for row in flat[1:]:
+        _, key = np.unique(key, return_inverse=True)
+        key = key.astype(np.int64) * (n_concepts + 1) + row + 1
+    _, first, combo_ids = np.unique(key, return_index=True, return_inverse=True)
+    table = flat[:, first].T.astype(np.int32).copy()        # (n_combos, M)
+    if m > 1:  # a concept present in two planes at one pixel counts once
+        ordered = np.sort(table, axis=1)
+        dup = np.zeros_like(ordered, dtype=bool)
+        dup[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        ordered[dup] = NO_CONCEPT
+        table = ordered
+    counts = np.bincount(combo_ids.reshape(-1), minlength=len(first))
+    valid = table >= 0
+    np.add.at(concept_pixels, table[valid], np.broadcast_to(counts[:, None], table.shape)[valid])
+    return EncodedSegmentation(combo_ids.reshape(-1).astype(id_dtype), table, image_concepts,
+                               concept_pixels)
+
+
+class IoUTally:
+    """Accumulates inter[k, c] and active[k, category] from thresholded unit masks."""
+
+    def __init__(self, units: int, n_concepts: int, n_categories: int):
+        self.inter = torch.zeros(units, n_concepts, dtype=torch.int64)
+        self.active = torch.zeros(units, n_categories, dtype=torch.int64)
+
+    def add(self, masks: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
+            combo_ids: torch.Tensor, tables: torch.Tensor, image_concepts: torch.Tensor,
+            labeled: torch.Tensor) -> None:
+        """Add a chunk of (unit, image) pairs.
+
+        masks: (p, P) bool, the pairs' thresholded upsampled maps.
+        units, images: (p,) int64; ``images`` index the chunk's image arrays below.
+        combo_ids: (n, P) int64 combination id per pixel of each image of the chunk.
+        tables: (n, max_combos, M) int64 concept per combination and plane (-1: none).
+        image_concepts: (n, I) int64 image-level concepts (-1 padded).
+        labeled: (n, G) bool, category labeled in the image.
+        """
+        if masks.shape[0] == 0:
+            return
+        n_concepts = self.inter.shape[1]
+        act = masks.sum(dim=1)                                            # (p,)
+        self.active.index_add_(0, units, act[:, None] * labeled[images].to(act.dtype))
+        # image-level concepts: the unit's whole active area intersects the full-image mask
+        ic = image_concepts[images]                                       # (p, I)
+        if ic.numel():
+            valid = ic >= 0
+            flat = (units[:, None] * n_concepts + ic)[valid]
+            self.inter.view(-1).index_add_(0, flat, act[:, None].expand_as(ic)[valid])
+        # pixel-level concepts: active pixels per (pair, combination), then to concepts
+        max_combos = tables.shape[1]
+        if tables.shape[2] == 0:
+            return
+        pair_idx, pix = torch.nonzero(masks, as_tuple=True)
+        combo = combo_ids[images[pair_idx], pix]
+        per_combo = torch.bincount(pair_idx * max_combos + combo, minlength=masks.shape[0] * max_combos)
+        per_combo = per_combo.view(-1, max_combos)                        # (p, max_combos)
+        concepts = tables[images]                                         # (p, max_combos, M)
+        counts = per_combo[:, :, None].expand_as(concepts)
+        valid = (concepts >= 0) & (counts > 0)
+        flat = (units[:, None, None] * n_concepts + concepts)[valid]
+        self.inter.view(-1).index_add_(0, flat, counts[valid])
+
+    def merge(self, other: "IoUTally") -> None:
+        self.inter += other.inter
+        self.active += other.active
+
+    def iou(self, concept_pixels: torch.Tensor, concept_category: torch.Tensor) -> torch.Tensor:
+        """(K, C) float64 IoU; 0 where the union is empty."""
+        union = self.active[:, concept_category] + concept_pixels[None, :] - self.inter
+        iou = self.inter.to(torch.float64) / union.clamp(min=1).to(torch.float64)
+        return torch.where(union > 0, iou, torch.zeros_like(iou))
