@@ -1,0 +1,478 @@
+"""Network Dissection, as the method's steps.
+
+1. One pass over the dataset: capture the layers' activations, update each unit's exact top
+   quantile, its top-k images, and keep the few (unit, image) maps that can still exceed the
+   threshold; encode the labels of every image.
+2. Thresholds: T_k = the (1 - quantile) quantile of unit k's activations.
+3. Tally: upsample the kept maps, threshold them, count intersections and unions with every
+   concept over the dataset.
+4. Label: each unit's best concept by IoU; detectors are units above the IoU threshold.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .broden import BrodenDataset, open_dataset
+from .errors import ActivationError, DatasetError, NetDissectError, RunError
+from .hooks import LayerCapture, check_activation_shape
+from .models import LoadedModel, load_model
+from .quantile import exact_memory_bytes
+from .segstore import SegmentationStore
+from .streaming import LayerStream
+from .tally import IoUTally, encode_segmentation
+from .upsample import MODES, make_upsampler, measure_receptive_field
+
+
+@dataclass(frozen=True)
+class DissectConfig:
+    """Parameters of a dissection (everything that changes its numbers, and how it runs)."""
+
+    layers: Tuple[str, ...]
+    quantile: float = 0.005
+    iou_threshold: float = 0.04
+    upsample: str = "bilinear"
+    categories: Optional[Tuple[str, ...]] = None
+    split: Optional[str] = None
+    limit: Optional[int] = None
+    top_k: int = 8
+    batch_size: int = 32
+    workers: Optional[int] = None
+    device: str = "auto"
+    min_category_images: int = 20
+    memory_budget_mb: int = 1024
+    on_bad_image: str = "fail"
+
+    def __post_init__(self):
+        if not 0.0 < self.quantile < 1.0:
+            raise NetDissectError(f"--quantile is the top fraction, in (0, 1); got {self.quantile}")
+        if not 0.0 <= self.iou_threshold < 1.0:
+            raise NetDissectError(f"--iou-threshold must be in [0, 1); got {self.iou_threshold}")
+        if self.upsample not in MODES:
+            raise NetDissectError(f"--upsample must be one of {', '.join(MODES)}; got {self.upsample!r}")
+        if self.batch_size < 1:
+            raise NetDissectError(f"--batch-size must be positive; got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise NetDissectError(f"--limit must be positive; got {self.limit}")
+        if self.on_bad_image not in ("fail", "skip"):
+            raise NetDissectError(f"--on-bad-image must be fail or skip; got {self.on_bad_image!r}")
+        if self.top_k < 1:
+            raise NetDissectError(f"--top-k must be positive; got {self.top_k}")
+
+    @property
+    def level(self) -> float:
+        return 1.0 - self.quantile
+
+
+@dataclass
+class LayerResult:
+    """The dissection of one layer. Units are numbered from 0."""
+
+    name: str
+    thresholds: np.ndarray          # (K,) float32
+    iou: np.ndarray                 # (K, C) float32
+    concepts: np.ndarray            # (C,) label numbers
+    concept_names: List[str]
+    concept_categories: List[str]
+    categories: List[str]
+    iou_threshold: float
+    map_shape: Tuple[int, int]
+    topk_index: Optional[np.ndarray] = None   # (K, k) image indices
+    topk_score: Optional[np.ndarray] = None   # (K, k)
+    topk_maps: Optional[np.ndarray] = None    # (K, k, h, w)
+
+    @property
+    def units(self) -> int:
+        return self.iou.shape[0]
+
+    @property
+    def best(self) -> np.ndarray:
+        """(K,) index of each unit's best concept."""
+        return self.iou.argmax(axis=1) if self.iou.shape[1] else np.zeros(self.units, dtype=np.int64)
+
+    @property
+    def best_iou(self) -> np.ndarray:
+        return self.iou.max(axis=1) if self.iou.shape[1] else np.zeros(self.units, dtype=np.float32)
+
+    def unit_labels(self) -> List[Tuple[str, str, float]]:
+        """(label, category, IoU) of every unit."""
+        best, best_iou = self.best, self.best_iou
+        if not self.iou.shape[1]:
+            return [("", "", 0.0)] * self.units
+        return [(self.concept_names[c], self.concept_categories[c], float(v)) for c, v in zip(best, best_iou)]
+
+    def best_in_category(self, category: str) -> Tuple[np.ndarray, np.ndarray]:
+        """(K,) best concept index within ``category`` (-1 when it has none) and its IoU."""
+        cols = np.array([i for i, c in enumerate(self.concept_categories) if c == category], dtype=np.int64)
+        if len(cols) == 0:
+            return np.full(self.units, -1), np.zeros(self.units, dtype=np.float32)
+        sub = self.iou[:, cols]
+        return cols[sub.argmax(axis=1)], sub.max(axis=1)
+
+    def summary(self) -> dict:
+        detectors = self.best_iou > self.iou_threshold
+        best = self.best
+        unique = sorted({int(c) for c in best[detectors]})
+        per_category = {cat: 0 for cat in self.categories}
+        for c in unique:
+            per_category[self.concept_categories[c]] += 1
+        best_per_category = {}
+        for cat in self.categories:
+            idx, val = self.best_in_category(cat)
+            best_per_category[cat] = len({int(i) for i in idx[val > self.iou_threshold]})
+        return {
+            "units": int(self.units),
+            "detectors": int(detectors.sum()),
+            "unique_detectors": len(unique),
+            "unique_per_category": per_category,
+            "unique_best_per_category": best_per_category,
+            "detectors_per_category": {cat: int(sum(1 for k in np.nonzero(detectors)[0]
+                                                    if self.concept_categories[best[k]] == cat))
+                                       for cat in self.categories},
+            "map_shape": list(self.map_shape),
+            "iou_threshold": self.iou_threshold,
+        }
+
+
+@dataclass
+class DissectionResult:
+    config: DissectConfig
+    layers: Dict[str, LayerResult]
+    category_image_counts: Dict[str, int]
+    images: int
+    skipped: List[dict] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    out: Optional[Path] = None
+
+    def __getitem__(self, layer: str) -> LayerResult:
+        return self.layers[layer]
+
+    def summary(self) -> dict:
+        return {
+            "layers": {name: layer.summary() for name, layer in self.layers.items()},
+            "categories": list(next(iter(self.layers.values())).categories) if self.layers else [],
+            "category_image_counts": self.category_image_counts,
+            "images": self.images,
+            "skipped_images": self.skipped,
+            "warnings": self.warnings,
+            "parameters": {"quantile": self.config.quantile, "iou_threshold": self.config.iou_threshold,
+                           "upsample": self.config.upsample, "top_k": self.config.top_k},
+            "seconds": round(self.seconds, 2),
+        }
+
+
+# --------------------------------------------------------------------------- data loading
+
+class _ImagesAndLabels(torch.utils.data.Dataset):
+    """Decodes an image and encodes its labels (in DataLoader workers)."""
+
+    def __init__(self, ds: BrodenDataset, concept_of_label: np.ndarray, n_concepts: int,
+                 skip_bad: bool, with_labels: bool = True):
+        self.ds = ds
+        self.concept_of_label = concept_of_label
+        self.n_concepts = n_concepts
+        self.skip_bad = skip_bad
+        self.with_labels = with_labels
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        try:
+            image = self.ds.load_image(i)
+            if not self.with_labels:
+                return i, torch.from_numpy(image), None, None
+            seg = self.ds.load_segmentation(i)
+            enc = encode_segmentation(seg.pixel, seg.image_labels, self.concept_of_label, self.n_concepts)
+            return i, torch.from_numpy(image), enc, None
+        except DatasetError as exc:
+            if not self.skip_bad:
+                raise
+            return i, None, None, str(exc)
+
+
+def _collate(items):
+    good = [it for it in items if it[1] is not None]
+    bad = [(it[0], it[3]) for it in items if it[1] is None]
+    if good:
+        images = torch.stack([it[1] for it in good])
+    else:
+        images = None
+    return (torch.tensor([it[0] for it in good], dtype=torch.int64), images,
+            [it[2] for it in good], bad)
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0):
+    if start:
+        dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                       num_workers=workers, collate_fn=_collate,
+                                       persistent_workers=False,
+                                       prefetch_factor=4 if workers > 0 else None)
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NetDissectError("--device cuda was asked but CUDA is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+class Normalizer:
+    """uint8 (B, H, W, 3) -> normalized float (B, 3, H, W) in channels_last on the device."""
+
+    def __init__(self, mean, std, device):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+        self.device = device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def prepare_model(loaded: LoadedModel, device: torch.device) -> nn.Module:
+    module = loaded.module.to(device).eval()
+    if not loaded.is_torchscript:
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def float32_activations(layer: str, output: torch.Tensor, indices: torch.Tensor,
+                        ds: BrodenDataset) -> torch.Tensor:
+    """float32 activations; NaN or inf is an error naming the layer and the image."""
+    acts = output.detach().float()
+    finite = torch.isfinite(acts).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(torch.nonzero(~finite)[0, 0])
+        record = ds.records[int(indices[bad])]
+        raise ActivationError(
+            f"layer {layer!r} produced NaN or inf activations on image {record.image} "
+            f"(index.csv line {record.line}); check the model's weights and input normalization")
+    return acts
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
+            dataset: Union[str, Path, BrodenDataset], out: Optional[Union[str, Path]] = None, *,
+            weights: Optional[str] = "default", checkpoint: Optional[str] = None,
+            mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+            progress: bool = True, force: bool = False, checkpoint_every: int = 50,
+            **params) -> DissectionResult:
+    """Dissect ``layers`` of ``model`` on a Broden-format ``dataset``.
+
+    ``params`` are the fields of DissectConfig (quantile, iou_threshold, upsample, categories,
+    split, limit, top_k, batch_size, workers, device, ...). With ``out`` the run directory is
+    written (see README, "Result files") and an interrupted run resumes from its checkpoint.
+    """
+    from . import runs  # run directory handling (manifest, checkpoints, atomic results)
+
+    if isinstance(layers, str):
+        layers = [layers]
+    if params.get("categories") is not None:
+        params["categories"] = tuple(params["categories"])
+    config = DissectConfig(layers=tuple(layers), **params)
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
+    ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
+        dataset, split=config.split, categories=config.categories, limit=config.limit)
+    run = None
+    if out is not None:
+        run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force,
+                                checkpoint_every=checkpoint_every)
+    engine = _Engine(loaded, ds, config, run, progress)
+    result = engine.run()
+    if run is not None:
+        runs.write_results(run.path, result)
+        run.finish()
+        result.out = run.path
+    return result
+
+
+class _Engine:
+    def __init__(self, loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig, run, progress: bool):
+        self.loaded = loaded
+        self.ds = ds
+        self.config = config
+        self.run_dir = run
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.warnings: List[str] = []
+        self.skipped: List[dict] = []
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        warnings.warn(message, stacklevel=3)
+
+    def run(self) -> DissectionResult:
+        start = time.time()
+        from . import runs
+        ds, config = self.ds, self.config
+        if len(ds) == 0:
+            raise DatasetError("the dataset selection is empty (check --split and --limit)", ds.root)
+        sizes = {(r.ih, r.iw, r.sh, r.sw) for r in ds.records}
+        if len(sizes) != 1:
+            raise DatasetError(f"images of several sizes in one run ({sorted(sizes)[:4]}); "
+                               "dissect one size at a time with --split", ds.root / "index.csv")
+        ih, iw, sh, sw = sizes.pop()
+        concepts = np.array(ds.concepts, dtype=np.int64)
+        concept_of_label = np.full(len(ds.labels), -1, dtype=np.int64)
+        concept_of_label[concepts] = np.arange(len(concepts))
+        categories = list(ds.categories)
+        concept_category = np.array([categories.index(ds.labels[c].category) for c in concepts], dtype=np.int64)
+        counts = ds.category_image_counts()
+        for cat in categories:
+            if counts.get(cat, 0) < config.min_category_images:
+                self._warn(f"category {cat!r} is labeled in only {counts.get(cat, 0)} images "
+                           f"(< {config.min_category_images}): its concepts' IoU is inflated by the "
+                           "restricted union; read its detectors with care or use a larger dataset")
+        labeled = np.zeros((len(ds), len(categories)), dtype=bool)
+        for i, r in enumerate(ds.records):
+            for g, cat in enumerate(categories):
+                labeled[i, g] = bool(r.masks.get(cat)) or bool(r.image_labels.get(cat))
+
+        module = prepare_model(self.loaded, self.device)
+        normalize = Normalizer(self.loaded.mean, self.loaded.std, self.device)
+        # probe the layers' shapes on one real image
+        probe = normalize(torch.from_numpy(ds.load_image(0))[None])
+        with torch.no_grad(), LayerCapture(module, config.layers) as capture:
+            shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
+
+        scratch = self.run_dir.scratch if self.run_dir is not None else Path(tempfile.mkdtemp(prefix="netdissect-"))
+        budget = config.memory_budget_mb * 2 ** 20
+        streams = {}
+        for name in config.layers:
+            k, h, w = shapes[name]
+            need = exact_memory_bytes(k, len(ds) * h * w, config.level)
+            if need > budget:
+                raise RunError(
+                    f"layer {name!r}: the exact threshold needs {need / 2**20:.0f} MiB "
+                    f"(> --memory-budget {config.memory_budget_mb} MiB); raise --memory-budget or use --limit")
+            streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
+                                        scratch, max(budget // (2 * len(config.layers)), 2 ** 20),
+                                        self.device)
+        store = SegmentationStore(len(ds), sh * sw, len(concepts), labeled, scratch)
+
+        workers = default_workers() if config.workers is None else config.workers
+        data = _ImagesAndLabels(ds, concept_of_label, len(concepts), config.on_bad_image == "skip")
+        done = 0
+        checkpoint = self.run_dir.load_checkpoint() if self.run_dir is not None else None
+        if checkpoint is not None:
+            done = checkpoint["done"]
+            for name, stream in streams.items():
+                stream.load_state_dict(checkpoint["layers"][name])
+            store.load_state_dict(checkpoint["store"])
+            self.skipped = checkpoint["skipped"]
+        bar = _progress(len(ds), done, "dissect", self.progress)
+        loader = make_loader(data, config.batch_size, workers, start=done)
+        state = {"done": done}
+
+        def save_checkpoint():
+            if self.run_dir is not None:
+                self.run_dir.save_checkpoint(state["done"], streams, store, self.skipped)
+
+        interrupt = runs.interrupt_checkpoint(save_checkpoint) if self.run_dir is not None \
+            else contextlib.nullcontext()
+        with torch.no_grad(), LayerCapture(module, config.layers) as capture, interrupt:
+            for indices, images, encoded, bad in loader:
+                for i, message in bad:
+                    self.skipped.append({"image": ds.records[i].image, "line": ds.records[i].line,
+                                         "error": message})
+                if images is not None:
+                    store.add(indices.tolist(), encoded)
+                    outputs = capture(normalize(images))
+                    for name, stream in streams.items():
+                        stream.add(float32_activations(name, outputs[name], indices, ds), indices)
+                state["done"] += len(indices) + len(bad)
+                bar.update(len(indices) + len(bad))
+                if self.run_dir is not None and self.run_dir.checkpoint_due():
+                    save_checkpoint()
+        bar.close()
+        if self.skipped:
+            self._warn(f"{len(self.skipped)} image(s) could not be read and were skipped "
+                       f"(first: {self.skipped[0]['image']}); they are listed in summary.json")
+        n_images = len(ds) - len(self.skipped)
+        if n_images == 0:
+            raise DatasetError("every image was skipped: nothing to dissect", ds.root)
+        store.flush()
+
+        layer_results = {}
+        concept_pixels = torch.from_numpy(store.concept_pixels)
+        concept_cat_t = torch.from_numpy(concept_category)
+        for name, stream in streams.items():
+            h, w = stream.map_shape
+            n_values = stream.quantile.count
+            thresholds = stream.quantile.threshold(n_values)
+            field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
+            upsample = make_upsampler(config.upsample, (h, w), (sh, sw), field=field_, image=(ih, iw))
+            tally = IoUTally(stream.units, len(concepts), len(categories))
+            thr = torch.from_numpy(thresholds)
+            for chunk in _subchunks(stream.pairs.final_pairs(thr), max_pairs=_pairs_per_chunk(sh * sw)):
+                masks = upsample(chunk["maps"]) > thr[chunk["unit"]][:, None, None]
+                images_u, local = torch.unique(chunk["image"], return_inverse=True)
+                combo_ids, tables, image_concepts, labeled_t = store.gather(images_u)
+                tally.add(masks.reshape(masks.shape[0], -1), chunk["unit"], local, combo_ids, tables,
+                          image_concepts, labeled_t)
+            iou = tally.iou(concept_pixels, concept_cat_t).numpy().astype(np.float32)
+            layer_results[name] = LayerResult(
+                name=name, thresholds=thresholds, iou=iou, concepts=concepts,
+                concept_names=[ds.labels[c].name for c in concepts],
+                concept_categories=[ds.labels[c].category for c in concepts],
+                categories=categories, iou_threshold=config.iou_threshold, map_shape=(h, w),
+                topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
+                topk_maps=stream.topk.maps.cpu().numpy())
+        return DissectionResult(config=config, layers=layer_results, category_image_counts=counts,
+                                images=n_images, skipped=self.skipped, warnings=self.warnings,
+                                manifest=manifest(self.loaded, ds, config), seconds=time.time() - start)
+
+
+def _pairs_per_chunk(pixels: int, budget_bytes: int = 256 * 2 ** 20) -> int:
+    return max(64, budget_bytes // (pixels * 9))
+
+
+def _subchunks(chunks, max_pairs: int):
+    for chunk in chunks:
+        n = chunk["unit"].shape[0]
+        for s in range(0, n, max_pairs):
+            yield {key: value[s:s + max_pairs] for key, value in chunk.items()}
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig) -> dict:
+    """What the numbers were computed from: a changed entry means they must be recomputed."""
+    from . import __version__
+    return {
+        "model": {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
+                  "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)},
+        "dataset": {"path": str(Path(ds.root).resolve()), "index_digest": ds.index_digest(),
+                    "images": len(ds)},
+        "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
+                       if k not in ("batch_size", "workers", "device", "memory_budget_mb")},
+        "netdissect": __version__,
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,268 @@
+"""Run directories: atomic result files, the manifest, checkpoints to resume from.
+
+Every file is written under a temporary name and renamed, so a crash never leaves a file that
+looks complete. ``summary.json`` is written last: its presence marks a finished run. The
+checkpoint records the manifest it was made under and is only resumed when that matches.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .errors import RunError
+
+CHECKPOINT = "checkpoint.pt"
+SCRATCH = ".scratch"
+
+
+def safe_name(layer: str) -> str:
+    """A layer's directory name: its dotted name with unusual characters replaced."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in layer) or "_"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"{path}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_save_npz(path: Path, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+class RunDirectory:
+    """The output directory of a dissection: checked writable before the long work starts."""
+
+    def __init__(self, path, manifest: dict, force: bool = False, checkpoint_every: int = 50,
+                 log=None):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.checkpoint_every = checkpoint_every
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self._batches = 0
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise RunError(f"{self.path}: output directory is not writable ({exc.strerror or exc}); "
+                           "choose another --out or fix its permissions") from None
+        if force:
+            self.clear()
+
+    @property
+    def scratch(self) -> Path:
+        path = self.path / SCRATCH
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def clear(self) -> None:
+        """Forget the checkpoint and scratch files (results are replaced when the run ends)."""
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+        shutil.rmtree(self.path / SCRATCH, ignore_errors=True)
+
+    def finished_manifest(self) -> Optional[dict]:
+        """The manifest of a finished run in this directory, if any."""
+        if not (self.path / "summary.json").exists():
+            return None
+        try:
+            return json.loads((self.path / "config.json").read_text())["manifest"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def load_checkpoint(self) -> Optional[dict]:
+        path = self.path / CHECKPOINT
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, weights_only=False)
+        except Exception as exc:
+            self.log(f"netdissect: ignoring unreadable checkpoint {path} ({exc.__class__.__name__}); starting over")
+            self.clear()
+            return None
+        changed = diff_manifests(state.get("manifest", {}), self.manifest)
+        if changed:
+            self.log(f"netdissect: inputs changed since the checkpoint ({', '.join(changed)}): starting over")
+            self.clear()
+            return None
+        self.log(f"netdissect: resuming from checkpoint after {state['done']} images")
+        return state
+
+    def checkpoint_due(self) -> bool:
+        self._batches += 1
+        return self.checkpoint_every > 0 and self._batches % self.checkpoint_every == 0
+
+    def save_checkpoint(self, done: int, streams: Dict, store, skipped) -> None:
+        for stream in streams.values():
+            stream.pairs.spill()  # the buffers go to scratch files; the checkpoint names them
+        state = {"manifest": self.manifest, "done": done,
+                 "layers": {name: s.state_dict() for name, s in streams.items()},
+                 "store": store.state_dict(), "skipped": list(skipped)}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.path / CHECKPOINT, buf.getvalue())
+
+    def finish(self) -> None:
+        self.clear()
+
+
+def diff_manifests(old: dict, new: dict, prefix: str = "") -> list:
+    """Dotted names of the entries that differ (the package version included)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += diff_manifests(a, b, name + ".")
+        elif a != b:
+            changed.append(name)
+    return changed
+
+
+@contextmanager
+def interrupt_checkpoint(save):
+    """On SIGINT/SIGTERM, call ``save()`` and then stop with KeyboardInterrupt."""
+    previous = {}
+
+    def handler(signum, frame):
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        try:
+            save()
+        finally:
+            raise KeyboardInterrupt(f"interrupted by signal {signum}; rerun the same command to resume")
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def write_results(out: Path, result) -> None:
+    """Write a DissectionResult to its run directory; summary.json goes last."""
+    out = Path(out)
+    from dataclasses import asdict
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result.config).items()}
+    atomic_write_json(out / "config.json", {"manifest": result.manifest, "config": config,
+                                            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    for name, layer in result.layers.items():
+        d = out / safe_name(name)
+        atomic_save_npy(d / "thresholds.npy", layer.thresholds.astype(np.float32))
+        atomic_save_npz(d / "iou.npz", iou=layer.iou.astype(np.float32),
+                        label_numbers=np.asarray(layer.concepts, dtype=np.int64),
+                        labels=np.asarray(layer.concept_names, dtype=str),
+                        categories=np.asarray(layer.concept_categories, dtype=str))
+        if layer.topk_index is not None:
+            atomic_save_npz(d / "topk.npz", image_index=layer.topk_index.astype(np.int64),
+                            score=layer.topk_score.astype(np.float32),
+                            maps=layer.topk_maps.astype(np.float16))
+        atomic_write_text(d / "units.csv", units_csv(layer))
+    summary = result.summary()
+    for name in summary["layers"]:
+        summary["layers"][name]["directory"] = safe_name(name)
+    atomic_write_json(out / "summary.json", summary)
+
+
+def units_csv(layer) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["unit", "label", "category", "iou"]
+    for cat in layer.categories:
+        header += [f"{cat}_label", f"{cat}_iou"]
+    writer.writerow(header)
+    per_cat = {cat: layer.best_in_category(cat) for cat in layer.categories}
+    for unit, (label, category, iou) in enumerate(layer.unit_labels()):
+        row = [unit, label, category, f"{iou:.6f}"]
+        for cat in layer.categories:
+            idx, val = per_cat[cat]
+            row += [layer.concept_names[idx[unit]] if idx[unit] >= 0 else "", f"{val[unit]:.6f}"]
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def load_layer(out, layer: str):
+    """A LayerResult read back from a run directory."""
+    from .pipeline import LayerResult
+    out = Path(out)
+    summary = read_json(out / "summary.json")
+    if layer not in summary["layers"]:
+        raise RunError(f"{out}: no layer {layer!r} in this run (it has {', '.join(summary['layers'])})")
+    d = out / summary["layers"][layer].get("directory", safe_name(layer))
+    iou = np.load(d / "iou.npz")
+    topk = np.load(d / "topk.npz") if (d / "topk.npz").exists() else None
+    return LayerResult(
+        name=layer, thresholds=np.load(d / "thresholds.npy"), iou=iou["iou"],
+        concepts=iou["label_numbers"], concept_names=[str(s) for s in iou["labels"]],
+        concept_categories=[str(s) for s in iou["categories"]], categories=list(summary["categories"]),
+        iou_threshold=float(summary["layers"][layer]["iou_threshold"]),
+        map_shape=tuple(summary["layers"][layer]["map_shape"]),
+        topk_index=None if topk is None else topk["image_index"],
+        topk_score=None if topk is None else topk["score"],
+        topk_maps=None if topk is None else topk["maps"].astype(np.float32))
+
+
+def read_json(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        hint = " (the run did not finish: rerun the same command to resume it)" \
+            if (path.parent / CHECKPOINT).exists() else ""
+        raise RunError(f"{path}: not found; is {path.parent} a netdissect run directory?{hint}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None

@@ -1,0 +1,172 @@
+"""Per-layer streaming state of one dissection pass.
+
+For each layer, every batch updates three small statistics and one buffer:
+- the exact top quantile of each unit (``ExactTopQuantile``),
+- the running top-k images of each unit by maximum activation, with their maps (for the report),
+- the buffer of (unit, image) native maps whose maximum reaches the quantile's current lower
+  bound. Only those pairs can have active pixels once the threshold is known, so the IoU is
+  tallied from them after the pass, without a second forward pass. The buffer is pruned as the
+  bound rises and spilled to disk beyond a memory budget, so memory does not grow with the
+  number of images.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+
+from .quantile import ExactTopQuantile
+
+
+class TopKImages:
+    """For each unit, the k images with the largest maximum activation, and their maps."""
+
+    def __init__(self, units: int, k: int, map_shape: Tuple[int, int], device="cpu"):
+        self.k = k
+        self.score = torch.full((units, k), -float("inf"), device=device)
+        self.index = torch.full((units, k), -1, dtype=torch.int64, device=device)
+        self.maps = torch.zeros((units, k) + tuple(map_shape), device=device)
+
+    def add(self, maxima: torch.Tensor, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
+        k = self.k
+        scores = torch.cat([self.score, maxima.t()], dim=1)               # (K, k + B)
+        top = torch.topk(scores, k, dim=1)
+        slots = top.indices
+        units = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(slots)
+        from_batch = slots >= k
+        old = torch.where(from_batch, torch.zeros_like(slots), slots)
+        new_maps = self.maps[units, old]                                   # (K, k, h, w)
+        u, s = torch.nonzero(from_batch, as_tuple=True)
+        b = slots[u, s] - k
+        new_maps[u, s] = acts[b, u]
+        index = torch.where(from_batch, images[(slots - k).clamp(min=0)], self.index[units, old])
+        self.score, self.index, self.maps = top.values, index, new_maps
+
+    def state_dict(self) -> dict:
+        return {"score": self.score.cpu(), "index": self.index.cpu(), "maps": self.maps.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.score.device
+        self.score, self.index, self.maps = (state["score"].to(device), state["index"].to(device),
+                                             state["maps"].to(device))
+
+
+class PairBuffer:
+    """Native maps of (unit, image) pairs that may still exceed the final threshold."""
+
+    def __init__(self, spill_dir: Optional[Path], budget_bytes: int, name: str):
+        self.spill_dir = spill_dir
+        self.budget = budget_bytes
+        self.name = name
+        self.chunks: List[dict] = []
+        self.spilled: List[Path] = []
+        self.bytes = 0
+        self.pairs_added = 0
+
+    def add(self, units: torch.Tensor, images: torch.Tensor, maxima: torch.Tensor,
+            maps: torch.Tensor) -> None:
+        if units.numel() == 0:
+            return
+        chunk = {"unit": units.cpu(), "image": images.cpu(), "max": maxima.cpu(), "maps": maps.cpu()}
+        self.chunks.append(chunk)
+        self.bytes += _chunk_bytes(chunk)
+        self.pairs_added += units.numel()
+
+    def over_budget(self) -> bool:
+        return self.bytes > self.budget
+
+    def prune(self, bound: torch.Tensor) -> None:
+        """Drop pairs whose maximum cannot exceed the final threshold any more."""
+        bound = bound.cpu()
+        kept = []
+        self.bytes = 0
+        for chunk in self.chunks:
+            keep = chunk["max"] > bound[chunk["unit"]]
+            if not bool(keep.all()):
+                chunk = {key: value[keep] for key, value in chunk.items()}
+            if chunk["unit"].numel():
+                kept.append(chunk)
+                self.bytes += _chunk_bytes(chunk)
+        self.chunks = kept
+
+    def spill(self) -> None:
+        """Move the in-memory pairs to one file in the spill directory."""
+        if not self.chunks:
+            return
+        if self.spill_dir is None:
+            return
+        merged = {key: torch.cat([c[key] for c in self.chunks]) for key in self.chunks[0]}
+        path = self.spill_dir / f"{_safe(self.name)}.pairs{len(self.spilled):05d}.pt"
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(merged, tmp)
+        os.replace(tmp, path)
+        self.spilled.append(path)
+        self.chunks = []
+        self.bytes = 0
+
+    def final_pairs(self, thresholds: torch.Tensor) -> Iterator[dict]:
+        """Chunks of the pairs whose maximum exceeds the final threshold, in image order."""
+        thresholds = thresholds.cpu()
+        for source in list(self.spilled) + [None]:
+            chunks = [torch.load(source, weights_only=True)] if source is not None else self.chunks
+            for chunk in chunks:
+                keep = chunk["max"] > thresholds[chunk["unit"]]
+                if bool(keep.any()):
+                    yield {key: value[keep] for key, value in chunk.items()}
+
+    def state_dict(self) -> dict:
+        return {"chunks": self.chunks, "spilled": [str(p) for p in self.spilled],
+                "pairs_added": self.pairs_added}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.chunks = state["chunks"]
+        self.spilled = [Path(p) for p in state["spilled"]]
+        self.pairs_added = state["pairs_added"]
+        self.bytes = sum(_chunk_bytes(c) for c in self.chunks)
+
+
+def _chunk_bytes(chunk: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in chunk.values())
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+
+
+class LayerStream:
+    """Everything one layer accumulates during the pass."""
+
+    def __init__(self, name: str, units: int, map_shape: Tuple[int, int], expected_n_images: int,
+                 level: float, top_k: int, spill_dir: Optional[Path], budget_bytes: int, device):
+        self.name = name
+        self.units = units
+        self.map_shape = map_shape
+        h, w = map_shape
+        self.quantile = ExactTopQuantile(units, expected_n_images * h * w, level, device=device)
+        self.topk = TopKImages(units, top_k, map_shape, device=device)
+        self.pairs = PairBuffer(spill_dir, budget_bytes, name)
+
+    def add(self, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """acts: (B, K, h, w) float32; images: (B,) global image indices."""
+        maxima = acts.amax(dim=(2, 3))                                   # (B, K)
+        self.topk.add(maxima, acts, images.to(acts.device))
+        self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
+        bound = self.quantile.lower_bound()
+        b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
+        self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
+        if self.pairs.over_budget():
+            self.pairs.prune(bound)
+            if self.pairs.bytes > self.pairs.budget // 2:
+                self.pairs.spill()
+
+    def state_dict(self) -> dict:
+        return {"quantile": self.quantile.state_dict(), "topk": self.topk.state_dict(),
+                "pairs": self.pairs.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.quantile.load_state_dict(state["quantile"])
+        self.topk.load_state_dict(state["topk"])
+        self.pairs.load_state_dict(state["pairs"])
