@@ -85,8 +85,10 @@ class IoUTally:
         """
         if masks.shape[0] == 0:
             return
+        n_pairs, n_pixels = masks.shape
         n_concepts = self.inter.shape[1]
-        act = masks.sum(dim=1)                                            # (p,)
+        pair_idx, pix = torch.nonzero(masks, as_tuple=True)
+        act = torch.bincount(pair_idx, minlength=n_pairs)                 # (p,) active pixels
         self.active.index_add_(0, units, act[:, None] * labeled[images].to(act.dtype))
         # image-level concepts: the unit's whole active area intersects the full-image mask
         ic = image_concepts[images]                                       # (p, I)
@@ -95,18 +97,18 @@ class IoUTally:
             flat = (units[:, None] * n_concepts + ic)[valid]
             self.inter.view(-1).index_add_(0, flat, act[:, None].expand_as(ic)[valid])
         # pixel-level concepts: active pixels per (pair, combination), then to concepts
-        max_combos = tables.shape[1]
         if tables.shape[2] == 0:
             return
-        pair_idx, pix = torch.nonzero(masks, as_tuple=True)
-        combo = combo_ids[images[pair_idx], pix]
-        per_combo = torch.bincount(pair_idx * max_combos + combo, minlength=masks.shape[0] * max_combos)
-        per_combo = per_combo.view(-1, max_combos)                        # (p, max_combos)
-        concepts = tables[images]                                         # (p, max_combos, M)
-        counts = per_combo[:, :, None].expand_as(concepts)
-        valid = (concepts >= 0) & (counts > 0)
-        flat = (units[:, None, None] * n_concepts + concepts)[valid]
-        self.inter.view(-1).index_add_(0, flat, counts[valid])
+        max_combos = tables.shape[1]
+        combo = combo_ids.reshape(-1)[images[pair_idx] * n_pixels + pix]
+        per_combo = torch.bincount(pair_idx * max_combos + combo, minlength=n_pairs * max_combos)
+        per_combo = per_combo.view(n_pairs, max_combos)                   # (p, max_combos)
+        pair_c, combo_c = torch.nonzero(per_combo, as_tuple=True)         # combinations hit
+        counts = per_combo[pair_c, combo_c]
+        concepts = tables[images[pair_c], combo_c]                        # (hits, M)
+        valid = concepts >= 0
+        flat = (units[pair_c][:, None] * n_concepts + concepts)[valid]
+        self.inter.view(-1).index_add_(0, flat, counts[:, None].expand_as(concepts)[valid])
 
     def merge(self, other: "IoUTally") -> None:
         self.inter += other.inter
