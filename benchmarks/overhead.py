@@ -1,0 +1,124 @@
+"""Cost of a dissection against a bare forward pass, and memory growth with the dataset size.
+
+    python benchmarks/overhead.py [--images 1000] [--memory-images 1000 4000] [--skip-memory]
+
+1. Time: a full dissection (statistics, tally, result files; no report) of MobileNetV2 at three
+   layers over N images, against a bare pass over the same images with the same model, layers
+   (captured by the same hooks), batch size, data loader and threads. Prints the ratio
+   (target: <= 1.3). Both are measured in this one run, alternating, best of --repeats.
+2. Memory: peak resident memory of a dissection subprocess (main process plus its data loader
+   workers) at two dataset sizes. Prints the ratio (target: < 1.2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+LAYERS = ["features.3", "features.10", "features.18"]
+
+
+def ensure_data(path: Path, images: int) -> Path:
+    from netdissect.synthetic import generate_synthetic
+    if not (path / "index.csv").exists():
+        print(f"generating {images} synthetic images in {path} ...", flush=True)
+        generate_synthetic(path, images=images, size=224, seed=0, overwrite=True)
+    return path
+
+
+def bare_pass(loaded, ds, layers, batch_size, workers) -> float:
+    """Decode images, normalize, run the model up to the last layer with the same hooks."""
+    from netdissect.hooks import LayerCapture
+    from netdissect.pipeline import Normalizer, _ImagesAndLabels, make_loader, prepare_model
+    module = prepare_model(loaded, torch.device("cpu"))
+    normalize = Normalizer(loaded.mean, loaded.std, torch.device("cpu"))
+    data = _ImagesAndLabels(ds, None, 0, skip_bad=False, with_labels=False)
+    start = time.perf_counter()
+    with torch.no_grad(), LayerCapture(module, layers) as capture:
+        for _, images, _, _ in make_loader(data, batch_size, workers):
+            outputs = capture(normalize(images))
+            for out in outputs.values():
+                out.float()
+    return time.perf_counter() - start
+
+
+def full_dissection(loaded, ds, layers, batch_size, workers) -> float:
+    from netdissect.pipeline import dissect
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        dissect(loaded, layers, ds, out=Path(out) / "run", batch_size=batch_size, workers=workers,
+                progress=False)
+        return time.perf_counter() - start
+
+
+MEMORY_CHILD = """
+import json, resource, sys, warnings, tempfile
+warnings.simplefilter("ignore")
+from netdissect.pipeline import dissect
+data, images, batch, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+with tempfile.TemporaryDirectory() as out:
+    dissect("torchvision:mobilenet_v2", %r, data, out=out + "/run", weights="IMAGENET1K_V1",
+            limit=images, batch_size=batch, workers=workers, progress=False)
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"main_kib": own, "worker_kib": kids}))
+""" % (LAYERS,)
+
+
+def peak_memory(data: Path, images: int, batch_size: int, workers: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(data), str(images), str(batch_size),
+                           str(workers)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--data", type=Path, default=Path("runs/bench-data"))
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--memory-images", type=int, nargs=2, default=(1000, 4000))
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-time", action="store_true")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    from netdissect.broden import BrodenDataset
+    from netdissect.models import load_model
+    total = max(args.images, *(args.memory_images if not args.skip_memory else (0,)))
+    data = ensure_data(args.data, total)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"workers {args.workers}, layers {', '.join(LAYERS)}")
+    if not args.skip_time:
+        loaded = load_model("torchvision:mobilenet_v2", weights="IMAGENET1K_V1")
+        ds = BrodenDataset(data, limit=args.images)
+        bare, full = [], []
+        for _ in range(args.repeats):
+            bare.append(bare_pass(loaded, ds, LAYERS, args.batch_size, args.workers))
+            full.append(full_dissection(loaded, ds, LAYERS, args.batch_size, args.workers))
+        b, f = min(bare), min(full)
+        print(f"bare forward pass over {len(ds)} images: {b:7.1f} s")
+        print(f"full dissection over {len(ds)} images:   {f:7.1f} s")
+        print(f"overhead ratio (target <= 1.3):          {f / b:7.2f}")
+    if not args.skip_memory:
+        small, large = args.memory_images
+        mem = {n: peak_memory(data, n, args.batch_size, args.workers) for n in (small, large)}
+        for n, m in mem.items():
+            print(f"peak memory at {n:5d} images: main {m['main_kib'] / 1024:7.0f} MiB, "
+                  f"largest worker {m['worker_kib'] / 1024:5.0f} MiB")
+        ratio = mem[large]["main_kib"] / mem[small]["main_kib"]
+        print(f"memory growth {small} -> {large} images (target < 1.2): {ratio:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
