@@ -106,3 +106,16 @@ class TinyNet(nn.Module):
 
 def tiny_net() -> nn.Module:
     return TinyNet()
+
+
+class SlowTinyNet(TinyNet):
+    """TinyNet that takes a while per batch, so a test can interrupt a run part-way."""
+
+    def forward(self, x):
+        import time
+        time.sleep(0.15)
+        return super().forward(x)
+
+
+def slow_tiny_net() -> nn.Module:
+    return SlowTinyNet()

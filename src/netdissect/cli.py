@@ -39,11 +39,14 @@ def _add_dissect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--min-category-images", type=int, default=20,
                    help="warn when a category is labeled in fewer images than this (default 20)")
-    p.add_argument("--memory-budget", type=int, default=1024, dest="memory_budget_mb",
+    p.add_argument("--memory-budget", type=float, default=1024, dest="memory_budget_mb",
                    help="MiB for in-memory statistics before spilling to disk (default 1024)")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                    help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
-    p.add_argument("--force", action="store_true", help="recompute everything, ignoring checkpoints")
+    p.add_argument("--force", action="store_true",
+                   help="recompute everything, ignoring finished results and checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                   help="save a checkpoint to resume from every N batches (default 50; 0: never)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -148,7 +151,8 @@ def cmd_dissect(args) -> int:
     from .pipeline import dissect
     result = dissect(args.model, args.layers, args.dataset, out=args.out, weights=args.weights,
                      checkpoint=args.checkpoint, mean=args.mean, std=args.std,
-                     progress=not args.quiet, force=args.force, **_dissect_params(args))
+                     progress=not args.quiet, force=args.force, checkpoint_every=args.checkpoint_every,
+                     **_dissect_params(args))
     if not args.no_report:
         _render_report(result.out, args.top_k, args.quiet)
     print_summary(result)

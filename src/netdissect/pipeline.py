@@ -51,7 +51,7 @@ class DissectConfig:
     workers: Optional[int] = None
     device: str = "auto"
     min_category_images: int = 20
-    memory_budget_mb: int = 1024
+    memory_budget_mb: float = 1024
     on_bad_image: str = "fail"
 
     def __post_init__(self):
@@ -156,6 +156,7 @@ class DissectionResult:
     manifest: dict = field(default_factory=dict)
     seconds: float = 0.0
     out: Optional[Path] = None
+    dataset_path: Optional[str] = None
 
     def __getitem__(self, layer: str) -> LayerResult:
         return self.layers[layer]
@@ -300,6 +301,9 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     if out is not None:
         run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force,
                                 checkpoint_every=checkpoint_every)
+        reused = None if force else runs.reuse_finished(run, config)
+        if reused is not None:
+            return reused
     engine = _Engine(loaded, ds, config, run, progress)
     result = engine.run()
     if run is not None:
@@ -359,7 +363,7 @@ class _Engine:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
 
         scratch = self.run_dir.scratch if self.run_dir is not None else Path(tempfile.mkdtemp(prefix="netdissect-"))
-        budget = config.memory_budget_mb * 2 ** 20
+        budget = int(config.memory_budget_mb * 2 ** 20)
         streams = {}
         for name in config.layers:
             k, h, w = shapes[name]
@@ -369,7 +373,7 @@ class _Engine:
                     f"layer {name!r}: the exact threshold needs {need / 2**20:.0f} MiB "
                     f"(> --memory-budget {config.memory_budget_mb} MiB); raise --memory-budget or use --limit")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
-                                        scratch, max(budget // (2 * len(config.layers)), 2 ** 20),
+                                        scratch, max(int(budget // (2 * len(config.layers))), 4096),
                                         self.device)
         store = SegmentationStore(len(ds), sh * sw, len(concepts), labeled, scratch)
 
@@ -391,9 +395,9 @@ class _Engine:
             if self.run_dir is not None:
                 self.run_dir.save_checkpoint(state["done"], streams, store, self.skipped)
 
-        interrupt = runs.interrupt_checkpoint(save_checkpoint) if self.run_dir is not None \
-            else contextlib.nullcontext()
-        with torch.no_grad(), LayerCapture(module, config.layers) as capture, interrupt:
+        interrupt = runs.InterruptFlag() if self.run_dir is not None else None
+        with torch.no_grad(), LayerCapture(module, config.layers) as capture, \
+                interrupt or contextlib.nullcontext():
             for indices, images, encoded, bad in loader:
                 for i, message in bad:
                     self.skipped.append({"image": ds.records[i].image, "line": ds.records[i].line,
@@ -405,8 +409,10 @@ class _Engine:
                         stream.add(float32_activations(name, outputs[name], indices, ds), indices)
                 state["done"] += len(indices) + len(bad)
                 bar.update(len(indices) + len(bad))
-                if self.run_dir is not None and self.run_dir.checkpoint_due():
-                    save_checkpoint()
+                if self.run_dir is not None:
+                    if self.run_dir.checkpoint_due():
+                        save_checkpoint()
+                    interrupt.check(save_checkpoint)
         bar.close()
         if self.skipped:
             self._warn(f"{len(self.skipped)} image(s) could not be read and were skipped "
@@ -443,7 +449,8 @@ class _Engine:
                 topk_maps=stream.topk.maps.cpu().numpy())
         return DissectionResult(config=config, layers=layer_results, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
-                                manifest=manifest(self.loaded, ds, config), seconds=time.time() - start)
+                                manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
+                                dataset_path=str(Path(ds.root).resolve()))
 
 
 def _pairs_per_chunk(pixels: int, budget_bytes: int = 256 * 2 ** 20) -> int:
@@ -466,13 +473,16 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig) -> dict:
     """What the numbers were computed from: a changed entry means they must be recomputed."""
     from . import __version__
+    labeling = ("iou_threshold", "min_category_images")
+    how_it_runs = ("batch_size", "workers", "device", "memory_budget_mb", "layers")
     return {
         "model": {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
                   "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)},
-        "dataset": {"path": str(Path(ds.root).resolve()), "index_digest": ds.index_digest(),
-                    "images": len(ds)},
+        "dataset": {"index_digest": ds.index_digest(), "images": len(ds)},
+        "layers": list(config.layers),
         "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
-                       if k not in ("batch_size", "workers", "device", "memory_budget_mb")},
+                       if k not in how_it_runs + labeling},
+        "labeling": {k: getattr(config, k) for k in labeling},
         "netdissect": __version__,
         "torch": torch.__version__,
     }

@@ -14,7 +14,6 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -129,7 +128,7 @@ class RunDirectory:
             self.log(f"netdissect: ignoring unreadable checkpoint {path} ({exc.__class__.__name__}); starting over")
             self.clear()
             return None
-        changed = diff_manifests(state.get("manifest", {}), self.manifest)
+        changed = diff_manifests(state.get("manifest", {}), self.manifest, ignore=("labeling",))
         if changed:
             self.log(f"netdissect: inputs changed since the checkpoint ({', '.join(changed)}): starting over")
             self.clear()
@@ -155,10 +154,12 @@ class RunDirectory:
         self.clear()
 
 
-def diff_manifests(old: dict, new: dict, prefix: str = "") -> list:
+def diff_manifests(old: dict, new: dict, prefix: str = "", ignore=()) -> list:
     """Dotted names of the entries that differ (the package version included)."""
     changed = []
     for key in sorted(set(old) | set(new)):
+        if key in ignore:
+            continue
         a, b = old.get(key), new.get(key)
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
@@ -168,28 +169,84 @@ def diff_manifests(old: dict, new: dict, prefix: str = "") -> list:
     return changed
 
 
-@contextmanager
-def interrupt_checkpoint(save):
-    """On SIGINT/SIGTERM, call ``save()`` and then stop with KeyboardInterrupt."""
-    previous = {}
+def reuse_finished(run: "RunDirectory", config):
+    """The finished run in ``run``, when it was computed from the same inputs, else None.
 
-    def handler(signum, frame):
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    Same inputs and a subset of its layers: reused as is. Only the labeling parameters
+    (IoU threshold) changed: the units are relabeled from the saved IoU, without a forward pass.
+    Anything else changed: None, after one line saying what changed.
+    """
+    old = run.finished_manifest()
+    if old is None:
+        return None
+    changed = diff_manifests(old, run.manifest, ignore=("labeling", "layers"))
+    missing = [layer for layer in run.manifest["layers"] if layer not in old.get("layers", [])]
+    if changed or missing:
+        what = changed + ([f"new layers {', '.join(missing)}"] if missing else [])
+        run.log(f"netdissect: {run.path} holds a run of other inputs ({', '.join(what)}): recomputing")
+        return None
+    result = load_result(run.path, config)
+    relabel = diff_manifests(old.get("labeling", {}), run.manifest["labeling"])
+    if relabel:
+        run.log(f"netdissect: only {', '.join(relabel)} changed: relabeling from the saved IoU")
+        result.manifest = run.manifest
+        write_results(run.path, result)
+    else:
+        run.log(f"netdissect: {run.path} is up to date (same model, data and parameters); "
+                "use --force to recompute")
+    return result
+
+
+def load_result(out, config):
+    """A DissectionResult of ``config.layers`` read back from a finished run directory."""
+    from .pipeline import DissectionResult
+    out = Path(out)
+    summary = read_json(out / "summary.json")
+    saved = read_json(out / "config.json")
+    layers = {}
+    for name in config.layers:
+        layer = load_layer(out, name)
+        layer.iou_threshold = config.iou_threshold
+        layers[name] = layer
+    return DissectionResult(config=config, layers=layers,
+                            category_image_counts=summary.get("category_image_counts", {}),
+                            images=summary.get("images", 0), skipped=summary.get("skipped_images", []),
+                            warnings=summary.get("warnings", []), manifest=saved.get("manifest", {}),
+                            seconds=summary.get("seconds", 0.0), out=out, dataset_path=saved.get("dataset", {}).get("path"))
+
+
+class InterruptFlag:
+    """Turns SIGINT/SIGTERM into a request that the pass honours between two batches.
+
+    Saving from inside the signal handler could catch a batch half-applied; instead the loop
+    calls ``check()`` after each batch, which saves and stops. A second signal stops at once.
+    """
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
         try:
-            save()
-        finally:
-            raise KeyboardInterrupt(f"interrupted by signal {signum}; rerun the same command to resume")
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        except ValueError:  # not the main thread: no handlers
+            self._previous = {}
+        return self
 
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: no handlers
-        previous = {}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
+    def _handler(self, signum, frame):
+        self.signal = signum
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+
+    def check(self, save) -> None:
+        if self.signal is not None:
+            save()
+            raise KeyboardInterrupt(f"interrupted by signal {self.signal}; a checkpoint was saved: "
+                                    "rerun the same command to resume")
+
+    def __exit__(self, *exc):
+        for sig, old in self._previous.items():
             signal.signal(sig, old)
 
 
@@ -198,7 +255,10 @@ def write_results(out: Path, result) -> None:
     out = Path(out)
     from dataclasses import asdict
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result.config).items()}
+    dataset = {"path": result.dataset_path, "index_digest": result.manifest.get("dataset", {}).get("index_digest"),
+               "split": config["split"], "categories": config["categories"], "limit": config["limit"]}
     atomic_write_json(out / "config.json", {"manifest": result.manifest, "config": config,
+                                            "dataset": dataset, "layers": list(result.layers),
                                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     for name, layer in result.layers.items():
         d = out / safe_name(name)

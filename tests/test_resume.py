@@ -1,0 +1,188 @@
+"""Runs that resume after a crash, and finished results that are reused only when still valid."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import netdissect
+from engine_data import TinyNet, make_dataset
+
+TESTS = Path(__file__).parent
+LAYERS = ["relu1", "relu2", "conv3"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("resume") / "data", n_images=48, size=32, seed=7)
+
+
+def cli_command(dataset, out, *extra):
+    args = [sys.executable, "-m", "netdissect.cli", "dissect", "--model", "engine_data:slow_tiny_net",
+            "--dataset", str(dataset), "--out", str(out), "--batch-size", "4", "--workers", "0",
+            "--quiet", "--no-report", "--checkpoint-every", "1", "--min-category-images", "0",
+            "--memory-budget", "0.02"]  # a tiny budget: pair buffers spill to disk too
+    for layer in LAYERS:
+        args += ["--layer", layer]
+    return args + list(extra)
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def read_run(out: Path) -> dict:
+    arrays = {}
+    for layer in LAYERS:
+        arrays[f"{layer}/thresholds"] = np.load(out / layer / "thresholds.npy")
+        arrays[f"{layer}/iou"] = np.load(out / layer / "iou.npz")["iou"]
+        topk = np.load(out / layer / "topk.npz")
+        for key in ("image_index", "score", "maps"):
+            arrays[f"{layer}/{key}"] = topk[key]
+        arrays[f"{layer}/units.csv"] = (out / layer / "units.csv").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    summary.pop("seconds")
+    arrays["summary"] = summary
+    return arrays
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key
+
+
+def wait_for_checkpoint(proc, out: Path, min_done: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ck = out / "checkpoint.pt"
+        if ck.exists():
+            try:
+                if torch.load(ck, weights_only=False)["done"] >= min_done:
+                    return
+            except Exception:
+                pass  # being replaced right now
+        if proc.poll() is not None:
+            raise AssertionError("the run finished before it could be interrupted")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    subprocess.run(cli_command(dataset, out), check=True, env=env(), timeout=600)
+    return read_run(out)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_killed_run_resumes_to_identical_results(dataset, tmp_path, uninterrupted, how):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli_command(dataset, out), env=env(), stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(proc, out, min_done=16)
+    proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    if how == "SIGINT":
+        assert "resume" in err  # the user is told how to continue
+    assert not (out / "summary.json").exists(), "a killed run must not look finished"
+    resumed = subprocess.run(cli_command(dataset, out), env=env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from checkpoint after" in resumed.stderr
+    assert_same_run(read_run(out), uninterrupted)
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_spilled_pairs_give_the_same_numbers_as_in_memory(dataset):
+    small = netdissect.dissect(TinyNet(), LAYERS, dataset, batch_size=4, workers=0, progress=False,
+                               memory_budget_mb=0.02, min_category_images=0)
+    large = netdissect.dissect(TinyNet(), LAYERS, dataset, batch_size=4, workers=0, progress=False,
+                               min_category_images=0)
+    for layer in LAYERS:
+        np.testing.assert_array_equal(small[layer].iou, large[layer].iou)
+        np.testing.assert_array_equal(small[layer].thresholds, large[layer].thresholds)
+
+
+class TestCachesNeverLie:
+    """A rerun reuses a finished run only when every input is the same."""
+
+    def run(self, dataset, out, capsys, model=None, **kw):
+        params = dict(batch_size=4, workers=0, progress=False, min_category_images=0)
+        params.update(kw)
+        result = netdissect.dissect(model or TinyNet(), LAYERS, dataset, out=out, **params)
+        return result, capsys.readouterr().err
+
+    def test_same_inputs_are_reused(self, dataset, tmp_path, capsys):
+        first, _ = self.run(dataset, tmp_path / "r", capsys)
+        mtime = (tmp_path / "r" / "relu1" / "iou.npz").stat().st_mtime_ns
+        second, err = self.run(dataset, tmp_path / "r", capsys)
+        assert "up to date" in err
+        assert (tmp_path / "r" / "relu1" / "iou.npz").stat().st_mtime_ns == mtime
+        np.testing.assert_array_equal(first["conv3"].iou, second["conv3"].iou)
+
+    def test_force_recomputes(self, dataset, tmp_path, capsys):
+        self.run(dataset, tmp_path / "r", capsys)
+        _, err = self.run(dataset, tmp_path / "r", capsys, force=True)
+        assert "up to date" not in err
+
+    def test_iou_threshold_change_relabels_without_recomputing(self, dataset, tmp_path, capsys):
+        first, _ = self.run(dataset, tmp_path / "r", capsys)
+        second, err = self.run(dataset, tmp_path / "r", capsys, iou_threshold=0.0)
+        assert "relabeling" in err and "iou_threshold" in err
+        summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+        expected = int((first["relu1"].best_iou > 0.0).sum())
+        assert summary["layers"]["relu1"]["detectors"] == expected
+        assert summary["layers"]["relu1"]["iou_threshold"] == 0.0
+
+    @pytest.mark.parametrize("change, what", [
+        ({"quantile": 0.01}, "parameters.quantile"),
+        ({"upsample": "rf"}, "parameters.upsample"),
+        ({"top_k": 3}, "parameters.top_k"),
+        ({"model": "other weights"}, "model.weights_digest"),
+        ({"mean": (0.5, 0.5, 0.5)}, "model.mean"),
+        ({"categories": ["object", "color"]}, "parameters.categories"),
+    ])
+    def test_changed_input_recomputes(self, dataset, tmp_path, capsys, change, what):
+        self.run(dataset, tmp_path / "r", capsys)
+        change = dict(change)
+        if change.pop("model", None):
+            change["model"] = TinyNet(seed=99)
+        result, err = self.run(dataset, tmp_path / "r", capsys, **change)
+        assert "recomputing" in err and what in err
+        saved = np.load(tmp_path / "r" / "conv3" / "iou.npz")["iou"]
+        np.testing.assert_array_equal(saved, result["conv3"].iou)
+
+    def test_changed_dataset_recomputes(self, dataset, tmp_path, capsys):
+        import shutil
+        copy = tmp_path / "data"
+        shutil.copytree(dataset, copy)
+        self.run(copy, tmp_path / "r", capsys)
+        lines = (copy / "index.csv").read_text().splitlines()
+        (copy / "index.csv").write_text("\n".join(lines[:-1]) + "\n")  # one image fewer
+        result, err = self.run(copy, tmp_path / "r", capsys)
+        assert "recomputing" in err and "dataset.index_digest" in err
+        assert result.images == 47
+        assert json.loads((tmp_path / "r" / "summary.json").read_text())["images"] == 47
+
+
+def test_unwritable_output_is_an_error_before_work(dataset, tmp_path):
+    if os.geteuid() == 0:
+        target = Path("/proc/netdissect-out")  # not creatable, even for root
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        target = locked / "run"
+    with pytest.raises(netdissect.RunError, match="not writable"):
+        netdissect.dissect(TinyNet(), LAYERS, dataset, out=target, workers=0, progress=False)
