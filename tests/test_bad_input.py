@@ -1,0 +1,122 @@
+"""Bad input to a dissection gets a clear error, or is skipped and listed when asked."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import netdissect
+from netdissect.errors import ActivationError, DatasetError, ModelError
+from netdissect.models import load_checkpoint
+
+from engine_data import TinyNet, make_dataset
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data", n_images=10, size=32, seed=2)
+
+
+def corrupt_image(root, n):
+    path = root / "images" / f"img{n:04d}.jpg"
+    path.write_bytes(path.read_bytes()[:40])  # truncated JPEG
+    return path
+
+
+def test_corrupt_image_fails_by_default_naming_the_file(dataset):
+    corrupt_image(dataset, 3)
+    with pytest.raises(DatasetError, match=r"img0003\.jpg"):
+        netdissect.dissect(TinyNet(), ["conv3"], dataset, workers=0, progress=False)
+
+
+def test_corrupt_image_is_skipped_and_listed_when_asked(dataset, tmp_path):
+    corrupt_image(dataset, 3)
+    out = tmp_path / "run"
+    result = netdissect.dissect(TinyNet(), ["conv3"], dataset, out=out, workers=0, progress=False,
+                                on_bad_image="skip", min_category_images=0)
+    assert result.images == 9
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 9
+    assert [s["image"] for s in summary["skipped_images"]] == ["img0003.jpg"]
+    assert any("skipped" in w for w in summary["warnings"])
+    # the skipped image changes nothing else: same as a dataset without it
+    clean = tmp_path / "clean"
+    shutil.copytree(dataset, clean)
+    lines = (clean / "index.csv").read_text().splitlines()
+    (clean / "index.csv").write_text("\n".join(l for l in lines if not l.startswith("img0003")) + "\n")
+    reference = netdissect.dissect(TinyNet(), ["conv3"], clean, workers=0, progress=False,
+                                   min_category_images=0)
+    np.testing.assert_array_equal(result["conv3"].thresholds, reference["conv3"].thresholds)
+    np.testing.assert_allclose(result["conv3"].iou, reference["conv3"].iou, atol=1e-7)
+
+
+def test_missing_mask_names_file_and_line(dataset):
+    (dataset / "images" / "img0004_object.png").unlink()
+    with pytest.raises(DatasetError, match=r"img0004_object\.png.*line 6|line 6.*img0004_object\.png"):
+        netdissect.dissect(TinyNet(), ["conv3"], dataset, workers=0, progress=False)
+
+
+class Poison(nn.Module):
+    """NaN in every image of a batch but the first."""
+
+    def forward(self, y):
+        y = y.clone()
+        y[1:, 0, 0, 0] = float("nan")
+        return y
+
+
+class NaNAfterFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.poison = Poison()
+
+    def forward(self, x):
+        return self.poison(self.conv(x))
+
+
+def test_nan_activation_names_layer_and_image(dataset):
+    with pytest.raises(ActivationError, match=r"layer 'poison'.*img0001\.jpg.*line 3"):
+        netdissect.dissect(NaNAfterFirst(), ["poison"], dataset, batch_size=4, workers=0, progress=False)
+
+
+def test_half_precision_model_is_dissected_in_float32(dataset):
+    model = TinyNet().to(torch.bfloat16)
+
+    class Cast(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.to(torch.bfloat16))
+
+    result = netdissect.dissect(Cast(model), ["inner.conv3"], dataset, workers=0, progress=False,
+                                min_category_images=0)
+    assert result["inner.conv3"].thresholds.dtype == np.float32
+
+
+def test_checkpoint_mismatch_lists_keys(tmp_path):
+    path = tmp_path / "ck.pt"
+    state = TinyNet().state_dict()
+    state.pop("conv1.bias")
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(ModelError, match=r"missing keys: conv1\.bias.*unexpected keys: extra\.weight"):
+        load_checkpoint(TinyNet(), path)
+
+
+def test_empty_split_is_a_clear_error(dataset):
+    with pytest.raises(DatasetError, match="split"):
+        netdissect.dissect(TinyNet(), ["conv3"], dataset, split="nope", workers=0, progress=False)
+
+
+def test_category_labeled_in_few_images_warns(dataset):
+    with pytest.warns(UserWarning, match="'texture' is labeled in only 5 images"):
+        result = netdissect.dissect(TinyNet(), ["conv3"], dataset, workers=0, progress=False,
+                                    min_category_images=6)
+    assert result.category_image_counts["texture"] == 5
