@@ -31,7 +31,8 @@ from .models import LoadedModel, load_model
 from .quantile import exact_memory_bytes
 from .segstore import SegmentationStore
 from .streaming import LayerStream
-from .tally import IoUTally, encode_segmentation
+from . import kernel
+from .tally import IoUTally, combination_counts, encode_segmentation
 from .upsample import MODES, make_upsampler, measure_receptive_field
 
 
@@ -433,12 +434,19 @@ class _Engine:
             upsample = make_upsampler(config.upsample, (h, w), (sh, sw), field=field_, image=(ih, iw))
             tally = IoUTally(stream.units, len(concepts), len(categories))
             thr = torch.from_numpy(thresholds)
+            fused = config.upsample == "bilinear" and kernel.exact_for((h, w), (sh, sw))
             for chunk in _subchunks(stream.pairs.final_pairs(thr), max_pairs=_pairs_per_chunk(sh * sw)):
-                masks = upsample(chunk["maps"]) > thr[chunk["unit"]][:, None, None]
+                unit_thr = thr[chunk["unit"]]
                 images_u, local = torch.unique(chunk["image"], return_inverse=True)
                 combo_ids, tables, image_concepts, labeled_t = store.gather(images_u)
-                tally.add(masks.reshape(masks.shape[0], -1), chunk["unit"], local, combo_ids, tables,
-                          image_concepts, labeled_t)
+                if fused:
+                    per_combo, act = kernel.fused_tally(chunk["maps"], unit_thr, local, combo_ids,
+                                                        (sh, sw), tables.shape[1])
+                else:
+                    masks = upsample(chunk["maps"]) > unit_thr[:, None, None]
+                    per_combo, act = combination_counts(masks.reshape(masks.shape[0], -1), local,
+                                                        combo_ids, tables.shape[1])
+                tally.add_counts(per_combo, act, chunk["unit"], local, tables, image_concepts, labeled_t)
             iou = tally.iou(concept_pixels, concept_cat_t).numpy().astype(np.float32)
             layer_results[name] = LayerResult(
                 name=name, thresholds=thresholds, iou=iou, concepts=concepts,

@@ -47,7 +47,7 @@ class SegmentationStore:
     def gather(self, images: torch.Tensor):
         """Arrays of the given (sorted, distinct) images for IoUTally.add."""
         idx = images.numpy()
-        combo_ids = torch.from_numpy(np.asarray(self.ids[idx]).astype(np.int64))
+        combo_ids = torch.from_numpy(np.asarray(self.ids[idx]).astype(np.int32))
         tables = [self.tables[i] for i in idx]
         max_combos = max(t.shape[0] for t in tables)
         planes = max(t.shape[1] for t in tables)

@@ -74,21 +74,25 @@ class IoUTally:
     def add(self, masks: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
             combo_ids: torch.Tensor, tables: torch.Tensor, image_concepts: torch.Tensor,
             labeled: torch.Tensor) -> None:
-        """Add a chunk of (unit, image) pairs.
+        """Add a chunk of (unit, image) pairs given their thresholded masks.
 
         masks: (p, P) bool, the pairs' thresholded upsampled maps.
         units, images: (p,) int64; ``images`` index the chunk's image arrays below.
-        combo_ids: (n, P) int64 combination id per pixel of each image of the chunk.
+        combo_ids: (n, P) combination id per pixel of each image of the chunk.
         tables: (n, max_combos, M) int64 concept per combination and plane (-1: none).
         image_concepts: (n, I) int64 image-level concepts (-1 padded).
         labeled: (n, G) bool, category labeled in the image.
         """
-        if masks.shape[0] == 0:
+        per_combo, act = combination_counts(masks, images, combo_ids, tables.shape[1])
+        self.add_counts(per_combo, act, units, images, tables, image_concepts, labeled)
+
+    def add_counts(self, per_combo: torch.Tensor, act: torch.Tensor, units: torch.Tensor,
+                   images: torch.Tensor, tables: torch.Tensor, image_concepts: torch.Tensor,
+                   labeled: torch.Tensor) -> None:
+        """Add pairs given their active pixels per combination (p, max_combos) and in all (p,)."""
+        if act.shape[0] == 0:
             return
-        n_pairs, n_pixels = masks.shape
         n_concepts = self.inter.shape[1]
-        pair_idx, pix = torch.nonzero(masks, as_tuple=True)
-        act = torch.bincount(pair_idx, minlength=n_pairs)                 # (p,) active pixels
         self.active.index_add_(0, units, act[:, None] * labeled[images].to(act.dtype))
         # image-level concepts: the unit's whole active area intersects the full-image mask
         ic = image_concepts[images]                                       # (p, I)
@@ -96,14 +100,10 @@ class IoUTally:
             valid = ic >= 0
             flat = (units[:, None] * n_concepts + ic)[valid]
             self.inter.view(-1).index_add_(0, flat, act[:, None].expand_as(ic)[valid])
-        # pixel-level concepts: active pixels per (pair, combination), then to concepts
         if tables.shape[2] == 0:
             return
-        max_combos = tables.shape[1]
-        combo = combo_ids.reshape(-1)[images[pair_idx] * n_pixels + pix]
-        per_combo = torch.bincount(pair_idx * max_combos + combo, minlength=n_pairs * max_combos)
-        per_combo = per_combo.view(n_pairs, max_combos)                   # (p, max_combos)
-        pair_c, combo_c = torch.nonzero(per_combo, as_tuple=True)         # combinations hit
+        # pixel-level concepts: from the combinations hit to the concepts they hold
+        pair_c, combo_c = torch.nonzero(per_combo, as_tuple=True)
         counts = per_combo[pair_c, combo_c]
         concepts = tables[images[pair_c], combo_c]                        # (hits, M)
         valid = concepts >= 0
@@ -119,3 +119,14 @@ class IoUTally:
         union = self.active[:, concept_category] + concept_pixels[None, :] - self.inter
         iou = self.inter.to(torch.float64) / union.clamp(min=1).to(torch.float64)
         return torch.where(union > 0, iou, torch.zeros_like(iou))
+
+
+def combination_counts(masks: torch.Tensor, images: torch.Tensor, combo_ids: torch.Tensor,
+                       max_combos: int):
+    """Active pixels of each pair per combination id (p, max_combos), and in all (p,)."""
+    n_pairs, n_pixels = masks.shape
+    pair_idx, pix = torch.nonzero(masks, as_tuple=True)
+    act = torch.bincount(pair_idx, minlength=n_pairs)
+    combo = combo_ids.reshape(-1)[images[pair_idx] * n_pixels + pix].long()
+    per_combo = torch.bincount(pair_idx * max_combos + combo, minlength=n_pairs * max_combos)
+    return per_combo.view(n_pairs, max_combos), act
