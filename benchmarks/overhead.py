@@ -27,7 +27,8 @@ LAYERS = ["features.3", "features.10", "features.18"]
 
 def ensure_data(path: Path, images: int) -> Path:
     from netdissect.synthetic import generate_synthetic
-    if not (path / "index.csv").exists():
+    index = path / "index.csv"
+    if not index.exists() or len(index.read_text().splitlines()) - 1 < images:
         print(f"generating {images} synthetic images in {path} ...", flush=True)
         generate_synthetic(path, images=images, size=224, seed=0, overwrite=True)
     return path
