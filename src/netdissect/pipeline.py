@@ -306,7 +306,10 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         if reused is not None:
             return reused
     engine = _Engine(loaded, ds, config, run, progress)
-    result = engine.run()
+    try:
+        result = engine.run()
+    finally:
+        engine.close()
     if run is not None:
         runs.write_results(run.path, result)
         run.finish()
@@ -324,6 +327,29 @@ class _Engine:
         self.device = resolve_device(config.device)
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
+
+    def close(self) -> None:
+        """Remove the scratch space of a run without a run directory."""
+        tempdir = getattr(self, "_tempdir", None)
+        if tempdir is not None:
+            tempdir.cleanup()
+
+    def _second_pass(self, module, normalize, data, workers, tallies) -> None:
+        """Sketch mode only: the thresholds were not known during the pass, so the layers kept
+        no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
+        data.with_labels = False
+        bar = _progress(len(self.ds), 0, "second pass", self.progress)
+        with torch.no_grad(), LayerCapture(module, list(tallies)) as capture:
+            for indices, images, _, bad in make_loader(data, self.config.batch_size, workers):
+                if images is not None:
+                    outputs = capture(normalize(images))
+                    for name, tally in tallies.items():
+                        acts = float32_activations(name, outputs[name], indices, self.ds)
+                        maxima = acts.amax(dim=(2, 3))
+                        b, u = torch.nonzero(maxima > tally.thr.to(acts.device)[None, :], as_tuple=True)
+                        tally.add({"unit": u.cpu(), "image": indices[b.cpu()], "maps": acts[b, u].cpu()})
+                bar.update(len(indices) + len(bad))
+        bar.close()
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -363,19 +389,24 @@ class _Engine:
         with torch.no_grad(), LayerCapture(module, config.layers) as capture:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
 
-        scratch = self.run_dir.scratch if self.run_dir is not None else Path(tempfile.mkdtemp(prefix="netdissect-"))
+        if self.run_dir is not None:
+            scratch = self.run_dir.scratch
+        else:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="netdissect-")
+            scratch = Path(self._tempdir.name)
         budget = int(config.memory_budget_mb * 2 ** 20)
         streams = {}
         for name in config.layers:
             k, h, w = shapes[name]
             need = exact_memory_bytes(k, len(ds) * h * w, config.level)
-            if need > budget:
-                raise RunError(
-                    f"layer {name!r}: the exact threshold needs {need / 2**20:.0f} MiB "
-                    f"(> --memory-budget {config.memory_budget_mb} MiB); raise --memory-budget or use --limit")
+            sketch = need > budget
+            if sketch:
+                self._warn(f"layer {name!r}: the exact threshold needs {need / 2**20:.0f} MiB "
+                           f"(> --memory-budget {config.memory_budget_mb} MiB); using a quantile sketch "
+                           "(rank error in summary.json) and a second pass over the data")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (2 * len(config.layers))), 4096),
-                                        self.device)
+                                        self.device, sketch=sketch)
         store = SegmentationStore(len(ds), sh * sw, len(concepts), labeled, scratch)
 
         workers = default_workers() if config.workers is None else config.workers
@@ -426,28 +457,25 @@ class _Engine:
         layer_results = {}
         concept_pixels = torch.from_numpy(store.concept_pixels)
         concept_cat_t = torch.from_numpy(concept_category)
+        tallies, thresholds_of = {}, {}
         for name, stream in streams.items():
             h, w = stream.map_shape
-            n_values = stream.quantile.count
-            thresholds = stream.quantile.threshold(n_values)
+            thresholds_of[name] = stream.quantile.threshold(stream.quantile.count)
             field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
-            upsample = make_upsampler(config.upsample, (h, w), (sh, sw), field=field_, image=(ih, iw))
-            tally = IoUTally(stream.units, len(concepts), len(categories))
-            thr = torch.from_numpy(thresholds)
-            fused = config.upsample == "bilinear" and kernel.exact_for((h, w), (sh, sw))
-            for chunk in _subchunks(stream.pairs.final_pairs(thr), max_pairs=_pairs_per_chunk(sh * sw)):
-                unit_thr = thr[chunk["unit"]]
-                images_u, local = torch.unique(chunk["image"], return_inverse=True)
-                combo_ids, tables, image_concepts, labeled_t = store.gather(images_u)
-                if fused:
-                    per_combo, act = kernel.fused_tally(chunk["maps"], unit_thr, local, combo_ids,
-                                                        (sh, sw), tables.shape[1])
-                else:
-                    masks = upsample(chunk["maps"]) > unit_thr[:, None, None]
-                    per_combo, act = combination_counts(masks.reshape(masks.shape[0], -1), local,
-                                                        combo_ids, tables.shape[1])
-                tally.add_counts(per_combo, act, chunk["unit"], local, tables, image_concepts, labeled_t)
-            iou = tally.iou(concept_pixels, concept_cat_t).numpy().astype(np.float32)
+            tallies[name] = _LayerTally(stream, thresholds_of[name], len(concepts), len(categories),
+                                        config.upsample, (h, w), (sh, sw), field_, (ih, iw), store)
+            for chunk in stream.pairs.final_pairs(tallies[name].thr):
+                tallies[name].add(chunk)
+        second = [name for name, stream in streams.items() if stream.sketch]
+        if second:
+            self._second_pass(module, normalize, data, workers, {n: tallies[n] for n in second})
+        for name, stream in streams.items():
+            h, w = stream.map_shape
+            thresholds = thresholds_of[name]
+            iou = tallies[name].tally.iou(concept_pixels, concept_cat_t).numpy().astype(np.float32)
+            if stream.sketch:
+                self.warnings.append(f"layer {name!r}: thresholds from a quantile sketch, relative rank "
+                                     f"error <= {stream.quantile.rank_error():.2e} (probability 1 - 1e-6)")
             layer_results[name] = LayerResult(
                 name=name, thresholds=thresholds, iou=iou, concepts=concepts,
                 concept_names=[ds.labels[c].name for c in concepts],
@@ -459,6 +487,34 @@ class _Engine:
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
                                 manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
                                 dataset_path=str(Path(ds.root).resolve()))
+
+
+class _LayerTally:
+    """The final IoU tally of one layer, fed chunks of (unit, image) pairs with their maps."""
+
+    def __init__(self, stream, thresholds, n_concepts, n_categories, mode, native, size, field,
+                 image, store):
+        self.tally = IoUTally(stream.units, n_concepts, n_categories)
+        self.thr = torch.from_numpy(thresholds)
+        self.size = size
+        self.store = store
+        self.upsample = make_upsampler(mode, native, size, field=field, image=image)
+        self.fused = mode == "bilinear" and kernel.exact_for(native, size)
+        self.max_pairs = _pairs_per_chunk(size[0] * size[1])
+
+    def add(self, chunk: dict) -> None:
+        for part in _subchunks([chunk], self.max_pairs):
+            unit_thr = self.thr[part["unit"]]
+            images_u, local = torch.unique(part["image"], return_inverse=True)
+            combo_ids, tables, image_concepts, labeled = self.store.gather(images_u)
+            if self.fused:
+                per_combo, act = kernel.fused_tally(part["maps"], unit_thr, local, combo_ids, self.size,
+                                                    tables.shape[1])
+            else:
+                masks = self.upsample(part["maps"]) > unit_thr[:, None, None]
+                per_combo, act = combination_counts(masks.reshape(masks.shape[0], -1), local, combo_ids,
+                                                    tables.shape[1])
+            self.tally.add_counts(per_combo, act, part["unit"], local, tables, image_concepts, labeled)
 
 
 def _pairs_per_chunk(pixels: int, budget_bytes: int = 256 * 2 ** 20) -> int:

@@ -136,16 +136,50 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
+class SketchQuantile:
+    """The quantile sketch behind ExactTopQuantile's interface, for layers too large for exact."""
+
+    def __init__(self, units: int, level: float, device="cpu"):
+        from .sketch import UnitQuantileSketch
+        self.level = level
+        self.sketch = UnitQuantileSketch(units, device=device)
+
+    @property
+    def count(self) -> int:
+        return self.sketch.count
+
+    def add(self, values: torch.Tensor) -> None:
+        self.sketch.add(values)
+
+    def threshold(self, n=None):
+        return self.sketch.quantile(self.level).cpu().numpy().astype("float32")
+
+    def rank_error(self) -> float:
+        return self.sketch.rank_error_bound()
+
+    def state_dict(self) -> dict:
+        return self.sketch.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        from .sketch import UnitQuantileSketch
+        self.sketch = UnitQuantileSketch.from_state_dict(state)
+
+
 class LayerStream:
     """Everything one layer accumulates during the pass."""
 
     def __init__(self, name: str, units: int, map_shape: Tuple[int, int], expected_n_images: int,
-                 level: float, top_k: int, spill_dir: Optional[Path], budget_bytes: int, device):
+                 level: float, top_k: int, spill_dir: Optional[Path], budget_bytes: int, device,
+                 sketch: bool = False):
         self.name = name
         self.units = units
         self.map_shape = map_shape
+        self.sketch = sketch
         h, w = map_shape
-        self.quantile = ExactTopQuantile(units, expected_n_images * h * w, level, device=device)
+        if sketch:
+            self.quantile = SketchQuantile(units, level, device=device)
+        else:
+            self.quantile = ExactTopQuantile(units, expected_n_images * h * w, level, device=device)
         self.topk = TopKImages(units, top_k, map_shape, device=device)
         self.pairs = PairBuffer(spill_dir, budget_bytes, name)
 
@@ -154,6 +188,8 @@ class LayerStream:
         maxima = acts.amax(dim=(2, 3))                                   # (B, K)
         self.topk.add(maxima, acts, images.to(acts.device))
         self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
+        if self.sketch:
+            return  # no lower bound to filter with: the tally takes a second pass
         bound = self.quantile.lower_bound()
         b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
         self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
