@@ -263,6 +263,8 @@ def float32_activations(layer: str, output: torch.Tensor, indices: torch.Tensor,
                         ds: BrodenDataset) -> torch.Tensor:
     """float32 activations; NaN or inf is an error naming the layer and the image."""
     acts = output.detach().float()
+    if bool(torch.isfinite(acts.sum())):  # one cheap pass; NaN and inf both spoil the sum
+        return acts
     finite = torch.isfinite(acts).flatten(1).all(dim=1)
     if not bool(finite.all()):
         bad = int(torch.nonzero(~finite)[0, 0])

@@ -45,10 +45,16 @@ def encode_segmentation(planes: np.ndarray, image_labels: np.ndarray, concept_of
         return EncodedSegmentation(np.zeros(pixels, dtype=id_dtype), np.zeros((1, 0), dtype=np.int32),
                                    image_concepts, concept_pixels)
     flat = concept_of_label[planes.reshape(m, -1)]          # (M, P) concept indices
-    key = flat[0].astype(np.int64) + 1
-    for row in flat[1:]:
-        _, key = np.unique(key, return_inverse=True)
-        key = key.astype(np.int64) * (n_concepts + 1) + row + 1
+    bits = int(n_concepts + 1).bit_length()
+    if m * bits <= 63:  # one integer key per pixel: all planes packed side by side
+        key = np.zeros(flat.shape[1], dtype=np.int64)
+        for row in flat:
+            key = (key << bits) | (row + 1)
+    else:  # too many planes to pack: rank the combinations plane by plane
+        key = flat[0].astype(np.int64) + 1
+        for row in flat[1:]:
+            _, key = np.unique(key, return_inverse=True)
+            key = key.astype(np.int64) * (n_concepts + 1) + row + 1
     _, first, combo_ids = np.unique(key, return_index=True, return_inverse=True)
     table = flat[:, first].T.astype(np.int32).copy()        # (n_combos, M)
     if m > 1:  # a concept present in two planes at one pixel counts once
