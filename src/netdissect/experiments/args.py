@@ -1,0 +1,48 @@
+"""Command-line options shared by the experiment commands (imports nothing heavy)."""
+from __future__ import annotations
+
+
+def add_model_args(p, weights_default: str = "default", checkpoint: bool = True) -> None:
+    p.add_argument("--model", required=True,
+                   help="torchvision:NAME | timm:NAME | path/to/torchscript.pt | package.module:factory")
+    p.add_argument("--weights", default=weights_default,
+                   help="torchvision weights enum name (e.g. IMAGENET1K_V1), 'default', or 'none' "
+                        f"(default: {weights_default})")
+    if checkpoint:
+        p.add_argument("--checkpoint", help="a state_dict file to load into the model")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                   help="input normalization mean, pixels scaled to [0, 1] (default: from the weights, else ImageNet)")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="input normalization std")
+
+
+def add_dissect_args(p, dataset_required: bool = True) -> None:
+    p.add_argument("--dataset", required=dataset_required, help="a Broden-format dataset directory")
+    p.add_argument("--categories", nargs="+", help="categories to use (default: every category the dataset has)")
+    p.add_argument("--split", help="dataset split to use (default: all images)")
+    p.add_argument("--limit", type=int, help="use only the first N images: a quick look")
+    p.add_argument("--quantile", type=float, default=0.005,
+                   help="top fraction of activations that is active (default 0.005)")
+    p.add_argument("--iou-threshold", type=float, default=0.04,
+                   help="IoU above which a unit is a detector (default 0.04)")
+    p.add_argument("--upsample", choices=("bilinear", "rf"), default="bilinear",
+                   help="bilinear (default) or rf (receptive-field aligned)")
+    p.add_argument("--top-k", type=int, default=8, help="top images kept per unit (default 8)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, help="data loading processes (default: min(4, cores))")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--min-category-images", type=int, default=20,
+                   help="warn when a category is labeled in fewer images than this (default 20)")
+    p.add_argument("--memory-budget", type=int, default=1024, dest="memory_budget_mb",
+                   help="MiB for in-memory statistics per layer (default 1024)")
+    p.add_argument("--force", action="store_true", help="recompute everything, ignoring checkpoints and finished runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def dissect_params(args) -> dict:
+    """The keyword arguments of netdissect.dissect() from add_dissect_args' options."""
+    return dict(quantile=args.quantile, iou_threshold=args.iou_threshold, upsample=args.upsample,
+                categories=args.categories, split=args.split, limit=args.limit, top_k=args.top_k,
+                batch_size=args.batch_size, workers=args.workers, device=args.device,
+                min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb)
+
+
