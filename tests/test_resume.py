@@ -186,3 +186,13 @@ def test_unwritable_output_is_an_error_before_work(dataset, tmp_path):
         target = locked / "run"
     with pytest.raises(netdissect.RunError, match="not writable"):
         netdissect.dissect(TinyNet(), LAYERS, dataset, out=target, workers=0, progress=False)
+
+
+def test_full_disk_is_an_error_before_work(dataset, tmp_path, monkeypatch):
+    import shutil as _shutil
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(_shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9, 1000))
+    with pytest.raises(netdissect.RunError, match="MiB free"):
+        netdissect.dissect(TinyNet(), LAYERS, dataset, out=tmp_path / "run", workers=0, progress=False)
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -409,6 +410,8 @@ class _Engine:
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (2 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
+        _check_free_space(scratch, len(ds) * sh * sw * 2 + budget // 2
+                          + sum(s.units * s.topk.k * s.map_shape[0] * s.map_shape[1] * 2 for s in streams.values()))
         store = SegmentationStore(len(ds), sh * sw, len(concepts), labeled, scratch)
 
         workers = default_workers() if config.workers is None else config.workers
@@ -489,6 +492,15 @@ class _Engine:
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
                                 manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
                                 dataset_path=str(Path(ds.root).resolve()))
+
+
+def _check_free_space(directory: Path, needed: int) -> None:
+    """Fail before the long work when the scratch and result files cannot fit."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise RunError(f"{directory}: {free / 2**20:.0f} MiB free, but this run needs about "
+                       f"{needed / 2**20:.0f} MiB for its scratch and result files; free some space "
+                       "or choose another --out")
 
 
 class _LayerTally:
