@@ -96,3 +96,23 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
                    tmp_path / "nope", "--out", tmp_path / "x", "--quiet", check=False)
     assert proc.returncode == 1
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("export", ["script", "trace"])
+def test_torchscript_model_gives_the_same_numbers_as_python(synthetic, tmp_path, export):
+    import torch
+    from engine_data import TinyNet
+    model = TinyNet().eval()
+    exported = torch.jit.script(model) if export == "script" else torch.jit.trace(model, torch.rand(1, 3, 64, 64))
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(exported, str(path))
+    common = ["--layer", "relu2", "--layer", "conv3", "--dataset", synthetic, "--batch-size", 6,
+              "--workers", 0, "--quiet", "--no-report", "--min-category-images", 0]
+    run_cli("dissect", "--model", path, "--out", tmp_path / "ts", *common)
+    run_cli("dissect", "--model", "engine_data:tiny_net", "--out", tmp_path / "py", *common)
+    for layer in ("relu2", "conv3"):
+        a = np.load(tmp_path / "ts" / layer / "iou.npz")["iou"]
+        b = np.load(tmp_path / "py" / layer / "iou.npz")["iou"]
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.load(tmp_path / "ts" / layer / "thresholds.npy"),
+                                      np.load(tmp_path / "py" / layer / "thresholds.npy"))

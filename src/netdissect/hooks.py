@@ -68,7 +68,8 @@ class LayerCapture:
     def __enter__(self) -> "LayerCapture":
         if isinstance(self.model, torch.jit.ScriptModule):
             from .torchscript import capture_torchscript
-            self._script_runner = capture_torchscript(self.model, self.layers)
+            self._script_runner = capture_torchscript(self.model, self.layers, call="first",
+                                                      need_output=not self.stop_early)
             return self
         modules = dict(self.model.named_modules())
         for layer in self.layers:
@@ -127,7 +128,7 @@ def list_layers(model: nn.Module, input_size: Tuple[int, int] = (224, 224)) -> L
             from .torchscript import capture_torchscript
             names = module_names(model)
             with torch.no_grad():
-                _, outputs = capture_torchscript(model, names)(x)
+                _, outputs = capture_torchscript(model, names, call="first", skip_unsupported=True)(x)
             return [LayerInfo(n, "ScriptModule", _shape(outputs.get(n))) for n in names]
         shapes: Dict[str, Tuple[int, ...]] = {}
         handles = []
