@@ -320,7 +320,32 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     return result
 
 
+@dataclass
+class _Vocabulary:
+    """The concepts of a dataset selection, indexed 0..C-1, and which images label what."""
+
+    concepts: np.ndarray           # (C,) label numbers
+    concept_of_label: np.ndarray   # label number -> concept index, -1 when not a concept
+    categories: List[str]
+    concept_category: np.ndarray   # (C,) category index of each concept (its primary one)
+    labeled: np.ndarray            # (N, G) category labeled in image
+
+    @classmethod
+    def of(cls, ds: BrodenDataset) -> "_Vocabulary":
+        concepts = np.array(ds.concepts, dtype=np.int64)
+        concept_of_label = np.full(len(ds.labels), -1, dtype=np.int64)
+        concept_of_label[concepts] = np.arange(len(concepts))
+        categories = list(ds.categories)
+        concept_category = np.array([categories.index(ds.labels[c].category) for c in concepts],
+                                    dtype=np.int64)
+        labeled = np.array([[bool(r.masks.get(cat)) or bool(r.image_labels.get(cat)) for cat in categories]
+                            for r in ds.records], dtype=bool).reshape(len(ds.records), len(categories))
+        return cls(concepts, concept_of_label, categories, concept_category, labeled)
+
+
 class _Engine:
+    """One dissection: the pass, the thresholds, the tally, the labels."""
+
     def __init__(self, loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig, run, progress: bool):
         self.loaded = loaded
         self.ds = ds
@@ -330,29 +355,12 @@ class _Engine:
         self.device = resolve_device(config.device)
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
+        self._tempdir = None
 
     def close(self) -> None:
         """Remove the scratch space of a run without a run directory."""
-        tempdir = getattr(self, "_tempdir", None)
-        if tempdir is not None:
-            tempdir.cleanup()
-
-    def _second_pass(self, module, normalize, data, workers, tallies) -> None:
-        """Sketch mode only: the thresholds were not known during the pass, so the layers kept
-        no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
-        data.with_labels = False
-        bar = _progress(len(self.ds), 0, "second pass", self.progress)
-        with torch.no_grad(), LayerCapture(module, list(tallies)) as capture:
-            for indices, images, _, bad in make_loader(data, self.config.batch_size, workers):
-                if images is not None:
-                    outputs = capture(normalize(images))
-                    for name, tally in tallies.items():
-                        acts = float32_activations(name, outputs[name], indices, self.ds)
-                        maxima = acts.amax(dim=(2, 3))
-                        b, u = torch.nonzero(maxima > tally.thr.to(acts.device)[None, :], as_tuple=True)
-                        tally.add({"unit": u.cpu(), "image": indices[b.cpu()], "maps": acts[b, u].cpu()})
-                bar.update(len(indices) + len(bad))
-        bar.close()
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -360,38 +368,74 @@ class _Engine:
 
     def run(self) -> DissectionResult:
         start = time.time()
-        from . import runs
         ds, config = self.ds, self.config
+        ih, iw, sh, sw = self._image_sizes()
+        vocab = _Vocabulary.of(ds)
+        counts = ds.category_image_counts()
+        for cat in vocab.categories:
+            if counts.get(cat, 0) < config.min_category_images:
+                self._warn(f"category {cat!r} is labeled in only {counts.get(cat, 0)} images "
+                           f"(< {config.min_category_images}): its concepts' IoU is inflated by the "
+                           "restricted union; read its detectors with care or use a larger dataset")
+        module = prepare_model(self.loaded, self.device)
+        normalize = Normalizer(self.loaded.mean, self.loaded.std, self.device)
+        streams, store = self._open_state(module, normalize, vocab, sh * sw)
+        data = _ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip")
+
+        # 1. one pass: quantiles, top images, candidate maps, encoded labels
+        self._stream_pass(module, normalize, data, streams, store)
+        n_images = len(ds) - len(self.skipped)
+        # 2. thresholds
+        thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
+        # 3. tally intersections and unions at those thresholds
+        tallies = {}
+        for name, stream in streams.items():
+            field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
+            tallies[name] = _LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
+                                        config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store)
+            for chunk in stream.pairs.final_pairs(tallies[name].thr):
+                tallies[name].add(chunk)
+        sketched = {name: tallies[name] for name, stream in streams.items() if stream.sketch}
+        if sketched:
+            self._second_pass(module, normalize, data, sketched)
+        # 4. IoU and labels
+        concept_pixels = torch.from_numpy(store.concept_pixels)
+        concept_category = torch.from_numpy(vocab.concept_category)
+        layers = {}
+        for name, stream in streams.items():
+            if stream.sketch:
+                self.warnings.append(f"layer {name!r}: thresholds from a quantile sketch, relative rank "
+                                     f"error <= {stream.quantile.rank_error():.2e} (probability 1 - 1e-6)")
+            layers[name] = LayerResult(
+                name=name, thresholds=thresholds[name],
+                iou=tallies[name].tally.iou(concept_pixels, concept_category).numpy().astype(np.float32),
+                concepts=vocab.concepts, concept_names=[ds.labels[c].name for c in vocab.concepts],
+                concept_categories=[ds.labels[c].category for c in vocab.concepts],
+                categories=vocab.categories, iou_threshold=config.iou_threshold, map_shape=stream.map_shape,
+                topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
+                topk_maps=stream.topk.maps.cpu().numpy())
+        return DissectionResult(config=config, layers=layers, category_image_counts=counts,
+                                images=n_images, skipped=self.skipped, warnings=self.warnings,
+                                manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
+                                dataset_path=str(Path(ds.root).resolve()))
+
+    def _image_sizes(self) -> Tuple[int, int, int, int]:
+        ds = self.ds
         if len(ds) == 0:
             raise DatasetError("the dataset selection is empty (check --split and --limit)", ds.root)
         sizes = {(r.ih, r.iw, r.sh, r.sw) for r in ds.records}
         if len(sizes) != 1:
             raise DatasetError(f"images of several sizes in one run ({sorted(sizes)[:4]}); "
                                "dissect one size at a time with --split", ds.root / "index.csv")
-        ih, iw, sh, sw = sizes.pop()
-        concepts = np.array(ds.concepts, dtype=np.int64)
-        concept_of_label = np.full(len(ds.labels), -1, dtype=np.int64)
-        concept_of_label[concepts] = np.arange(len(concepts))
-        categories = list(ds.categories)
-        concept_category = np.array([categories.index(ds.labels[c].category) for c in concepts], dtype=np.int64)
-        counts = ds.category_image_counts()
-        for cat in categories:
-            if counts.get(cat, 0) < config.min_category_images:
-                self._warn(f"category {cat!r} is labeled in only {counts.get(cat, 0)} images "
-                           f"(< {config.min_category_images}): its concepts' IoU is inflated by the "
-                           "restricted union; read its detectors with care or use a larger dataset")
-        labeled = np.zeros((len(ds), len(categories)), dtype=bool)
-        for i, r in enumerate(ds.records):
-            for g, cat in enumerate(categories):
-                labeled[i, g] = bool(r.masks.get(cat)) or bool(r.image_labels.get(cat))
+        return sizes.pop()
 
-        module = prepare_model(self.loaded, self.device)
-        normalize = Normalizer(self.loaded.mean, self.loaded.std, self.device)
-        # probe the layers' shapes on one real image
+    def _open_state(self, module, normalize, vocab: _Vocabulary, pixels: int):
+        """Per-layer streams (exact, or sketch beyond the memory budget) and the label store;
+        the layers' shapes come from one real image, so a bad layer fails before the pass."""
+        ds, config = self.ds, self.config
         probe = normalize(torch.from_numpy(ds.load_image(0))[None])
         with torch.no_grad(), LayerCapture(module, config.layers) as capture:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
-
         if self.run_dir is not None:
             scratch = self.run_dir.scratch
         else:
@@ -410,12 +454,18 @@ class _Engine:
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (2 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
-        _check_free_space(scratch, len(ds) * sh * sw * 2 + budget // 2
-                          + sum(s.units * s.topk.k * s.map_shape[0] * s.map_shape[1] * 2 for s in streams.values()))
-        store = SegmentationStore(len(ds), sh * sw, len(concepts), labeled, scratch)
+        _check_free_space(scratch, len(ds) * pixels * 2 + budget // 2 + sum(
+            s.units * s.topk.k * s.map_shape[0] * s.map_shape[1] * 2 for s in streams.values()))
+        store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, scratch)
+        return streams, store
 
-        workers = default_workers() if config.workers is None else config.workers
-        data = _ImagesAndLabels(ds, concept_of_label, len(concepts), config.on_bad_image == "skip")
+    def _workers(self) -> int:
+        return default_workers() if self.config.workers is None else self.config.workers
+
+    def _stream_pass(self, module, normalize, data, streams, store) -> None:
+        """The forward pass over the dataset, resumed from a checkpoint when there is one."""
+        from . import runs
+        ds, config = self.ds, self.config
         done = 0
         checkpoint = self.run_dir.load_checkpoint() if self.run_dir is not None else None
         if checkpoint is not None:
@@ -425,17 +475,16 @@ class _Engine:
             store.load_state_dict(checkpoint["store"])
             self.skipped = checkpoint["skipped"]
         bar = _progress(len(ds), done, "dissect", self.progress)
-        loader = make_loader(data, config.batch_size, workers, start=done)
         state = {"done": done}
 
         def save_checkpoint():
-            if self.run_dir is not None:
-                self.run_dir.save_checkpoint(state["done"], streams, store, self.skipped)
+            self.run_dir.save_checkpoint(state["done"], streams, store, self.skipped)
 
         interrupt = runs.InterruptFlag() if self.run_dir is not None else None
         with torch.no_grad(), LayerCapture(module, config.layers) as capture, \
                 interrupt or contextlib.nullcontext():
-            for indices, images, encoded, bad in loader:
+            for indices, images, encoded, bad in make_loader(data, config.batch_size, self._workers(),
+                                                             start=done):
                 for i, message in bad:
                     self.skipped.append({"image": ds.records[i].image, "line": ds.records[i].line,
                                          "error": message})
@@ -451,47 +500,29 @@ class _Engine:
                         save_checkpoint()
                     interrupt.check(save_checkpoint)
         bar.close()
+        store.flush()
         if self.skipped:
             self._warn(f"{len(self.skipped)} image(s) could not be read and were skipped "
                        f"(first: {self.skipped[0]['image']}); they are listed in summary.json")
-        n_images = len(ds) - len(self.skipped)
-        if n_images == 0:
+        if len(self.skipped) == len(ds):
             raise DatasetError("every image was skipped: nothing to dissect", ds.root)
-        store.flush()
 
-        layer_results = {}
-        concept_pixels = torch.from_numpy(store.concept_pixels)
-        concept_cat_t = torch.from_numpy(concept_category)
-        tallies, thresholds_of = {}, {}
-        for name, stream in streams.items():
-            h, w = stream.map_shape
-            thresholds_of[name] = stream.quantile.threshold(stream.quantile.count)
-            field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
-            tallies[name] = _LayerTally(stream, thresholds_of[name], len(concepts), len(categories),
-                                        config.upsample, (h, w), (sh, sw), field_, (ih, iw), store)
-            for chunk in stream.pairs.final_pairs(tallies[name].thr):
-                tallies[name].add(chunk)
-        second = [name for name, stream in streams.items() if stream.sketch]
-        if second:
-            self._second_pass(module, normalize, data, workers, {n: tallies[n] for n in second})
-        for name, stream in streams.items():
-            h, w = stream.map_shape
-            thresholds = thresholds_of[name]
-            iou = tallies[name].tally.iou(concept_pixels, concept_cat_t).numpy().astype(np.float32)
-            if stream.sketch:
-                self.warnings.append(f"layer {name!r}: thresholds from a quantile sketch, relative rank "
-                                     f"error <= {stream.quantile.rank_error():.2e} (probability 1 - 1e-6)")
-            layer_results[name] = LayerResult(
-                name=name, thresholds=thresholds, iou=iou, concepts=concepts,
-                concept_names=[ds.labels[c].name for c in concepts],
-                concept_categories=[ds.labels[c].category for c in concepts],
-                categories=categories, iou_threshold=config.iou_threshold, map_shape=(h, w),
-                topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
-                topk_maps=stream.topk.maps.cpu().numpy())
-        return DissectionResult(config=config, layers=layer_results, category_image_counts=counts,
-                                images=n_images, skipped=self.skipped, warnings=self.warnings,
-                                manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
-                                dataset_path=str(Path(ds.root).resolve()))
+    def _second_pass(self, module, normalize, data, tallies) -> None:
+        """Sketch mode only: the thresholds were not known during the pass, so the layers kept
+        no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
+        data.with_labels = False
+        bar = _progress(len(self.ds), 0, "second pass", self.progress)
+        with torch.no_grad(), LayerCapture(module, list(tallies)) as capture:
+            for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers()):
+                if images is not None:
+                    outputs = capture(normalize(images))
+                    for name, tally in tallies.items():
+                        acts = float32_activations(name, outputs[name], indices, self.ds)
+                        maxima = acts.amax(dim=(2, 3))
+                        b, u = torch.nonzero(maxima > tally.thr.to(acts.device)[None, :], as_tuple=True)
+                        tally.add({"unit": u.cpu(), "image": indices[b.cpu()], "maps": acts[b, u].cpu()})
+                bar.update(len(indices) + len(bad))
+        bar.close()
 
 
 def _check_free_space(directory: Path, needed: int) -> None:
