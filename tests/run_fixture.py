@@ -1,7 +1,8 @@
 """A small, fake-but-consistent run directory for the report's tests.
 
 `build_run(out)` writes a dataset (netdissect.synthetic's generator when available, else a tiny
-Broden set of simple scenes written here), then fakes a dissection over it:
+Broden set of simple scenes written here: `use_synthetic=False`), then fakes a dissection over
+it, with the files laid out as netdissect.runs writes them:
 
   * each unit of each fake layer "prefers" one concept: its native map is the concept's mask
     averaged down to the layer's resolution, times a gain, plus noise; a few units are noise;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -181,13 +183,17 @@ def make_dataset(root: Path, images: int = 24, size: int = 96, seed: int = 0,
             if use_synthetic:
                 raise
         else:
-            generate_synthetic(root, images=images, size=size, seed=seed)
+            try:
+                generate_synthetic(root, images=images, size=size, seed=seed, workers=1)
+            except TypeError:          # an older signature without workers
+                generate_synthetic(root, images=images, size=size, seed=seed)
             return Path(root)
     return write_tiny_broden(root, images=images, size=size, seed=seed)
 
 
 # ----------------------------------------------------------------------------- fake dissection
 
+@lru_cache(maxsize=None)
 def _bilinear(src: int, dst: int) -> np.ndarray:
     m = np.zeros((dst, src), np.float64)
     pos = np.maximum((np.arange(dst) + 0.5) * src / dst - 0.5, 0)
@@ -200,6 +206,7 @@ def _bilinear(src: int, dst: int) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=None)
 def _area(src: int, dst: int) -> np.ndarray:
     m = np.zeros((dst, src), np.float64)
     step = src / dst
@@ -213,7 +220,8 @@ def _area(src: int, dst: int) -> np.ndarray:
 def build_run(out: Path, dataset: Optional[Path] = None, *, images: int = 24, size: int = 96,
               layers: Sequence[Tuple[str, int, int]] = DEFAULT_LAYERS, k: int = 6,
               quantile: float = 0.06, iou_threshold: float = 0.04, seed: int = 0,
-              use_synthetic: Optional[bool] = None, extra_warnings: Sequence[str] = ()) -> Path:
+              use_synthetic: Optional[bool] = None, extra_warnings: Sequence[str] = (),
+              skipped: Sequence[dict] = ()) -> Path:
     """Write a run directory under `out` (and its dataset under out/../dataset unless given).
 
     layers: (name, units, native map size). quantile: the top fraction used for thresholds
@@ -251,11 +259,19 @@ def build_run(out: Path, dataset: Optional[Path] = None, *, images: int = 24, si
                 m[col_of[int(v)]] = True
         segs.append((m, np.asarray(seg.labeled, bool)))
 
-    def gt_native(i: int, col: int, h: int) -> np.ndarray:
-        m = segs[i][0][col].astype(np.float64)
-        sh, sw = m.shape
-        return _area(sh, h) @ m @ _area(sw, h).T
+    native_cache: Dict[int, np.ndarray] = {}
 
+    def gt_native(i: int, col: int, h: int) -> np.ndarray:
+        """The concept's mask averaged down to h x h (all concepts of image i at once, cached)."""
+        key = i * 10000 + h
+        if key not in native_cache:
+            m = segs[i][0].astype(np.float64)
+            sh, sw = m.shape[1:]
+            native_cache[key] = np.einsum("ab,cbd,ed->cae", _area(sh, h), m, _area(sw, h))
+        return native_cache[key][col]
+
+    # concepts that occur in this (small) set: the units prefer those
+    present = [j for j in range(C) if any(m[j].any() for m, _ in segs)]
     layer_names = [name for name, _, _ in layers]
     summary_layers = {}
     for li, (name, K, h) in enumerate(layers):
@@ -264,7 +280,7 @@ def build_run(out: Path, dataset: Optional[Path] = None, *, images: int = 24, si
             if u % 5 == 4:
                 prefs.append(None)                       # a noise unit
             else:
-                prefs.append((u * 7 + li * 3) % C)
+                prefs.append(present[(u * 7 + li * 3) % len(present)])
         acts = np.zeros((K, n, h, h), np.float32)
         for u, pref in enumerate(prefs):
             gain = rng.uniform(1.0, 3.0)
@@ -337,18 +353,22 @@ def build_run(out: Path, dataset: Optional[Path] = None, *, images: int = 24, si
                 for c, v in counts.items() if 0 < v < n * 0.75]
     warnings += list(extra_warnings)
     params = {"quantile": quantile, "iou_threshold": iou_threshold, "upsample": "bilinear",
-              "topk": k, "batch_size": 8}
+              "top_k": k}
+    for name in summary_layers:
+        summary_layers[name]["directory"] = name
+        summary_layers[name]["iou_threshold"] = iou_threshold
     (out / "summary.json").write_text(json.dumps({
         "layers": summary_layers, "categories": cats, "category_image_counts": counts,
-        "images": n, "skipped_images": [], "warnings": warnings, "params": params,
+        "images": n, "skipped_images": list(skipped), "warnings": warnings, "parameters": params,
     }, indent=2))
+    digest = ds.index_digest()
     (out / "config.json").write_text(json.dumps({
-        "model": {"spec": "fixture:fake-cnn", "weights_digest": "0" * 16},
+        "manifest": {"model": {"spec": "fixture:fake-cnn", "weights": None},
+                     "dataset": {"index_digest": digest}, "package_version": "0.1.0"},
+        "config": dict(params, split=None, categories=None, limit=None, batch_size=8,
+                       device="cpu"),
+        "dataset": {"path": str(Path(dataset).resolve()), "index_digest": digest,
+                    "split": None, "categories": None, "limit": None},
         "layers": layer_names,
-        "dataset": {"path": str(Path(dataset).resolve()), "split": None, "categories": None,
-                    "limit": None, "index_digest": ds.index_digest()},
-        "parameters": params,
-        "device": "cpu",
-        "version": "0.1.0",
     }, indent=2))
     return out

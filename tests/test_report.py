@@ -49,8 +49,8 @@ def _chromium() -> Optional[str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("report")
-    out = build_run(base / "run", use_synthetic=False,
-                    extra_warnings=["3 images skipped: unreadable (tiny/img_999.jpg, line 1001)"])
+    out = build_run(base / "run", extra_warnings=["a warning recorded by the run"],
+                    skipped=[{"line": 1001, "image": "000999.jpg", "error": "truncated JPEG"}])
     render_report(out, top_k=5)
     return out
 
@@ -147,8 +147,8 @@ def test_category_colors_are_stable():
 
 def test_overview_content(run_dir: Path):
     text = (run_dir / "report" / "index.html").read_text(encoding="utf-8")
-    assert "3 images skipped" in text                       # summary warnings are shown
-    assert "is labeled in only" in text
+    assert "a warning recorded by the run" in text           # summary warnings are shown
+    assert "000999.jpg" in text and "1 image(s) were skipped" in text
     assert "images labeled" in text                          # category image counts
     summary = json.loads((run_dir / "summary.json").read_text())
     for name, info in summary["layers"].items():
@@ -198,8 +198,7 @@ def test_missing_config_is_a_clear_error(tmp_path: Path):
 
 def test_strips_of_a_wide_layer_render_fast(tmp_path: Path):
     """1,280 units: strips must come out in reasonable time (vectorized)."""
-    out = build_run(tmp_path / "wide", images=16, size=64, layers=(("blocks.6", 1280, 7),),
-                    k=8, use_synthetic=False)
+    out = build_run(tmp_path / "wide", images=16, size=64, layers=(("blocks.6", 1280, 7),), k=8)
     t = time.perf_counter()
     render_report(out, workers=1)
     elapsed = time.perf_counter() - t
@@ -322,7 +321,7 @@ class Chromium:
             self.wait_event("Page.loadEventFired", since)
         if url != "about:blank":
             self.wait_for("window.ndReport && window.ndReport.ready === true")
-        self.settle()
+        self.settle(since)
 
     def evaluate(self, expression: str) -> Any:
         res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
@@ -344,14 +343,16 @@ class Chromium:
             time.sleep(0.05)
         raise TimeoutError(f"{expression} never became true")
 
-    def settle(self, quiet: float = 0.4, timeout: float = 15.0) -> None:
-        """Wait until no request is pending (lazy images of the viewport included)."""
+    def settle(self, since: int = 0, quiet: float = 0.4, timeout: float = 15.0) -> None:
+        """Wait until no request started since event `since` is pending (lazy images of the
+        viewport included): requests of a page navigated away from may never finish."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                started = {e["params"]["requestId"] for e in self.events
+                events = self.events[since:]
+                started = {e["params"]["requestId"] for e in events
                            if e.get("method") == "Network.requestWillBeSent"}
-                ended = {e["params"]["requestId"] for e in self.events
+                ended = {e["params"]["requestId"] for e in events
                          if e.get("method") in ("Network.loadingFinished", "Network.loadingFailed")}
             n = len(self.events)
             time.sleep(quiet)
@@ -475,8 +476,7 @@ def test_browser_layer_page(browser: Chromium, zipped_report: Path):
 
 
 def test_browser_pagination_of_a_big_layer(browser: Chromium, tmp_path: Path):
-    out = build_run(tmp_path / "big", images=12, size=64, layers=(("layer4", 300, 4),), k=4,
-                    use_synthetic=False)
+    out = build_run(tmp_path / "big", images=12, size=64, layers=(("layer4", 300, 4),), k=4)
     render_report(out, workers=1)
     before = len(browser.events)
     browser.navigate((out / "report" / "layer-layer4.html").as_uri())
@@ -514,3 +514,45 @@ def test_browser_overview_and_concepts(browser: Chromium, zipped_report: Path):
     assert 0 < browser.evaluate("window.ndReport.shown") <= n
     browser.screenshot(ARTIFACTS / "report-concepts.png")
     assert browser.problems(since) == []
+
+
+def test_report_of_the_tiny_scenes_fixture(tmp_path: Path):
+    """The fixture's own tiny Broden set (used when no synthetic generator is installed)."""
+    out = build_run(tmp_path / "tiny", images=12, size=64, layers=(("conv5", 10, 6),), k=4,
+                    use_synthetic=False)
+    index = render_report(out, top_k=3)
+    assert index == out / "report" / "index.html"
+    im = Image.open(out / "conv5" / "unit_0.jpg")
+    assert im.size == (3 * 128 + 2 * strips_mod.GAP, 128)
+
+
+def test_report_of_a_real_dissection(tmp_path: Path):
+    """End to end with the engine: a tiny CNN dissected on a split + limit selection; the
+    report's strips must show the images the run selected (indices into that selection)."""
+    torch = pytest.importorskip("torch")
+    import netdissect
+    from netdissect.broden import BrodenDataset
+    from run_fixture import make_dataset
+
+    data = make_dataset(tmp_path / "data", images=20, size=64, seed=3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.MaxPool2d(4), torch.nn.Conv2d(8, 12, 3, padding=1),
+                                torch.nn.ReLU())
+    out = tmp_path / "run"
+    netdissect.dissect(model, ["3"], data, out=out, progress=False, split="train", limit=10,
+                       top_k=4, batch_size=4, workers=0, device="cpu",
+                       min_category_images=0)
+    index = render_report(out, top_k=4)
+    assert index.is_file()
+    page = (out / "report" / "layer-3.html").read_text(encoding="utf-8")
+    data_blob = json.loads(re.search(r'<script id="nd-data" type="application/json">(.*?)</script>',
+                                     page, re.S).group(1))
+    assert len(data_blob["units"]) == 12
+    ds = BrodenDataset(data, split="train", limit=10)
+    topk = np.load(out / "3" / "topk.npz")
+    for u in data_blob["units"]:
+        names = [c[2] for c in u.get("x", [])]
+        expected = [ds.records[i].image for i in topk["image_index"][u["u"]][:4] if 0 <= i < len(ds)]
+        assert names == expected
+        assert (out / "3" / f"unit_{u['u']}.jpg").is_file()

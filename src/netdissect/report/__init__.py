@@ -102,6 +102,9 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
     stats = [layer_stats(l, run.categories, run.iou_threshold) for l in run.layers]
 
     stage = Path(tempfile.mkdtemp(prefix=".report-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)        # mkdtemp makes it private; the report is to share
     try:
         _write_assets(stage)
         fig_dir = root / "figures"
@@ -130,6 +133,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                         lambda p: _figures.layers_unique([l.name for l in run.layers], stats,
                                                          cats, thr, p))
 
+        strip_files: Dict[str, Dict[int, str]] = {}
         for layer, st in zip(run.layers, stats):
             strips = {}
             note = dataset_note
@@ -144,13 +148,14 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                                              progress=progress)
             elif layer.topk_index is not None:
                 strips = reuse_layer_strips(layer, root, stage)
+            strip_files[layer.name] = {u: s.file for u, s in strips.items()}
             data = layer_data(run, layer, st, strips, image_level, top_k)
             page = layer_html(run, layer, st, data, figs[layer.name], bool(strips), note)
             (stage / layer_page(layer)).write_text(page, encoding="utf-8")
             if progress:
                 print(f"report: {layer.name}: {len(strips)} strips", file=sys.stderr)
 
-        (stage / "concepts.html").write_text(concepts_html(run, stats), encoding="utf-8")
+        (stage / "concepts.html").write_text(concepts_html(run, stats, strip_files), encoding="utf-8")
         (stage / "index.html").write_text(
             overview_page(run, stats, figs, cross, _version(), dataset_note), encoding="utf-8")
 

@@ -105,7 +105,8 @@ def legend_html(thr: float, quantile_text: str) -> str:
 <div class="legend-text">
 <p><span class="key unit"></span><b>Unit region</b> (bright, solid yellow contour): where the unit's
 activation map, upsampled bilinearly to the image, exceeds the unit's threshold
-T<sub>k</sub> ({e(quantile_text)}). The rest of the image is dimmed.</p>
+T<sub>k</sub> ({e(quantile_text)}). The rest of the image is dimmed; a wholly dimmed image is
+among the unit's strongest but never exceeds T<sub>k</sub>.</p>
 <p><span class="key label"></span><b>Label region</b> (dashed blue outline): where the dataset's
 segmentation has the unit's label. Scene and texture labels are image-level: their region is the
 whole image, so a dashed blue frame marks the images that carry the label.</p>
@@ -355,7 +356,12 @@ def layer_html(run: RunData, layer: LayerData, stats: LayerStats, data: Dict[str
 
 # ----------------------------------------------------------------------------- concepts page
 
-def concepts_html(run: RunData, stats: Sequence[LayerStats]) -> str:
+def concepts_html(run: RunData, stats: Sequence[LayerStats],
+                  strip_files: Optional[Dict[str, Dict[int, str]]] = None) -> str:
+    """One section per concept with a unit at IoU > threshold: its detector units (top label)
+    and the other units above the threshold, each linking to the unit's card; the strip of
+    the concept's best detector is shown as evidence."""
+    strip_files = strip_files or {}
     thr = run.iou_threshold
     colors = category_colors(run.categories)
     concepts: Dict[Tuple[str, str], Dict[str, Any]] = {}
@@ -380,12 +386,25 @@ def concepts_html(run: RunData, stats: Sequence[LayerStats]) -> str:
                                            -max([x[2] for x in concepts[k]["top"] + concepts[k]["other"]]),
                                            k[0]))
 
-    def chips(items: List[tuple]) -> str:
-        items = sorted(items, key=lambda t: -t[2])
-        return "".join(
-            f'<a class="chip" href="{layer_page(l)}#unit-{k}" title="{e(l.name)} unit {k}: IoU {iou:.3f}">'
-            f'{e(l.name) + " " if len(run.layers) > 1 else ""}#{k}<span class="chip-iou">{iou:.3f}</span></a>'
-            for l, k, iou in items)
+    def chip(l: LayerData, k: int, iou: float) -> str:
+        return (f'<a class="chip" href="{layer_page(l)}#unit-{k}" title="{e(l.name)} unit {k}: '
+                f'IoU {iou:.3f}">#{k}<span class="chip-iou">{iou:.3f}</span></a>')
+
+    def chips(items: List[tuple], shown: int = 24) -> str:
+        """Chips grouped by layer (in run order), the best first; long lists fold."""
+        out = []
+        for layer in run.layers:
+            mine = sorted([t for t in items if t[0] is layer], key=lambda t: -t[2])
+            if not mine:
+                continue
+            head = "".join(chip(*t) for t in mine[:shown])
+            rest = ""
+            if len(mine) > shown:
+                rest = (f'<details class="more"><summary>{len(mine) - shown} more</summary>'
+                        f'<div class="chips">{"".join(chip(*t) for t in mine[shown:])}</div></details>')
+            out.append(f'<div class="lg"><span class="lg-name">{e(layer.name)}</span>'
+                       f'<div class="chips">{head}</div>{rest}</div>')
+        return "".join(out)
 
     by_cat: Dict[str, List[str]] = {}
     sections = []
@@ -396,23 +415,34 @@ def concepts_html(run: RunData, stats: Sequence[LayerStats]) -> str:
         by_cat.setdefault(cat, []).append(f'<a href="#{slug}">{e(label)}</a>')
         other = ""
         if info["other"]:
-            other = (f'<details class="others"><summary>{len(info["other"])} more unit'
-                     f'{"s" if len(info["other"]) != 1 else ""} with IoU &gt; {thr:g} for {e(label)} '
-                     f'that are labeled with another concept</summary><div class="chips">{chips(info["other"])}</div></details>')
+            other = (f'<details class="others"><summary>{len(info["other"])} other unit'
+                     f'{"s" if len(info["other"]) != 1 else ""} with IoU &gt; {thr:g} for {e(label)}, '
+                     f'whose top label is another concept</summary>{chips(info["other"], 10 ** 9)}</details>')
         best = max([x[2] for x in info["top"] + info["other"]])
-        top = (f'<div class="chips">{chips(info["top"])}</div>' if info["top"]
+        top = (chips(info["top"]) if info["top"]
                else '<p class="note">No unit has this concept as its top label.</p>')
+        evidence = ""
+        if info["top"]:
+            bl, bk, biou = max(info["top"], key=lambda t: t[2])
+            src = strip_files.get(bl.name, {}).get(bk)
+            if src:
+                evidence = (f'<a class="evidence" href="{layer_page(bl)}#unit-{bk}" '
+                            f'title="{e(bl.name)} unit {bk}, IoU {biou:.3f}: its top images">'
+                            f'<img src="{e(src)}" loading="lazy" alt="top images of {e(bl.name)} unit {bk}">'
+                            f'<span>best detector: {e(bl.name)} unit {bk} &middot; IoU {biou:.3f}</span></a>')
         sections.append(
             f'<section class="concept" id="{slug}" data-label="{e(label.lower())}" data-cat="{e(cat)}">'
             f'<h3>{e(label)} {_cat_badge(cat, colors)} <span class="meta">{len(info["top"])} detector unit'
-            f'{"s" if len(info["top"]) != 1 else ""} &middot; best IoU {best:.3f}</span></h3>{top}{other}</section>')
+            f'{"s" if len(info["top"]) != 1 else ""} &middot; best IoU {best:.3f}</span></h3>'
+            f'<div class="concept-body">{evidence}<div class="concept-units">{top}{other}</div></div></section>')
     index = "".join(
         f'<p class="cat-index">{_cat_badge(c, colors)} {len(by_cat[c])} concept{"s" if len(by_cat[c]) != 1 else ""}: '
         f'{", ".join(by_cat[c])}</p>' for c in sorted(by_cat, key=lambda c: order.get(c, 99)))
     opts = "".join(f'<option value="{e(c)}">{e(c)}</option>' for c in sorted(by_cat, key=lambda c: order.get(c, 99)))
     body = f"""<header class="page-head"><h1>Concepts</h1>
 <p class="sub">{len(keys)} concepts with at least one unit at IoU &gt; {thr:g}. Each chip is a unit
-(with its IoU for the concept) and links to the unit's card.</p></header>
+(#number, with its IoU for the concept) and links to the unit's card; the strip is the top images
+of the concept's best detector.</p></header>
 <section class="controls"><label>Category <select id="c-cat"><option value="">all</option>{opts}</select></label>
 <label>Concept <input id="c-q" type="search" placeholder="filter concepts" autocomplete="off"></label>
 <span id="c-count"></span></section>

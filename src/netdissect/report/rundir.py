@@ -270,7 +270,8 @@ def _load_npz(path: Path, warnings: List[str], what: str) -> Optional[Dict[str, 
 
 
 def load_layer(root: Path, name: str, summary: Dict[str, Any]) -> LayerData:
-    dirname = layer_dirname(name)
+    info = _layer_summary(summary, name)
+    dirname = str(info.get("directory") or layer_dirname(name))
     path = root / dirname
     warnings: List[str] = []
     if not path.is_dir():

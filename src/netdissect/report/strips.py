@@ -31,7 +31,7 @@ from PIL import Image
 from .colors import LABEL_REGION_RGB, UNIT_REGION_RGB
 from .rundir import IMAGE_CATEGORIES, LayerData
 
-DIM = 0.32          # brightness kept outside the unit's region
+DIM = 0.38          # brightness kept outside the unit's region
 UNIT_RING = 2       # px, outside the region
 LABEL_RING = 2      # px, inside the region
 DASH = 4            # px, dash period of the label outline
@@ -236,6 +236,25 @@ def cell_shape(ih: int, iw: int, cell: int) -> Tuple[int, int]:
 _WORKER_DS: Any = None
 
 
+def _label_cells(planes: np.ndarray, numbers: Sequence[int], cell_hw: Tuple[int, int]) -> np.ndarray:
+    """(len(numbers), ch, cw) bool: where each label covers at least half of a cell pixel,
+    all labels at once (a lookup table, then one batched area resampling)."""
+    planes = np.asarray(planes)
+    n = len(numbers)
+    m, sh, sw = planes.shape
+    lut = np.full(int(max(int(planes.max()), max(numbers))) + 1, -1, np.int64)
+    lut[np.asarray(numbers, np.int64)] = np.arange(n)
+    hit = np.zeros((n, sh * sw), np.uint8)
+    pos = np.arange(sh * sw)
+    for plane in planes.reshape(m, -1):
+        which = lut[plane]
+        ok = which >= 0
+        hit[which[ok], pos[ok]] = 1
+    hit = hit.reshape(n, sh, sw)
+    frac = _resample_axis(_resample_axis(hit, "area", cell_hw[1], 2), "area", cell_hw[0], 1)
+    return frac >= 0.5
+
+
 def _load_one(ds: Any, idx: int, cell: int, want: Sequence[Tuple[int, bool]]):
     """Image (cell-sized), image size, and for each wanted (label number, image_level) the
     label's cell mask and presence."""
@@ -249,25 +268,27 @@ def _load_one(ds: Any, idx: int, cell: int, want: Sequence[Tuple[int, bool]]):
             seg = ds.load_segmentation(idx)
         except Exception:
             seg = None
+        if seg is None:
+            return idx, small, (ih, iw), {number: (None, None) for number, _ in want}
+        image_labels = set(int(v) for v in np.asarray(seg.image_labels).reshape(-1))
+        planes = np.asarray(seg.pixel)
+        pixel_numbers = [number for number, lvl in want if not lvl]
+        present_px = set()
+        if planes.size and pixel_numbers:
+            present_px = set(int(v) for v in np.unique(planes)) & set(pixel_numbers)
+        cells = {}
+        if present_px:
+            numbers = sorted(present_px)
+            for number, mask in zip(numbers, _label_cells(planes, numbers, (ch, cw))):
+                cells[number] = mask
         for number, image_level in want:
-            if seg is None:
-                masks[number] = (None, None)
-                continue
             if image_level:
-                present = bool(np.any(np.asarray(seg.image_labels) == number))
+                present = number in image_labels
                 masks[number] = (np.ones((ch, cw), bool) if present else None, present)
+            elif number in cells:
+                masks[number] = (cells[number], True)
             else:
-                planes = np.asarray(seg.pixel)
-                if planes.size == 0:
-                    masks[number] = (None, False)
-                    continue
-                lab = (planes == number).any(axis=0)
-                if not lab.any():
-                    masks[number] = (None, False)
-                    continue
-                sh, sw = lab.shape
-                frac = area_matrix(sh, ch) @ lab.astype(np.float32) @ area_matrix(sw, cw).T
-                masks[number] = (frac >= 0.5, True)
+                masks[number] = (None, False)
     return idx, small, (ih, iw), masks
 
 
@@ -312,7 +333,8 @@ def load_cells(ds: Any, jobs: Dict[int, List[Tuple[int, bool]]], cell: int, work
 
 def _write_jpeg(arr: np.ndarray, path: Path, quality: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="JPEG", quality=quality, subsampling=0, optimize=True)
+    # 4:4:4: chroma subsampling would wash out the thin coloured outlines
+    Image.fromarray(arr).save(tmp, format="JPEG", quality=quality, subsampling=0)
     os.replace(tmp, path)
 
 

@@ -117,7 +117,7 @@
           '): no region outline; a dashed frame marks images that carry it' }));
       }
       if (u.r && u.r.length) {
-        var r = el('div', { cls: 'runners' }, ['next: ']);
+        var r = el('div', { cls: 'runners', title: 'the next best concepts of this unit, with their IoU' }, ['runners-up: ']);
         u.r.forEach(function (x) {
           r.appendChild(el('span', { cls: 'r', title: x[1] }, [
             el('span', { cls: 'dot', style: 'background:' + catColor(x[1]) }), x[0] + ' ' + fmt(x[2])]));
@@ -125,18 +125,19 @@
         info.appendChild(r);
       }
       if (u.t !== undefined && u.t !== null) {
-        info.appendChild(el('div', { cls: 'thrval', text: 'T = ' + Number(u.t).toPrecision(4) }));
+        info.appendChild(el('div', { cls: 'thrval', text: 'threshold T = ' + Number(u.t).toPrecision(4),
+          title: 'activation threshold of this unit (its top-quantile level over the dataset)' }));
       }
       var strip;
       if (u.s) {
         var img = el('img', { src: u.s, loading: 'lazy', decoding: 'async', width: u.w, height: u.h,
           alt: 'top ' + (u.x ? u.x.length : '') + ' images of unit ' + u.u + ' with its region highlighted' });
-        img.style.maxWidth = u.w + 'px';
         strip = el('div', { cls: 'strip' }, [img]);
         if (u.x) {
           u.x.forEach(function (c, j) {
             var has = c[4] === true ? '; label present' : (c[4] === false ? '; label absent' : '');
             var frac = (c[5] === null || c[5] === undefined) ? '' : '; unit region ' + (100 * c[5]).toFixed(1) + '% of image';
+            if (u.t !== undefined && u.t !== null && c[3] !== null && c[3] <= u.t) frac = '; never above the threshold here (no region)';
             strip.appendChild(el('span', { cls: 'cell',
               style: 'left:' + (100 * c[0] / u.w).toFixed(3) + '%;width:' + (100 * c[1] / u.w).toFixed(3) + '%',
               title: '#' + (j + 1) + ' ' + c[2] + '\nmax activation ' + fmt(c[3], 3) + frac + has }));
