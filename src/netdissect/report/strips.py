@@ -189,20 +189,42 @@ def dash_pattern(h: int, w: int, period: int = DASH) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- composition
 
+@lru_cache(maxsize=16)
+def border_band(h: int, w: int, lo: int, hi: int) -> np.ndarray:
+    """Pixels whose distance to the image's edge is in [lo, hi)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.minimum(np.minimum(yy, h - 1 - yy), np.minimum(xx, w - 1 - xx))
+    out = (d >= lo) & (d < hi)
+    out.setflags(write=False)
+    return out
+
+
 def compose_cells(images: np.ndarray, coverage: np.ndarray,
                   label_masks: np.ndarray) -> np.ndarray:
     """images (B, ch, cw, 3) uint8, coverage (B, ch, cw) in [0, 1], label_masks (B, ch, cw) bool
-    -> (B, ch, cw, 3) uint8 with the unit's region highlighted and the label's outlined."""
+    -> (B, ch, cw, 3) uint8 with the unit's region highlighted and the label's outlined.
+
+    The unit's contour runs just outside its region, and along the image's edge where the
+    region touches it (a region covering the whole image gets a solid frame). The label's
+    dashed outline runs just inside the label's region; along the image's edge it sits inside
+    the unit's edge band, so both stay visible."""
+    h, w = coverage.shape[-2:]
     img = images.astype(np.float32)
     weight = DIM + (1.0 - DIM) * np.clip(coverage, 0.0, 1.0)
     out = img * weight[..., None]
     region = coverage >= 0.5
-    ring = dilate(region, UNIT_RING) & ~region
+    edge = border_band(h, w, 0, UNIT_RING)[None]
+    ring = (dilate(region, UNIT_RING) & ~region) | (region & edge)
     out[ring] = UNIT_REGION_RGB
     if label_masks.any():
-        lring = label_masks & ~erode(label_masks, LABEL_RING)
-        lring &= dash_pattern(*label_masks.shape[-2:])[None]
-        # a thin dark edge under each dash keeps it visible on bright regions
+        inner = ~border_band(h, w, 0, UNIT_RING + LABEL_RING)[None]
+        # interior boundaries: the band inside the label's region (the image's edge excluded)
+        pad = [(0, 0)] * (label_masks.ndim - 2) + [(1, 1), (1, 1)]
+        grown = dilate(np.pad(~label_masks, pad, constant_values=False), LABEL_RING)[..., 1:-1, 1:-1]
+        lring = label_masks & grown & inner
+        # along the image's edge: a band just inside the unit's edge band
+        lring |= label_masks & border_band(h, w, UNIT_RING, UNIT_RING + LABEL_RING)[None]
+        lring &= dash_pattern(h, w)[None]
         out[lring] = LABEL_REGION_RGB
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
