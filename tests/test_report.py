@@ -196,14 +196,11 @@ def test_missing_config_is_a_clear_error(tmp_path: Path):
         render_report(tmp_path)
 
 
-def test_strips_of_a_wide_layer_render_fast(tmp_path: Path):
-    """1,280 units: strips must come out in reasonable time (vectorized)."""
+def test_strips_of_a_wide_layer_are_all_written(tmp_path: Path):
+    """1,280 units: one strip per unit. (Speed is measured by benchmarks, not by tests.)"""
     out = build_run(tmp_path / "wide", images=16, size=64, layers=(("blocks.6", 1280, 7),), k=8)
-    t = time.perf_counter()
     render_report(out, workers=1)
-    elapsed = time.perf_counter() - t
     assert len(list((out / "blocks.6").glob("unit_*.jpg"))) == 1280
-    assert elapsed < 90, f"rendering 1,280 strips took {elapsed:.1f}s"
 
 
 # ----------------------------------------------------------------------------- browser
