@@ -116,3 +116,17 @@ def test_torchscript_model_gives_the_same_numbers_as_python(synthetic, tmp_path,
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(np.load(tmp_path / "ts" / layer / "thresholds.npy"),
                                       np.load(tmp_path / "py" / layer / "thresholds.npy"))
+
+
+def test_check_command_reports_every_problem(synthetic, tmp_path):
+    import shutil
+    ok = run_cli("check", synthetic, "--quiet")
+    assert ok.returncode == 0
+    broken = tmp_path / "broken"
+    shutil.copytree(synthetic, broken)
+    first, second = sorted((broken / "images").glob("*_object.png"))[:2]
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:30])
+    proc = run_cli("check", broken, "--quiet", check=False)
+    assert proc.returncode == 1
+    assert first.name in proc.stdout and second.name in proc.stdout
