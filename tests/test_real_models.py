@@ -68,3 +68,20 @@ def test_voc_image_with_real_dense_labels_round_trips(tmp_path):
                                 ["1"], ds, workers=0, progress=False, min_category_images=0)
     assert result["1"].iou.shape == (4, len(ds.concepts))
     assert np.isfinite(result["1"].iou).all()
+
+
+def test_timm_model_spec(tmp_path):
+    pytest.importorskip("timm")
+    from engine_data import make_dataset
+    loaded = load_model("timm:resnet18", weights="none")
+    assert loaded.spec == "timm:resnet18" and loaded.weights is None
+    assert loaded.mean == pytest.approx((0.485, 0.456, 0.406))
+    data = make_dataset(tmp_path / "data", n_images=6, size=64)
+    result = netdissect.dissect(loaded, ["layer2"], data, workers=0, progress=False, min_category_images=0)
+    assert result["layer2"].iou.shape[0] == 128
+
+
+def test_unknown_timm_model_is_a_clear_error():
+    pytest.importorskip("timm")
+    with pytest.raises(ModelError, match="timm could not create"):
+        load_model("timm:no_such_net", weights="none")
