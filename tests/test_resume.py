@@ -196,3 +196,33 @@ def test_full_disk_is_an_error_before_work(dataset, tmp_path, monkeypatch):
     with pytest.raises(netdissect.RunError, match="MiB free"):
         netdissect.dissect(TinyNet(), LAYERS, dataset, out=tmp_path / "run", workers=0, progress=False)
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_recompute_leaves_no_stale_layer_results(dataset, tmp_path):
+    out = tmp_path / "r"
+    netdissect.dissect(TinyNet(), ["relu1", "conv3"], dataset, out=out, workers=0, progress=False,
+                       min_category_images=0)
+    assert (out / "relu1" / "iou.npz").exists()
+    netdissect.dissect(TinyNet(), ["relu2"], dataset, out=out, workers=0, progress=False,
+                       min_category_images=0, quantile=0.01)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["layers"]) == ["relu2"]
+    assert not (out / "relu1").exists() and not (out / "conv3").exists()
+
+
+def test_failed_write_leaves_no_finished_looking_run(dataset, tmp_path, monkeypatch):
+    from netdissect import runs
+    out = tmp_path / "r"
+    netdissect.dissect(TinyNet(), LAYERS, dataset, out=out, workers=0, progress=False, min_category_images=0)
+    real = runs.atomic_save_npz
+
+    def failing(path, **arrays):
+        if path.name == "topk.npz" and path.parent.name == "conv3":
+            raise netdissect.RunError(f"{path}: cannot write (No space left on device)")
+        return real(path, **arrays)
+
+    monkeypatch.setattr(runs, "atomic_save_npz", failing)
+    with pytest.raises(netdissect.RunError, match="No space"):
+        netdissect.dissect(TinyNet(), LAYERS, dataset, out=out, workers=0, progress=False,
+                           min_category_images=0, force=True)
+    assert not (out / "summary.json").exists()

@@ -150,6 +150,14 @@ class RunDirectory:
         torch.save(state, buf)
         atomic_write_bytes(self.path / CHECKPOINT, buf.getvalue())
 
+    def discard_results(self, layers) -> None:
+        """Remove a finished run's results that no longer describe this run's inputs."""
+        (self.path / "summary.json").unlink(missing_ok=True)
+        for name in list(layers) + ["report", "figures"]:
+            target = self.path / (safe_name(name) if name not in ("report", "figures") else name)
+            if target.is_dir() and target.resolve().parent == self.path.resolve():
+                shutil.rmtree(target, ignore_errors=True)
+
     def finish(self) -> None:
         self.clear()
 
@@ -184,6 +192,7 @@ def reuse_finished(run: "RunDirectory", config):
     if changed or missing:
         what = changed + ([f"new layers {', '.join(missing)}"] if missing else [])
         run.log(f"netdissect: {run.path} holds a run of other inputs ({', '.join(what)}): recomputing")
+        run.discard_results(old.get("layers", []))
         return None
     result = load_result(run.path, config)
     relabel = diff_manifests(old.get("labeling", {}), run.manifest["labeling"])
@@ -254,6 +263,8 @@ def write_results(out: Path, result) -> None:
     """Write a DissectionResult to its run directory; summary.json goes last."""
     out = Path(out)
     from dataclasses import asdict
+    # until the new summary.json lands, the directory must not look finished (old + new files)
+    (out / "summary.json").unlink(missing_ok=True)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result.config).items()}
     dataset = {"path": result.dataset_path, "index_digest": result.manifest.get("dataset", {}).get("index_digest"),
                "split": config["split"], "categories": config["categories"], "limit": config["limit"]}
