@@ -40,7 +40,9 @@ def _add_dissect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-category-images", type=int, default=20,
                    help="warn when a category is labeled in fewer images than this (default 20)")
     p.add_argument("--memory-budget", type=float, default=1024, dest="memory_budget_mb",
-                   help="MiB for in-memory statistics before spilling to disk (default 1024)")
+                   help="MiB for the streaming statistics (default 1024): the exact thresholds must fit "
+                        "in it (else a quantile sketch is used), and a quarter of it holds candidate maps "
+                        "in memory before they spill to disk")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                    help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
     p.add_argument("--force", action="store_true",

@@ -452,7 +452,7 @@ class _Engine:
                            f"(> --memory-budget {config.memory_budget_mb} MiB); using a quantile sketch "
                            "(rank error in summary.json) and a second pass over the data")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
-                                        scratch, max(int(budget // (2 * len(config.layers))), 4096),
+                                        scratch, max(int(budget // (4 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
         _check_free_space(scratch, len(ds) * pixels * 2 + budget // 2 + sum(
             s.units * s.topk.k * s.map_shape[0] * s.map_shape[1] * 2 for s in streams.values()))
