@@ -89,3 +89,27 @@ def test_rerun_from_the_command_line_reuses_every_step(quick, capsys):
     before = {(r["condition"], r["layer"]): r["unique_detectors"] for r in info["rows"]}
     assert {(r["condition"], r["layer"]): r["unique_detectors"] for r in again} == \
         {k: v for k, v in before.items() if k[0] in ("baseline", "wide")}
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    from netdissect.experiments.conditions import train_condition
+    g = torch.Generator().manual_seed(0)
+    train = (torch.randint(0, 256, (24, 16, 16, 3), generator=g, dtype=torch.uint8), torch.randint(0, 6, (24,), generator=g))
+    val = (train[0][:8], train[1][:8])
+    settings = Settings.quick(epochs=3, width=4, batch_size=8)
+    cond = make_conditions(4, 0)["baseline"]
+    whole = train_condition(cond, settings, "d", train, val, tmp_path / "whole", log=lambda m: None)
+
+    def stop_after_epoch_2(message):
+        if "epoch 2/3" in message:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=stop_after_epoch_2)
+    assert (tmp_path / "cut" / "resume.pt").exists() and not (tmp_path / "cut" / "final.pth").exists()
+    messages = []
+    resumed = train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=messages.append)
+    assert "resuming after epoch 2" in messages[0] and len(messages) == 2
+    assert resumed["history"] == whole["history"]
+    a, b = torch.load(tmp_path / "whole" / "final.pth"), torch.load(tmp_path / "cut" / "final.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "cut" / "resume.pt").exists()

@@ -16,6 +16,7 @@ nothing heavy: each handler imports its experiment when it runs.
 from __future__ import annotations
 
 import importlib
+import sys
 
 from .args import add_dissect_args, add_model_args
 
@@ -103,16 +104,16 @@ def _experiment(sub) -> None:
     c.add_argument("--quick", action="store_true", help="a tiny version (seconds): for tests and a first look")
     c.add_argument("--conditions", nargs="+", metavar="NAME",
                    help="run only these conditions (baseline no_dropout batchnorm wide seed1)")
-    c.add_argument("--images", type=int, help="images to generate (default 2000; quick: 120)")
-    c.add_argument("--size", type=int, help="image size in pixels (default 96; quick: 48)")
-    c.add_argument("--epochs", type=int, help="training epochs (default 12; quick: 2)")
-    c.add_argument("--width", type=int, help="units of the last conv layer in the baseline (default 64)")
+    c.add_argument("--images", type=int, help="images to generate (default 3000; quick: 120)")
+    c.add_argument("--size", type=int, help="image size in pixels (default 64; quick: 48)")
+    c.add_argument("--epochs", type=int, help="training epochs (default 24; quick: 2)")
+    c.add_argument("--width", type=int, help="units of the last conv layer in the baseline (default 64; quick: 16)")
     c.add_argument("--seed", type=int, default=0, help="seed of the dataset and of the baseline initialization")
     c.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     c.add_argument("--force", action="store_true", help="recompute every step")
     c.add_argument("--quiet", action="store_true", help="no progress output")
     c.set_defaults(func=_handler("conditions"))
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
 def _explain(sub) -> None:

@@ -163,7 +163,7 @@ def run_ablation(loaded, layer: str, dataset, out=None, run=None, *, category=No
 
     labeled = open_labeled(dataset, loaded, size=size, split=split, limit=limit)
     probe = labeled.load(labeled.items[0][0])
-    k = layer_units(loaded.module, layer, probe.shape[:2], loaded.mean, loaded.std)
+    k = layer_units(loaded.module, layer, probe.shape[:2])
     dissected = load_layer(run, layer) if run is not None else None
     chosen, tag = select_units(k, dissected, category=category, label=label, top=top, random=random,
                                explicit=units, seed=seed, where=str(run))

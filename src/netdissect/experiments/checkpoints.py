@@ -176,7 +176,22 @@ def _plot(rows, layers, categories, out, stem, title, step_label):
         ax.set_ylabel("unique detectors")
         units = sub[0]["units"] if sub else 0
         ax.set_title(f"{layer} ({units} units)")
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        acc = [r.get("val_accuracy") for r in sub]
+        if sub and all(a is not None for a in acc):  # the task's accuracy on a second axis
+            from .style import CONTROL_COLOR
+            twin = ax.twinx()
+            twin.plot(x, acc, color=CONTROL_COLOR, linestyle=":", marker="^", markersize=4, linewidth=1.6,
+                      label="held-out accuracy (right axis)")
+            twin.set_ylim(0, 1)
+            twin.set_ylabel("held-out accuracy", color="#666666")
+            twin.grid(False)
+            twin.spines["top"].set_visible(False)
+            handles = ax.get_legend_handles_labels()
+            more = twin.get_legend_handles_labels()
+            ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", bbox_to_anchor=(1.2, 1.0),
+                      fontsize=8)
+    if not ax.get_legend():
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     return save_figure(fig, out, stem)

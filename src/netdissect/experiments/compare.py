@@ -131,7 +131,8 @@ def _plot_compare(rows, categories, out, stem, title, extra):
                                           for r in rows)] or list(categories)
     panels = 3 if extra else 2
     width = min(max(6.0, 1.1 * len(groups) * max(len(shown), 1) * 0.35 + 2.5), 22.0)
-    fig, axes = new_figure(width, 3.3 * panels, nrows=panels)
+    fig, axes = new_figure(width, 3.3 * 2 + (2.2 if extra else 0), nrows=panels,
+                           gridspec_kw={"height_ratios": [3.3, 3.3, 2.2][:panels]})
     ax1, ax2 = axes[0], axes[1]
     grouped_bars(ax1, groups, shown, [[r["unique_per_category"].get(c, 0) for c in shown] for r in rows])
     for i, r in enumerate(rows):
@@ -153,7 +154,7 @@ def _plot_compare(rows, categories, out, stem, title, extra):
         from .style import NEUTRAL_COLOR
         ax3 = axes[2]
         name, values = next(iter(extra.items()))
-        ax3.bar(range(len(groups)), values, color=NEUTRAL_COLOR, width=0.6)
+        ax3.bar(range(len(groups)), values, color=NEUTRAL_COLOR, width=0.5)
         for i, v in enumerate(values):
             ax3.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
         ax3.set_xticks(range(len(groups)), groups)

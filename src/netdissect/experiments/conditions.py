@@ -33,7 +33,7 @@ import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -144,13 +144,13 @@ def make_conditions(width: int, seed: int) -> Dict[str, Condition]:
 
 @dataclass(frozen=True)
 class Settings:
-    images: int = 2000
+    images: int = 3000
     size: int = 64
-    epochs: int = 10
+    epochs: int = 24
     width: int = 64
     seed: int = 0
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 5e-4
     dissect_split: str = "val"
     dynamics: bool = True
@@ -241,6 +241,7 @@ def train_condition(cond: Condition, settings: Settings, data_digest: str, train
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+            torch.set_rng_state(state["rng"])
             log(f"{cond.name}: resuming after epoch {start_epoch}")
     ckpt = out / "ckpt"
     if start_epoch == 0:
@@ -278,7 +279,7 @@ def train_condition(cond: Condition, settings: Settings, data_digest: str, train
         _save_state(ckpt / f"iter_{step:06d}.pth", model.state_dict())
         _save_state(resume, {"key": key_digest, "model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history,
-                             "seconds": seconds})
+                             "seconds": seconds, "rng": torch.get_rng_state()})
         log(f"{cond.name}: epoch {epoch + 1}/{settings.epochs} loss {loss_sum / len(images):.3f} "
             f"train {correct / len(images):.3f} held-out {val_acc:.3f} ({time.time() - t0:.1f}s)")
     _save_state(out / "final.pth", model.state_dict())
@@ -367,8 +368,8 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
     dynamics_rows: List[dict] = []
     if settings.dynamics and "baseline" in settings.conditions:
         t0 = time.time()
-        files = sorted((out / "train" / "baseline" / "ckpt").glob("iter_*.pth"))
         from .checkpoints import assign_steps
+        files = dynamics_checkpoints(sorted((out / "train" / "baseline" / "ckpt").glob("iter_*.pth")))
         dynamics_rows = dissect_series(_BaselineFactory(conds["baseline"]), files, assign_steps(files), [LAST_LAYER],
                                        dissect_ds, out / "dynamics" / "runs", mean=IMAGENET_MEAN, std=IMAGENET_STD,
                                        progress=progress, force=force, log=log, **params)
@@ -423,6 +424,16 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     atomic_write_json(out / "conditions.json", info)
     return info
+
+
+def dynamics_checkpoints(files: Sequence[Path], n: int = 8) -> List[Path]:
+    """The initialization and about ``n`` epochs spaced geometrically (training changes fastest early)."""
+    files = list(files)
+    if len(files) <= n + 1:
+        return files
+    last = len(files) - 1
+    picks = {0} | {int(round(last ** (i / (n - 1)))) for i in range(n)}
+    return [files[i] for i in sorted(picks)]
 
 
 class _BaselineFactory:

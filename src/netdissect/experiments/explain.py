@@ -171,8 +171,8 @@ def heat_tile(rgb: np.ndarray, amap: np.ndarray, threshold: float, min_side: int
     top = max(float(amap.max()), float(threshold), 1e-12)
     heat = np.clip(amap / top, 0.0, 1.0)
     colored = colormaps["inferno"](heat)[..., :3] * 255.0
-    alpha = (0.25 + 0.6 * heat)[..., None]
-    base = rgb.astype(np.float32) * 0.55
+    alpha = (0.8 * heat)[..., None]
+    base = rgb.astype(np.float32) * 0.8
     out = base * (1 - alpha) + colored * alpha
     mask = amap > threshold
     edge = mask & ~_erode(mask)

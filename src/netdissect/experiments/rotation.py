@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -220,8 +220,8 @@ class RotatedLayer(nn.Module):
             handle.remove()
 
 
-def layer_units(module: nn.Module, layer: str, image_size, mean, std) -> int:
-    """K of a layer, from one forward pass on a grey image."""
+def layer_units(module: nn.Module, layer: str, image_size) -> int:
+    """K of a layer, from one forward pass on a blank image of the given (h, w)."""
     from ..hooks import LayerCapture, check_activation_shape
     x = torch.zeros(1, 3, *image_size)
     with torch.no_grad(), LayerCapture(module.eval(), [layer]) as capture:
@@ -254,7 +254,7 @@ def run_rotation(model, layer: str, dataset, out, alphas: Sequence[float] = (0, 
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=params.get("split"), categories=params.get("categories"), limit=params.get("limit"))
     rec = ds.records[0]
-    k = layer_units(loaded.module, layer, (rec.ih, rec.iw), loaded.mean, loaded.std)
+    k = layer_units(loaded.module, layer, (rec.ih, rec.iw))
     q = random_rotation(k, seed)
     used = "schur (scipy.linalg.schur, output='real')" if (method == "schur" or (method == "auto" and have_scipy())) \
         else "symmetric/skew decomposition (numpy)"
@@ -315,7 +315,7 @@ def _plot_rotation(info: dict, categories: Sequence[str], out: Path) -> List[Pat
     ax2.set_xlabel("rotation alpha")
     ax2.set_ylabel(f"detectors (units with IoU > {info['iou_threshold']:g})")
     ax2.set_title("Detectors per category")
-    ax2.legend(loc="upper right", fontsize=8)
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.suptitle(f"{info['model']} {info['layer']} ({info['units']} units), random rotation seed {info['seed']}",
                  fontsize=10, x=0.01, ha="left")
     return save_figure(fig, out, "rotation")
