@@ -118,3 +118,18 @@ def test_planted_units_lose_their_labels_under_rotation(tmp_path):
     assert np.allclose(q, random_rotation(64, seed=1))
     summary = json.loads((out / "dissection" / "summary.json").read_text())
     assert sorted(summary["layers"]) == ["rotated.alpha_0", "rotated.alpha_0_5", "rotated.alpha_1"]
+
+
+def test_alpha_zero_is_the_plain_dissection(tmp_path):
+    import netdissect
+    from netdissect.models import load_model
+    from netdissect.runs import load_layer
+    root = make_rotation_set(tmp_path / "data", concepts=8, images=12, per_image=4)
+    net = PlantedNet(8, sigma=0.2)
+    kw = dict(progress=False, workers=0, min_category_images=1)
+    info = run_rotation(load_model(net, **identity_norm()), "units", root, tmp_path / "rot", alphas=[0.0, 1.0],
+                        seed=2, **kw)
+    plain = netdissect.dissect(net, ["units"], root, **kw, **identity_norm()).layers["units"]
+    rotated = load_layer(tmp_path / "rot" / "dissection", "rotated.alpha_0")
+    assert np.array_equal(plain.iou, rotated.iou) and np.array_equal(plain.thresholds, rotated.thresholds)
+    assert info["rows"][0]["detectors"] == plain.summary()["detectors"]
