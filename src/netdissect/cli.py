@@ -8,48 +8,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .cliargs import add_dissect_args, add_model_args, dissect_params
 from .errors import NetDissectError
 
 DEMO_LAYERS = ("features.3", "features.7", "features.14", "features.18")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="torchvision:NAME | timm:NAME | path/to/torchscript.pt | package.module:factory")
-    p.add_argument("--weights", default="default",
-                   help="torchvision weights enum name (e.g. IMAGENET1K_V1), 'default', or 'none' for random init")
-    p.add_argument("--checkpoint", help="a state_dict file to load into the model")
-    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                   help="input normalization mean, pixels scaled to [0, 1] (default: from the weights, else ImageNet)")
-    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="input normalization std")
-
-
-def _add_dissect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="a Broden-format dataset directory")
-    p.add_argument("--categories", nargs="+", help="categories to use (default: every category the dataset has)")
-    p.add_argument("--split", help="dataset split to use (default: all images)")
-    p.add_argument("--limit", type=int, help="use only the first N images: a quick look")
-    p.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations that is active (default 0.005)")
-    p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU above which a unit is a detector (default 0.04)")
-    p.add_argument("--upsample", choices=("bilinear", "rf"), default="bilinear",
-                   help="bilinear (default, as NetDissect-Lite) or rf (receptive-field aligned, as the original)")
-    p.add_argument("--top-k", type=int, default=8, help="top images kept per unit for the report (default 8)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, help="data loading processes (default: min(4, cores))")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--min-category-images", type=int, default=20,
-                   help="warn when a category is labeled in fewer images than this (default 20)")
-    p.add_argument("--memory-budget", type=float, default=1024, dest="memory_budget_mb",
-                   help="MiB for the streaming statistics (default 1024): the exact thresholds must fit "
-                        "in it (else a quantile sketch is used), and a quarter of it holds candidate maps "
-                        "in memory before they spill to disk")
-    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
-                   help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
-    p.add_argument("--force", action="store_true",
-                   help="recompute everything, ignoring finished results and checkpoints")
-    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
-                   help="save a checkpoint to resume from every N batches (default 50; 0: never)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,16 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("dissect", help="dissect layers of a model on a Broden-format dataset")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", action="append", required=True, dest="layers",
                    help="dotted module name; repeat for several layers (one pass over the data)")
-    _add_dissect_args(p)
+    add_dissect_args(p)
     p.add_argument("--out", required=True, help="run directory to write (resumed if interrupted)")
     p.add_argument("--no-report", action="store_true", help="do not render the HTML report")
     p.set_defaults(func=cmd_dissect)
 
     p = sub.add_parser("layers", help="list a model's layers with their output shapes")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
                    help="input size of the dummy forward pass (default 224 224)")
     p.set_defaults(func=cmd_layers)
@@ -141,20 +103,11 @@ def cmd_layers(args) -> int:
     return 0
 
 
-def _dissect_params(args) -> dict:
-    return dict(quantile=args.quantile, iou_threshold=args.iou_threshold, upsample=args.upsample,
-                categories=args.categories, split=args.split, limit=args.limit, top_k=args.top_k,
-                batch_size=args.batch_size, workers=args.workers, device=args.device,
-                min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb,
-                on_bad_image=args.on_bad_image)
-
-
 def cmd_dissect(args) -> int:
     from .pipeline import dissect
     result = dissect(args.model, args.layers, args.dataset, out=args.out, weights=args.weights,
                      checkpoint=args.checkpoint, mean=args.mean, std=args.std,
-                     progress=not args.quiet, force=args.force, checkpoint_every=args.checkpoint_every,
-                     **_dissect_params(args))
+                     progress=not args.quiet, force=args.force, **dissect_params(args))
     if not args.no_report:
         _render_report(result.out, args.top_k, args.quiet)
     print_summary(result)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .args import add_dissect_args, add_model_args
+from ..cliargs import add_dissect_args, add_model_args
 
 __all__ = ["add_commands"]
 

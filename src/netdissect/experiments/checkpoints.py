@@ -101,6 +101,7 @@ def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], laye
         params["categories"] = tuple(params["categories"])
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=params.get("split"), categories=params.get("categories"), limit=params.get("limit"))
+    checkpoint_every = params.pop("checkpoint_every", 50)
     config = DissectConfig(layers=tuple(layers), **params)
     rows = []
     for f, step in sorted(zip(files, steps), key=lambda fs: fs[1]):
@@ -112,7 +113,8 @@ def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], laye
         summary = None if force else _finished_summary(run_dir, manifest(loaded, ds, config))
         if summary is None:
             log(f"dissecting {f} (step {step}) -> {run_dir}")
-            summary = dissect(loaded, list(layers), ds, run_dir, progress=progress, force=force, **params).summary()
+            summary = dissect(loaded, list(layers), ds, run_dir, progress=progress, force=force,
+                              checkpoint_every=checkpoint_every, **params).summary()
         else:
             log(f"reusing the finished run {run_dir} (step {step})")
         for layer in layers:
@@ -198,7 +200,7 @@ def _plot(rows, layers, categories, out, stem, title, step_label):
 
 
 def command(args) -> int:
-    from .args import dissect_params
+    from ..cliargs import dissect_params
     from .common import format_table
     weights = None if str(args.weights).lower() == "none" else args.weights
     info = run_checkpoints(args.model, args.checkpoints, args.layers, args.dataset, args.out, steps=args.steps,

@@ -322,7 +322,7 @@ def _plot_rotation(info: dict, categories: Sequence[str], out: Path) -> List[Pat
 
 
 def command(args) -> int:
-    from .args import dissect_params
+    from ..cliargs import dissect_params
     from .common import format_table, load_model_args
     loaded = load_model_args(args)
     info = run_rotation(loaded, args.layer, args.dataset, args.out, alphas=args.alpha, seed=args.seed,

@@ -1,4 +1,8 @@
-"""Command-line options shared by the experiment commands (imports nothing heavy)."""
+"""Command-line options shared by `netdissect dissect` and the experiment commands.
+
+One definition, so that every command that dissects takes the same options with the same
+defaults. Imports nothing heavy: `netdissect --help` stays fast.
+"""
 from __future__ import annotations
 
 
@@ -6,8 +10,8 @@ def add_model_args(p, weights_default: str = "default", checkpoint: bool = True)
     p.add_argument("--model", required=True,
                    help="torchvision:NAME | timm:NAME | path/to/torchscript.pt | package.module:factory")
     p.add_argument("--weights", default=weights_default,
-                   help="torchvision weights enum name (e.g. IMAGENET1K_V1), 'default', or 'none' "
-                        f"(default: {weights_default})")
+                   help="torchvision weights enum name (e.g. IMAGENET1K_V1), 'default', or 'none' for "
+                        f"random init (default: {weights_default})")
     if checkpoint:
         p.add_argument("--checkpoint", help="a state_dict file to load into the model")
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
@@ -25,16 +29,23 @@ def add_dissect_args(p, dataset_required: bool = True) -> None:
     p.add_argument("--iou-threshold", type=float, default=0.04,
                    help="IoU above which a unit is a detector (default 0.04)")
     p.add_argument("--upsample", choices=("bilinear", "rf"), default="bilinear",
-                   help="bilinear (default) or rf (receptive-field aligned)")
-    p.add_argument("--top-k", type=int, default=8, help="top images kept per unit (default 8)")
+                   help="bilinear (default, as NetDissect-Lite) or rf (receptive-field aligned, as the original)")
+    p.add_argument("--top-k", type=int, default=8, help="top images kept per unit for the report (default 8)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, help="data loading processes (default: min(4, cores))")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--min-category-images", type=int, default=20,
                    help="warn when a category is labeled in fewer images than this (default 20)")
-    p.add_argument("--memory-budget", type=int, default=1024, dest="memory_budget_mb",
-                   help="MiB for in-memory statistics per layer (default 1024)")
-    p.add_argument("--force", action="store_true", help="recompute everything, ignoring checkpoints and finished runs")
+    p.add_argument("--memory-budget", type=float, default=1024, dest="memory_budget_mb",
+                   help="MiB for the streaming statistics (default 1024): the exact thresholds must fit "
+                        "in it (else a quantile sketch is used), and a quarter of it holds candidate maps "
+                        "in memory before they spill to disk")
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+                   help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute everything, ignoring finished results and checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                   help="save a checkpoint to resume from every N batches (default 50; 0: never)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -43,6 +54,5 @@ def dissect_params(args) -> dict:
     return dict(quantile=args.quantile, iou_threshold=args.iou_threshold, upsample=args.upsample,
                 categories=args.categories, split=args.split, limit=args.limit, top_k=args.top_k,
                 batch_size=args.batch_size, workers=args.workers, device=args.device,
-                min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb)
-
-
+                min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb,
+                on_bad_image=args.on_bad_image, checkpoint_every=args.checkpoint_every)
