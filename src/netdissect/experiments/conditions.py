@@ -449,7 +449,8 @@ class _BaselineFactory:
 def plot_training(trained: Dict[str, dict], out: Path):
     from .style import plotting
     with plotting():
-        from .style import EXTRA_COLORS, new_figure, save_figure
+        from ..report.colors import EXTRA_COLORS
+        from .style import new_figure, save_figure
         fig, ax = new_figure(6.5, 3.8)
         palette = ["#222222", "#0072B2", "#009E73", "#D55E00", "#CC79A7"] + list(EXTRA_COLORS)
         for color, (name, t) in zip(palette, trained.items()):

@@ -13,19 +13,12 @@ import io
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
 
+from ..report.colors import FIXED_CATEGORY_COLORS as CATEGORY_COLORS
+from ..report.colors import MPL_RC, category_colors
+
 #: Broden's categories in the order the figures list them (the paper's order).
 CATEGORY_ORDER = ("object", "scene", "part", "material", "texture", "color")
 
-#: Okabe & Ito (2008), "Color Universal Design".
-CATEGORY_COLORS: Dict[str, str] = {
-    "object": "#0072B2",    # blue
-    "part": "#009E73",      # bluish green
-    "scene": "#E69F00",     # orange
-    "texture": "#CC79A7",   # reddish purple
-    "material": "#D55E00",  # vermillion
-    "color": "#56B4E9",     # sky blue
-}
-EXTRA_COLORS = ("#6F4E9C", "#8C6D31", "#4D4D4D", "#B8860B", "#2F4F4F", "#999999")
 #: totals (all categories together) are drawn in this colour.
 TOTAL_COLOR = "#222222"
 #: a control condition (e.g. random units) is drawn in this colour.
@@ -35,37 +28,8 @@ BASELINE_COLOR = "#4D4D4D"
 #: a neutral series colour (when no category applies).
 NEUTRAL_COLOR = "#0072B2"
 
-RC = {
-    "svg.fonttype": "none",         # text stays text in the SVG
-    "svg.hashsalt": "netdissect",   # deterministic ids
-    "font.family": "sans-serif",
-    "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
-    "font.size": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.titlesize": 11,
-    "axes.titleweight": "bold",
-    "axes.titlelocation": "left",
-    "axes.edgecolor": "#444444",
-    "axes.labelcolor": "#222222",
-    "axes.grid": True,
-    "axes.axisbelow": True,
-    "grid.color": "#E3E3E3",
-    "grid.linewidth": 0.8,
-    "xtick.color": "#333333",
-    "ytick.color": "#333333",
-    "legend.frameon": False,
-}
-
-
-def category_colors(categories: Iterable[str]) -> Dict[str, str]:
-    """Hex colour of each category: fixed for Broden's six, then the extra colours in order."""
-    colors: Dict[str, str] = {}
-    extra = iter(EXTRA_COLORS)
-    for name in categories:
-        if name not in colors:
-            colors[name] = CATEGORY_COLORS.get(name) or next(extra, "#999999")
-    return colors
+RC = {**MPL_RC, "axes.grid": True, "axes.axisbelow": True, "grid.color": "#E3E3E3",
+      "grid.linewidth": 0.8}
 
 
 def category_color(name: str) -> str:

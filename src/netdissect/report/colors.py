@@ -40,6 +40,26 @@ LABEL_REGION_HEX = "#56B4E9"
 NONE_COLOR = "#9A9A9A"
 
 
+# The house style of every matplotlib figure (report and experiments alike).
+MPL_RC = {
+    "svg.fonttype": "none",            # text stays text: editable, searchable, small
+    "svg.hashsalt": "netdissect",      # deterministic ids
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
+    "font.size": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.edgecolor": "#444444",
+    "axes.labelcolor": "#222222",
+    "xtick.color": "#333333",
+    "ytick.color": "#333333",
+    "legend.frameon": False,
+}
+
+
 def category_colors(categories: Iterable[str]) -> Dict[str, str]:
     """Map each category name to a hex colour, stable for Broden's names."""
     colors: Dict[str, str] = {}

@@ -5,11 +5,11 @@ Every figure uses the same category colours as the cards (colors.category_colors
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .colors import category_colors
+from .colors import MPL_RC, category_colors
 from .rundir import LayerData, LayerStats
 
 
@@ -17,23 +17,7 @@ def _plt():
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    plt.rcParams.update({
-        "svg.fonttype": "none",            # text stays text: editable, searchable, small
-        "svg.hashsalt": "netdissect",      # deterministic ids
-        "font.family": "sans-serif",
-        "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
-        "font.size": 10,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.titlesize": 11,
-        "axes.titleweight": "bold",
-        "axes.titlelocation": "left",
-        "axes.edgecolor": "#444444",
-        "axes.labelcolor": "#222222",
-        "xtick.color": "#333333",
-        "ytick.color": "#333333",
-        "legend.frameon": False,
-    })
+    plt.rcParams.update(MPL_RC)
     return plt
 
 
