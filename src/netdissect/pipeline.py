@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import kernel
 from .broden import BrodenDataset, open_dataset
 from .errors import ActivationError, DatasetError, NetDissectError, RunError
 from .hooks import LayerCapture, check_activation_shape
@@ -32,7 +34,6 @@ from .models import LoadedModel, load_model
 from .quantile import exact_memory_bytes
 from .segstore import SegmentationStore
 from .streaming import LayerStream
-from . import kernel
 from .tally import IoUTally, combination_counts, encode_segmentation
 from .upsample import MODES, make_upsampler, measure_receptive_field
 
@@ -297,8 +298,12 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     if params.get("categories") is not None:
         params["categories"] = tuple(params["categories"])
     config = DissectConfig(layers=tuple(layers), **params)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
+    if isinstance(model, LoadedModel):
+        loaded = model
+        if mean is not None or std is not None:  # an explicit normalization still wins
+            loaded = dataclasses.replace(loaded, mean=tuple(mean or loaded.mean), std=tuple(std or loaded.std))
+    else:
+        loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=config.split, categories=config.categories, limit=config.limit)
     run = None
