@@ -163,6 +163,29 @@ class TestCachesNeverLie:
         saved = np.load(tmp_path / "r" / "conv3" / "iou.npz")["iou"]
         np.testing.assert_array_equal(saved, result["conv3"].iou)
 
+    def test_new_layer_recomputes(self, dataset, tmp_path, capsys):
+        out = tmp_path / "r"
+        netdissect.dissect(TinyNet(), ["relu1"], dataset, out=out, workers=0, progress=False,
+                           min_category_images=0)
+        capsys.readouterr()
+        result, err = self.run(dataset, out, capsys)
+        assert "recomputing" in err and "new layers relu2, conv3" in err
+        assert list(json.loads((out / "summary.json").read_text())["layers"]) == LAYERS
+
+    def test_subset_of_layers_is_reused(self, dataset, tmp_path, capsys):
+        out = tmp_path / "r"
+        first, _ = self.run(dataset, out, capsys)
+        subset = netdissect.dissect(TinyNet(), ["conv3"], dataset, out=out, workers=0, progress=False,
+                                    min_category_images=0)
+        assert "up to date" in capsys.readouterr().err
+        np.testing.assert_array_equal(subset["conv3"].iou, first["conv3"].iou)
+
+    def test_new_package_version_recomputes(self, dataset, tmp_path, capsys, monkeypatch):
+        self.run(dataset, tmp_path / "r", capsys)
+        monkeypatch.setattr(netdissect, "__version__", "99.0")
+        _, err = self.run(dataset, tmp_path / "r", capsys)
+        assert "recomputing" in err and "netdissect" in err
+
     def test_changed_dataset_recomputes(self, dataset, tmp_path, capsys):
         import shutil
         copy = tmp_path / "data"
