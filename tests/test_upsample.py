@@ -40,3 +40,9 @@ def test_rf_upsampling_samples_the_receptive_field_centres():
         image_y = (i + 0.5) * 2 - 0.5                 # segmentation pixel centre in the image
         expected = min(max((image_y - 3.0) / 2.0, 0), 7)  # its native row, clamped at the border
         assert up[i, 0].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_field_wider_than_the_image_is_measured():
+    # MobileNetV2's last layer sees more than the whole 224 px image
+    field = measure_receptive_field(torchvision.models.mobilenet_v2().eval(), "features.18", (224, 224))
+    assert field.stride == (32.0, 32.0) and field.offset == (0.0, 0.0)

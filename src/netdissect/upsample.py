@@ -76,14 +76,15 @@ def make_upsampler(mode: str, native: Tuple[int, int], size: Tuple[int, int],
     raise ValueError(f"unknown upsampling mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def measure_receptive_field(model: torch.nn.Module, layer: str, image: Tuple[int, int],
-                            mean_input: float = 0.0) -> ReceptiveField:
+def measure_receptive_field(model: torch.nn.Module, layer: str, image: Tuple[int, int]) -> ReceptiveField:
     """Receptive-field centres of ``layer`` measured by gradients.
 
-    For two output positions per axis, the input region that influences them (the support of
-    the input gradient, united over a few random inputs so that dead ReLUs do not hide part
-    of it) is found; its centre gives the position's centre. The input is enlarged until the
-    region fits inside it, so that borders do not clip the field.
+    For output positions near both ends of each axis, the input region that influences them
+    (the support of the input gradient, united over a few random inputs so that dead ReLUs do
+    not hide part of it) is found. Its centre is offset + stride * i and its half-width is the
+    same at every position, so edges the image border does not clip are enough: two unclipped
+    leading edges give the stride, one leading and one trailing edge give the offset. Fields
+    wider than the image (late layers) are measured on a larger input.
     """
     from .hooks import LayerCapture
 
@@ -98,16 +99,14 @@ def measure_receptive_field(model: torch.nn.Module, layer: str, image: Tuple[int
                 return result
     finally:
         model.train(was_training)
-    raise LayerError(f"could not measure the receptive field of layer {layer!r} (it spans the whole "
-                     "input even at 4x the image size, or the model does not accept larger inputs); "
-                     "use --upsample bilinear")
+    raise LayerError(f"could not measure the receptive field of layer {layer!r} (it is wider than "
+                     "4x the image, or the model does not accept larger inputs); use --upsample bilinear")
 
 
 def _field_from_gradients(model, layer, size, device, capture_cls):
-    support = None
+    """The field from inputs of ``size``, or None when the borders clip too much of it."""
     generator = torch.Generator().manual_seed(0)
-    shape = None
-    positions = None
+    supports = None
     for trial in range(3):
         x = torch.randn(1, 3, *size, generator=generator).to(device).requires_grad_(True)
         try:
@@ -119,29 +118,32 @@ def _field_from_gradients(model, layer, size, device, capture_cls):
         if out.dim() != 4:
             raise LayerError(f"layer {layer!r} output is not N x K x h x w")
         h, w = out.shape[2], out.shape[3]
-        if h < 4 or w < 4:
+        if min(h, w) < 4:
             return None
-        shape = (h, w)
-        positions = ((h // 2 - h // 4, h // 2 + h // 4), (w // 2 - w // 4, w // 2 + w // 4))
+        # positions (i, i) along the diagonal: two near each end of both axes
+        ends = [(1, 1), (2, 2), (h - 3, w - 3), (h - 2, w - 2)]
         grads = []
-        for (i, j) in ((positions[0][0], positions[1][0]), (positions[0][1], positions[1][1])):
+        for i, j in ends:
             g, = torch.autograd.grad(out[0, :, i, j].abs().sum(), x, retain_graph=True)
             grads.append(g.abs().sum(dim=(0, 1)) > 0)
-        support = grads if support is None else [a | b for a, b in zip(support, grads)]
-    centres = []
-    for mask in support:
-        rows = torch.nonzero(mask.any(dim=1)).flatten()
-        cols = torch.nonzero(mask.any(dim=0)).flatten()
-        if len(rows) == 0 or len(cols) == 0:
-            return None
-        if rows[0] == 0 or cols[0] == 0 or rows[-1] == size[0] - 1 or cols[-1] == size[1] - 1:
-            return None  # clipped by the border: try a larger input
-        centres.append(((rows[0] + rows[-1]).item() / 2, (cols[0] + cols[-1]).item() / 2))
-    stride, offset = [], []
+        supports = grads if supports is None else [a | b for a, b in zip(supports, grads)]
+    offset, stride = [], []
     for axis in range(2):
-        p0, p1 = positions[axis]
-        s = (centres[1][axis] - centres[0][axis]) / (p1 - p0)
+        edges = []  # (position, first, last, first clipped, last clipped)
+        for (pos, mask) in zip(ends, supports):
+            line = torch.nonzero(mask.any(dim=1 - axis)).flatten()
+            if len(line) == 0:
+                return None
+            first, last = line[0].item(), line[-1].item()
+            edges.append((pos[axis], first, last, first == 0, last == size[axis] - 1))
+        lead = [(p, f) for p, f, _, cf, _ in edges if not cf]
+        trail = [(p, t) for p, _, t, _, ct in edges if not ct]
+        if len(lead) < 2 or not trail:
+            return None
+        (p0, f0), (p1, f1) = lead[0], lead[-1]
+        s = (f1 - f0) / (p1 - p0)
+        pt, t = trail[0]
+        # first = c(p) - r and last = c(p) + r with c(p) = offset + s * p
+        offset.append((f0 + t - s * (p0 + pt)) / 2)
         stride.append(s)
-        offset.append(centres[0][axis] - s * p0)
-    del shape
     return ReceptiveField(offset=(offset[0], offset[1]), stride=(stride[0], stride[1]))
