@@ -20,6 +20,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 
 from .quantile import ExactTopQuantile
+from .runs import safe_name
 
 
 class TopKImages:
@@ -66,7 +67,6 @@ class PairBuffer:
         self.chunks: List[dict] = []
         self.spilled: List[Path] = []
         self.bytes = 0
-        self.pairs_added = 0
 
     def add(self, units: torch.Tensor, images: torch.Tensor, maxima: torch.Tensor,
             maps: torch.Tensor) -> None:
@@ -75,7 +75,6 @@ class PairBuffer:
         chunk = {"unit": units.cpu(), "image": images.cpu(), "max": maxima.cpu(), "maps": maps.cpu()}
         self.chunks.append(chunk)
         self.bytes += _chunk_bytes(chunk)
-        self.pairs_added += units.numel()
 
     def over_budget(self) -> bool:
         return self.bytes > self.budget
@@ -96,12 +95,10 @@ class PairBuffer:
 
     def spill(self) -> None:
         """Move the in-memory pairs to one file in the spill directory."""
-        if not self.chunks:
-            return
-        if self.spill_dir is None:
+        if not self.chunks or self.spill_dir is None:
             return
         merged = {key: torch.cat([c[key] for c in self.chunks]) for key in self.chunks[0]}
-        path = self.spill_dir / f"{_safe(self.name)}.pairs{len(self.spilled):05d}.pt"
+        path = self.spill_dir / f"{safe_name(self.name)}.pairs{len(self.spilled):05d}.pt"
         tmp = path.with_name(path.name + ".tmp")
         torch.save(merged, tmp)
         os.replace(tmp, path)
@@ -120,13 +117,12 @@ class PairBuffer:
                     yield {key: value[keep] for key, value in chunk.items()}
 
     def state_dict(self) -> dict:
-        return {"chunks": self.chunks, "spilled": [str(p) for p in self.spilled],
-                "pairs_added": self.pairs_added}
+        # file names only: a run directory that was moved still resumes
+        return {"chunks": self.chunks, "spilled": [p.name for p in self.spilled]}
 
     def load_state_dict(self, state: dict) -> None:
         self.chunks = state["chunks"]
-        self.spilled = [Path(p) for p in state["spilled"]]
-        self.pairs_added = state["pairs_added"]
+        self.spilled = [self.spill_dir / name for name in state["spilled"]]
         self.bytes = sum(_chunk_bytes(c) for c in self.chunks)
 
 
@@ -151,10 +147,6 @@ def release_free_memory() -> None:
 
 def _chunk_bytes(chunk: dict) -> int:
     return sum(v.numel() * v.element_size() for v in chunk.values())
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
 class SketchQuantile:
