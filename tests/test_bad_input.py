@@ -120,3 +120,11 @@ def test_category_labeled_in_few_images_warns(dataset):
         result = netdissect.dissect(TinyNet(), ["conv3"], dataset, workers=0, progress=False,
                                     min_category_images=6)
     assert result.category_image_counts["texture"] == 5
+
+
+def test_shared_module_called_twice_warns(dataset):
+    import torchvision
+    model = torchvision.models.resnet18(num_classes=3)
+    with pytest.warns(UserWarning, match=r"'layer1.0.relu' runs 2 times.*dissect 'layer1.0'"):
+        netdissect.dissect(model, ["layer1.0.relu"], dataset, workers=0, progress=False,
+                           min_category_images=0)

@@ -64,6 +64,7 @@ class LayerCapture:
         self._handles: list = []
         self._outputs: Dict[str, torch.Tensor] = {}
         self._script_runner: Callable | None = None
+        self.calls: Dict[str, int] = {}  # calls of each layer in the last forward pass
 
     def __enter__(self) -> "LayerCapture":
         if isinstance(self.model, torch.jit.ScriptModule):
@@ -78,6 +79,7 @@ class LayerCapture:
 
     def _hook(self, layer: str):
         def hook(module, inputs, output):
+            self.calls[layer] = self.calls.get(layer, 0) + 1
             if layer not in self._outputs:
                 self._outputs[layer] = output
             if self.stop_early and len(self._outputs) == len(self.layers):
@@ -94,6 +96,7 @@ class LayerCapture:
             _, outputs = self._script_runner(x)
             return {layer: outputs[layer] for layer in self.layers}
         self._outputs = {}
+        self.calls = {}
         try:
             self.model(x)
         except _StopForward:

@@ -439,8 +439,14 @@ class _Engine:
         the layers' shapes come from one real image, so a bad layer fails before the pass."""
         ds, config = self.ds, self.config
         probe = normalize(torch.from_numpy(ds.load_image(0))[None])
-        with torch.no_grad(), LayerCapture(module, config.layers) as capture:
+        with torch.no_grad(), LayerCapture(module, config.layers, stop_early=False) as capture:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
+        for name, calls in capture.calls.items():
+            if calls > 1:
+                parent = name.rpartition(".")[0]
+                self._warn(f"layer {name!r} runs {calls} times per forward pass (a shared module, such as "
+                           "the ReLU of a ResNet block); its first call is dissected"
+                           + (f": for the block's output dissect {parent!r}" if parent else ""))
         if self.run_dir is not None:
             scratch = self.run_dir.scratch
         else:
