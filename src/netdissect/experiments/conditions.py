@@ -54,10 +54,14 @@ LAST_LAYER, EARLY_LAYER = "relu4", "relu2"
 
 class SceneCNN(nn.Module):
     """conv1 (5x5, stride 2) - pool - conv2 - pool - conv3 - conv4 (``width`` units) - global
-    average pooling - dropout - fc. Layers are named conv<i>, [bn<i>], relu<i>."""
+    average pooling - dropout - fc. Layers are named conv<i>, [bn<i>], relu<i>.
+
+    The total stride is 8: at the default 96 px input, relu3/relu4 are 12 x 12 maps (relu2 24 x 24),
+    fine enough for the synthetic objects (a fifth of the image wide or more) to cover several
+    cells of the last conv layer; receptive field of relu4: 51 px."""
 
     def __init__(self, width: int = 64, dropout: float = 0.5, batchnorm: bool = False,
-                 classes: int = len(SCENES), channels: Tuple[int, int, int] = (32, 64, 96)):
+                 classes: int = len(SCENES), channels: Tuple[int, int, int] = (32, 64, 128)):
         super().__init__()
         self.class_names = list(SCENES) if classes == len(SCENES) else [str(i) for i in range(classes)]
         sizes = [3, *channels, width]
@@ -144,9 +148,9 @@ def make_conditions(width: int, seed: int) -> Dict[str, Condition]:
 
 @dataclass(frozen=True)
 class Settings:
-    images: int = 3000
-    size: int = 64
-    epochs: int = 24
+    images: int = 4000
+    size: int = 96
+    epochs: int = 30
     width: int = 64
     seed: int = 0
     batch_size: int = 64
