@@ -104,9 +104,9 @@ def _experiment(sub) -> None:
     c.add_argument("--quick", action="store_true", help="a tiny version (seconds): for tests and a first look")
     c.add_argument("--conditions", nargs="+", metavar="NAME",
                    help="run only these conditions (baseline no_dropout batchnorm wide seed1)")
-    c.add_argument("--images", type=int, help="images to generate (default 3000; quick: 120)")
-    c.add_argument("--size", type=int, help="image size in pixels (default 64; quick: 48)")
-    c.add_argument("--epochs", type=int, help="training epochs (default 24; quick: 2)")
+    c.add_argument("--images", type=int, help="images to generate (default 4000; quick: 120)")
+    c.add_argument("--size", type=int, help="image size in pixels (default 96; quick: 48)")
+    c.add_argument("--epochs", type=int, help="training epochs (default 30; quick: 2)")
     c.add_argument("--width", type=int, help="units of the last conv layer in the baseline (default 64; quick: 16)")
     c.add_argument("--seed", type=int, default=0, help="seed of the dataset and of the baseline initialization")
     c.add_argument("--threads", type=int, help="torch threads (default: all cores)")
