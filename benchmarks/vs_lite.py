@@ -48,21 +48,14 @@ from pathlib import Path
 
 import numpy as np
 
+from overhead import ensure_data  # benchmarks/ is the script's directory, hence on sys.path
+
 MODEL = "torchvision:mobilenet_v2"
 WEIGHTS = "IMAGENET1K_V1"
 LEVEL = 0.995   # 1 - quantile: netdissect's default --quantile 0.005
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-def ensure_data(path: Path, images: int) -> Path:
-    index = path / "index.csv"
-    if not index.exists() or len(index.read_text().splitlines()) - 1 < images:
-        from netdissect.synthetic import generate_synthetic
-        print(f"generating {images} synthetic images in {path} ...", flush=True)
-        generate_synthetic(path, images=images, size=224, seed=0, overwrite=True)
-    return path
-
 
 def warm_page_cache(ds) -> None:
     """Read every file of the selection once, so neither side pays the cold disk reads."""

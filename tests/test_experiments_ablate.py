@@ -14,17 +14,12 @@ from netdissect.experiments import add_commands
 from netdissect.experiments.ablate import control_sets, run_ablation, select_units, zeroed
 from netdissect.models import load_model
 
-from test_experiments_common import identity_norm, make_scene_set, scene_net
+from test_experiments_common import dissected_scene_run, identity_norm, scene_net
 
 
 @pytest.fixture(scope="module")
 def dissected(tmp_path_factory):
-    import netdissect
-    root = tmp_path_factory.mktemp("ablate")
-    data = make_scene_set(root / "data", images=16)
-    netdissect.dissect(scene_net(), ["units"], data, root / "run", progress=False, workers=0,
-                       min_category_images=1, **identity_norm())
-    return data, root / "run"
+    return dissected_scene_run(tmp_path_factory.mktemp("ablate"), images=16)
 
 
 def loaded():

@@ -181,6 +181,15 @@ def identity_norm():
 
 # --------------------------------------------------------------------------- the helpers' own tests
 
+def dissected_scene_run(root: Path, images: int):
+    """A scene set and the dissection of the planted scene net's 'units' layer on it."""
+    import netdissect
+    data = make_scene_set(root / "data", images=images)
+    netdissect.dissect(scene_net(), ["units"], data, root / "run", progress=False, workers=0,
+                       min_category_images=1, **identity_norm())
+    return data, root / "run"
+
+
 def test_planted_units_fire_exactly_on_their_concepts(tmp_path):
     import netdissect
     root = make_scene_set(tmp_path / "scene", images=8)
