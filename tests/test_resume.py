@@ -249,3 +249,16 @@ def test_failed_write_leaves_no_finished_looking_run(dataset, tmp_path, monkeypa
         netdissect.dissect(TinyNet(), LAYERS, dataset, out=out, workers=0, progress=False,
                            min_category_images=0, force=True)
     assert not (out / "summary.json").exists()
+
+
+def test_two_runs_cannot_write_the_same_directory(dataset, tmp_path):
+    from netdissect.runs import RunDirectory
+    holder = RunDirectory(tmp_path / "r", manifest={})
+    try:
+        with pytest.raises(netdissect.RunError, match="another netdissect process"):
+            netdissect.dissect(TinyNet(), LAYERS, dataset, out=tmp_path / "r", workers=0, progress=False)
+    finally:
+        holder.release()
+    netdissect.dissect(TinyNet(), LAYERS, dataset, out=tmp_path / "r", workers=0, progress=False,
+                       min_category_images=0)
+    assert (tmp_path / "r" / "summary.json").exists()

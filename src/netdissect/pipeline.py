@@ -306,23 +306,27 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=config.split, categories=config.categories, limit=config.limit)
-    run = None
-    if out is not None:
-        run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force,
-                                checkpoint_every=checkpoint_every)
-        reused = None if force else runs.reuse_finished(run, config)
-        if reused is not None:
-            return reused
+    if out is None:
+        return _run_engine(loaded, ds, config, None, progress)
+    run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force, checkpoint_every=checkpoint_every)
+    try:
+        result = None if force else runs.reuse_finished(run, config)
+        if result is None:
+            result = _run_engine(loaded, ds, config, run, progress)
+            runs.write_results(run.path, result)
+            run.finish()
+            result.out = run.path
+        return result
+    finally:
+        run.release()
+
+
+def _run_engine(loaded, ds, config, run, progress) -> "DissectionResult":
     engine = _Engine(loaded, ds, config, run, progress)
     try:
-        result = engine.run()
+        return engine.run()
     finally:
         engine.close()
-    if run is not None:
-        runs.write_results(run.path, result)
-        run.finish()
-        result.out = run.path
-    return result
 
 
 @dataclass
@@ -511,6 +515,8 @@ class _Engine:
                         save_checkpoint()
                     interrupt.check(save_checkpoint)
         bar.close()
+        if self.run_dir is not None and state["done"] > done:
+            save_checkpoint()  # a failure in the tally does not cost the pass
         store.flush()
         if self.skipped:
             self._warn(f"{len(self.skipped)} image(s) could not be read and were skipped "

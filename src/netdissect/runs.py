@@ -22,8 +22,14 @@ import torch
 
 from .errors import RunError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
+
 CHECKPOINT = "checkpoint.pt"
 SCRATCH = ".scratch"
+LOCK = ".lock"
 
 
 def safe_name(layer: str) -> str:
@@ -95,8 +101,23 @@ class RunDirectory:
         except OSError as exc:
             raise RunError(f"{self.path}: output directory is not writable ({exc.strerror or exc}); "
                            "choose another --out or fix its permissions") from None
+        self._lock = open(self.path / LOCK, "a")
+        try:
+            if fcntl is not None:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise RunError(f"{self.path}: another netdissect process is writing to this directory; "
+                           "wait for it to finish or choose another --out") from None
         if force:
             self.clear()
+
+    def release(self) -> None:
+        """Let other processes write here again (also happens when this process dies)."""
+        if not self._lock.closed:
+            if fcntl is not None:
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
     @property
     def scratch(self) -> Path:
