@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .colors import (LABEL_REGION_HEX, UNIT_REGION_HEX, category_colors, text_color_on)
-from .rundir import LayerData, LayerStats, RunData, lookup
+from .rundir import LayerData, LayerStats, RunData
 from .strips import StripInfo
 
 e = html.escape
@@ -117,9 +117,7 @@ ones, strongest first.</p>
 
 
 def _quantile_text(run: RunData) -> str:
-    q = lookup([run.summary.get("params"), run.summary.get("parameters"),
-                run.config.get("params"), run.config.get("parameters"), run.config],
-               ["quantile", "top_quantile", "activation_quantile"])
+    q = (run.summary.get("parameters") or {}).get("quantile")
     try:
         qv = float(q)
     except (TypeError, ValueError):
@@ -150,9 +148,7 @@ def overview_page(run: RunData, stats: Sequence[LayerStats], figs: Dict[str, Dic
                   cross_fig: Optional[str], version: str, dataset_note: str) -> str:
     colors = category_colors(run.categories)
     thr = run.iou_threshold
-    model = lookup([run.config], ["model", "model_spec", "network", "arch"])
-    if isinstance(model, dict):
-        model = lookup([model], ["spec", "name", "path"], json.dumps(model))
+    model = ((run.config.get("manifest") or {}).get("model") or {}).get("spec")
     parts = [f'<header class="page-head"><h1>Network Dissection report</h1>'
              f'<p class="sub">{e(str(model)) if model else "model not recorded"}'
              f' &middot; {len(run.layers)} layer{"s" if len(run.layers) != 1 else ""}'

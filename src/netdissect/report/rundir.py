@@ -42,26 +42,6 @@ def _read_json(path: Path, required: bool) -> Dict[str, Any]:
     return value
 
 
-def lookup(sources: Sequence[Any], names: Sequence[str], default: Any = None) -> Any:
-    """First value found under any of `names` in any dict of `sources`, searching one level of
-    nested dicts too (e.g. config["parameters"]["iou_threshold"])."""
-    for src in sources:
-        if not isinstance(src, dict):
-            continue
-        for name in names:
-            if name in src and src[name] is not None:
-                return src[name]
-    for src in sources:
-        if not isinstance(src, dict):
-            continue
-        for value in src.values():
-            if isinstance(value, dict):
-                for name in names:
-                    if name in value and value[name] is not None:
-                        return value[name]
-    return default
-
-
 @dataclass
 class DatasetSettings:
     path: Optional[Path]
@@ -126,127 +106,31 @@ def _as_float(value: Any, default: float = float("nan")) -> float:
     return out
 
 
-def _warning_text(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict):
-        msg = item.get("message") or item.get("msg") or item.get("text")
-        rest = {k: v for k, v in item.items() if k not in ("message", "msg", "text")}
-        if msg:
-            return f"{msg}" + (f" ({', '.join(f'{k}: {v}' for k, v in rest.items())})" if rest else "")
-        return ", ".join(f"{k}: {v}" for k, v in item.items())
-    return str(item)
-
-
 def collect_warnings(summary: Dict[str, Any]) -> List[str]:
-    """Every warning recorded in summary.json (top level and per layer), as text."""
-    out: List[str] = []
-
-    def add(value: Any, prefix: str = "") -> None:
-        if value is None:
-            return
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                out.append(prefix + _warning_text(item))
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, (list, tuple)):
-                    for sub in item:
-                        out.append(f"{prefix}{key}: {_warning_text(sub)}")
-                else:
-                    out.append(f"{prefix}{key}: {_warning_text(item)}")
-        else:
-            out.append(prefix + str(value))
-
-    add(summary.get("warnings"))
-    skipped = summary.get("skipped_images", summary.get("skipped"))
-    if isinstance(skipped, (int, float)) and skipped:
-        out.append(f"{int(skipped)} image(s) were skipped during the run")
-    elif isinstance(skipped, (list, tuple)) and skipped:
-        shown = ", ".join(_warning_text(s) for s in list(skipped)[:10])
+    """Every warning recorded in summary.json, and the images the run skipped."""
+    out = [str(w) for w in summary.get("warnings") or []]
+    skipped = summary.get("skipped_images") or []
+    if skipped:
+        shown = ", ".join(f"{s.get('image')} (index.csv line {s.get('line')})" for s in skipped[:10])
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         out.append(f"{len(skipped)} image(s) were skipped during the run: {shown}{more}")
-    layers = summary.get("layers")
-    if isinstance(layers, dict):
-        for name, info in layers.items():
-            if isinstance(info, dict):
-                add(info.get("warnings"), prefix=f"{name}: ")
-    # de-duplicate, keep order
-    seen = set()
-    unique = []
-    for w in out:
-        if w not in seen:
-            seen.add(w)
-            unique.append(w)
-    return unique
+    return list(dict.fromkeys(out))  # de-duplicated, in order
 
 
 def dataset_settings(root: Path, config: Dict[str, Any]) -> DatasetSettings:
-    ds = config.get("dataset")
-    info: Dict[str, Any] = ds if isinstance(ds, dict) else {}
-    path = None
-    if isinstance(ds, str):
-        path = ds
-    else:
-        path = lookup([info], ["path", "root", "dir", "directory"])
-    if path is None:
-        path = lookup([config], ["dataset_path", "dataset_root", "dataset_dir", "broden"])
-    resolved: Optional[Path] = None
-    if path:
-        p = Path(str(path)).expanduser()
-        if not p.is_absolute() and not p.exists() and (root / p).exists():
-            p = root / p
-        resolved = p
-    split = lookup([info, config], ["split"])
-    cats = lookup([info, config], ["categories"])
-    if isinstance(cats, str):
-        cats = [c for c in re.split(r"[,;\s]+", cats) if c]
-    limit = lookup([info, config], ["limit", "max_images"])
-    try:
-        limit = None if limit in (None, "", 0) else int(limit)
-    except (TypeError, ValueError):
-        limit = None
-    digest = lookup([info, config], ["index_digest", "digest"])
-    return DatasetSettings(resolved, split if split else None,
-                           list(cats) if cats else None, limit,
-                           str(digest) if digest else None)
+    """The dataset selection recorded in config.json["dataset"] (see netdissect.runs)."""
+    info = config.get("dataset") or {}
+    path = Path(info["path"]).expanduser() if info.get("path") else None
+    return DatasetSettings(path, info.get("split") or None, info.get("categories") or None,
+                           info.get("limit") or None, info.get("index_digest") or None)
 
 
-def _layer_names(root: Path, config: Dict[str, Any], summary: Dict[str, Any]) -> List[str]:
-    names: List[str] = []
-    layers = summary.get("layers")
-    if isinstance(layers, dict):
-        names = [str(k) for k in layers]
-    elif isinstance(layers, list):
-        for item in layers:
-            if isinstance(item, dict):
-                n = item.get("name") or item.get("layer")
-                if n:
-                    names.append(str(n))
-            else:
-                names.append(str(item))
-    if not names:
-        cl = config.get("layers")
-        if isinstance(cl, (list, tuple)):
-            names = [str(x["name"]) if isinstance(x, dict) and "name" in x else str(x) for x in cl]
-        elif isinstance(cl, str):
-            names = [cl]
-    if not names:
-        names = sorted(p.name for p in root.iterdir()
-                       if p.is_dir() and ((p / "units.csv").exists() or (p / "iou.npz").exists()))
-    return names
+def _layer_names(summary: Dict[str, Any]) -> List[str]:
+    return [str(name) for name in summary.get("layers") or {}]
 
 
 def _layer_summary(summary: Dict[str, Any], name: str) -> Dict[str, Any]:
-    layers = summary.get("layers")
-    if isinstance(layers, dict):
-        info = layers.get(name)
-        return info if isinstance(info, dict) else {}
-    if isinstance(layers, list):
-        for item in layers:
-            if isinstance(item, dict) and (item.get("name") == name or item.get("layer") == name):
-                return item
-    return {}
+    return (summary.get("layers") or {}).get(name) or {}
 
 
 def _read_units_csv(path: Path) -> List[Dict[str, str]]:
@@ -385,7 +269,7 @@ def load_run(root: Path) -> RunData:
     if not summary:
         report_warnings.append("summary.json missing: the run may not have finished; "
                                "statistics are computed from the per-layer files")
-    names = _layer_names(root, config, summary)
+    names = _layer_names(summary)
     if not names:
         raise RunError(f"{root}: no dissected layer found (no <layer>/units.csv)")
     layers = [load_layer(root, n, summary) for n in names]
@@ -412,10 +296,7 @@ def load_run(root: Path) -> RunData:
                 counts[str(k)] = int(v)
             except (TypeError, ValueError):
                 pass
-    thr = _as_float(lookup([summary.get("params"), summary.get("parameters"),
-                            config.get("params"), config.get("parameters"), summary, config],
-                           ["iou_threshold", "detector_threshold", "iou_thresh", "min_iou"]),
-                    DEFAULT_IOU_THRESHOLD)
+    thr = _as_float((summary.get("parameters") or {}).get("iou_threshold"), DEFAULT_IOU_THRESHOLD)
     if not math.isfinite(thr):
         thr = DEFAULT_IOU_THRESHOLD
     return RunData(root, config, summary, layers, categories, counts, thr,
