@@ -122,3 +122,22 @@ def test_command(dissected, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "random control" in out and "0.500" in out
     assert json.loads((tmp_path / "c" / "ablate.json").read_text())["ablated_accuracy"] == 0.5
+
+
+def test_experiment_pages_appear_in_the_run_report(dissected, capsys):
+    from netdissect.report import render_report
+    data, run = dissected
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["ablate", "--model", "test_experiments_common:scene_net", "--layer", "units",
+                              "--run", str(run), "--dataset", str(data), "--top", "1",
+                              "--mean", "0", "0", "0", "--std", "1", "1", "1", "--device", "cpu"])
+    assert args.func(args) == 0
+    pages = list((run / "ablate").rglob("experiment.html"))
+    assert len(pages) == 1
+    page = pages[0].read_text()
+    assert "<svg" in page and "ablate.csv" in page and 'src="http' not in page
+    index = render_report(run).read_text()
+    assert "Experiments on this run" in index
+    copied = list((run / "report" / "experiments").glob("*.html"))
+    assert len(copied) == 1 and copied[0].read_text() == page

@@ -272,6 +272,7 @@ def _plot(info, class_names, out):
 
 
 def command(args) -> int:
+    from .common import publish
     from .common import format_table, load_model_args
     loaded = load_model_args(args)
     info = run_ablation(loaded, args.layer, args.dataset, args.out, args.run, category=args.category,
@@ -287,4 +288,6 @@ def command(args) -> int:
     print(format_table(["condition", "units", "accuracy", "change"], rows))
     print(f"units zeroed: {' '.join(str(u) for u in info['selection']['units'])}")
     print(f"wrote {Path(info['out']) / 'ablate.csv'}, ablate.json, ablate.svg, ablate.png")
+    publish(info["out"], "Ablation", f"layer {args.layer}: accuracy with chosen units zeroed, beside "
+            "random controls of the same size", run_dir=args.run)
     return 0

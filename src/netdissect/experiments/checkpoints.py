@@ -200,6 +200,7 @@ def _plot(rows, layers, categories, out, stem, title, step_label):
 
 
 def command(args) -> int:
+    from .common import publish
     from ..cliargs import dissect_params
     from .common import format_table
     weights = None if str(args.weights).lower() == "none" else args.weights
@@ -212,4 +213,5 @@ def command(args) -> int:
                         + [r["unique_per_category"].get(c, 0) for c in cats] for r in info["rows"]]))
     print(f"(category columns: unique detectors)\nwrote {Path(args.out) / 'checkpoints.csv'}, checkpoints.svg, "
           f"checkpoints.png; run directories in {Path(args.out) / 'runs'}")
+    publish(args.out, "Training dynamics", "unique detectors per category against the training step")
     return 0

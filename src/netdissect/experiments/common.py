@@ -251,3 +251,16 @@ def check_dataset_exists(path) -> Path:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise NetDissectError(message)
+
+
+def publish(out_dir, title: str, description: str = "", run_dir=None):
+    """Write the experiment's page (figures and tables in one HTML file); when the experiment
+    was written into a run directory, say how to see it in that run's report."""
+    page = None
+    if out_dir is not None:
+        from ..report.experiments import write_experiment_page
+        page = write_experiment_page(out_dir, title, description)
+        print(f"page: {Path(page).resolve().as_uri()}")
+    if run_dir is not None:
+        print(f"(`netdissect report {run_dir}` adds it to that run's report)")
+    return page

@@ -168,6 +168,7 @@ def _plot_compare(rows, categories, out, stem, title, extra):
 
 
 def command(args) -> int:
+    from .common import publish
     from .common import format_table
     result = run_compare(args.runs, args.out, names=args.names, layers=args.layers)
     cats = result["categories"]
@@ -175,4 +176,5 @@ def command(args) -> int:
     print(format_table(header, [[r["name"], r["units"], r["detectors"], r["detector_share"], r["unique_detectors"]]
                                 + [r["unique_per_category"].get(c, 0) for c in cats] for r in result["rows"]]))
     print(f"(category columns: unique detectors)\nwrote {Path(args.out) / 'compare.csv'}, compare.svg, compare.png")
+    publish(args.out, "Comparison of runs", "unique detectors per category and share of units that are detectors")
     return 0

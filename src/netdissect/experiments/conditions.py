@@ -472,6 +472,7 @@ def plot_training(trained: Dict[str, dict], out: Path):
 
 
 def command(args) -> int:
+    from .common import publish
     from .common import format_table
     overrides = dict(images=args.images, size=args.size, epochs=args.epochs, width=args.width, seed=args.seed,
                      conditions=tuple(args.conditions) if args.conditions else None)
@@ -488,4 +489,6 @@ def command(args) -> int:
     print(f"(accuracy: held-out scene classification; category columns: unique detectors)\n"
           f"wrote {Path(args.out) / 'conditions.csv'}, conditions_{LAST_LAYER}.svg/.png, "
           f"conditions_{EARLY_LAYER}.svg/.png, training.svg/.png in {t['total']:.0f} s")
+    publish(args.out, "Training conditions", "interpretability beside held-out scene accuracy for each "
+            "training condition")
     return 0

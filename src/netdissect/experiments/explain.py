@@ -302,6 +302,7 @@ def default_out(run, image) -> Path:
 
 
 def command(args) -> int:
+    from .common import publish
     from .common import format_table, load_model_args
     loaded = load_model_args(args)
     images = list(args.image)
@@ -323,4 +324,5 @@ def command(args) -> int:
         print(format_table(["unit", "label", "category", "iou", "contribution"],
                            [[u["unit"], u["label"], u["category"], u["iou"], u["contribution"]] for u in info["units"]]))
         print(f"wrote {out / 'explain.html'}, explain.png, explain.json")
+        publish(None, "", run_dir=args.run)
     return 0

@@ -18,6 +18,7 @@ skew-symmetric parts of Q share their invariant planes, see :func:`_power_symmet
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -322,6 +323,7 @@ def _plot_rotation(info: dict, categories: Sequence[str], out: Path) -> List[Pat
 
 
 def command(args) -> int:
+    from .common import publish
     from ..cliargs import dissect_params
     from .common import format_table, load_model_args
     loaded = load_model_args(args)
@@ -332,4 +334,12 @@ def command(args) -> int:
                                 for r in info["rows"]]))
     print(f"wrote {Path(args.out) / 'rotation.csv'}, rotation.svg, rotation.png "
           f"(fractional powers: {info['fractional_power']})")
+    page = publish(args.out, "Random rotation", f"layer {args.layer}: detectors and unique detectors "
+                   "per category against the rotation fraction alpha")
+    # the dissection of the rotated layers gets the page too, and its report shows both
+    dissection = Path(info["dissection"])
+    (dissection / "rotation").mkdir(exist_ok=True)
+    shutil.copyfile(page, dissection / "rotation" / page.name)
+    from ..report import render_report
+    print(f"report: {render_report(dissection, progress=not args.quiet).resolve().as_uri()}")
     return 0

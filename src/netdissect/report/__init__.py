@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ..errors import NetDissectError, RunError
+from .experiments import copy_experiment_pages
 from . import figures as _figures
 from .html import concepts_html, layer_data, layer_html, layer_page, overview_page
 from .rundir import IMAGE_CATEGORIES, RunData, layer_stats, load_run
@@ -156,8 +157,9 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                 print(f"report: {layer.name}: {len(strips)} strips", file=sys.stderr)
 
         (stage / "concepts.html").write_text(concepts_html(run, stats, strip_files), encoding="utf-8")
+        experiments = copy_experiment_pages(root, stage)
         (stage / "index.html").write_text(
-            overview_page(run, stats, figs, cross, _version(), dataset_note), encoding="utf-8")
+            overview_page(run, stats, figs, cross, _version(), dataset_note, experiments), encoding="utf-8")
 
         final = root / "report"
         old = None

@@ -145,7 +145,8 @@ def _flat_params(cfg: Any, prefix: str = "") -> List[Tuple[str, str]]:
 
 
 def overview_page(run: RunData, stats: Sequence[LayerStats], figs: Dict[str, Dict[str, str]],
-                  cross_fig: Optional[str], version: str, dataset_note: str) -> str:
+                  cross_fig: Optional[str], version: str, dataset_note: str,
+                  experiments: Sequence[Tuple[str, str]] = ()) -> str:
     colors = category_colors(run.categories)
     thr = run.iou_threshold
     model = ((run.config.get("manifest") or {}).get("model") or {}).get("spec")
@@ -225,6 +226,11 @@ unit can count in several categories.</p></section>""")
     count_table = (f'<table class="stats counts"><thead><tr><th>category</th><th class="num">images labeled</th>'
                    f'<th></th></tr></thead><tbody>{"".join(ds_rows)}</tbody></table>'
                    if ds_rows else '<p class="note">No per-category image counts recorded in summary.json.</p>')
+    if experiments:
+        items = "".join(f'<li><a href="{e(link)}">{e(name)}</a></li>' for name, link in experiments)
+        parts.append(f'<section id="experiments"><h2>Experiments on this run</h2><ul>{items}</ul>'
+                     '<p class="note">Pages written by netdissect explain, ablate, rotate and the other '
+                     'experiment commands into this run directory; each is self-contained.</p></section>')
     parts.append(f"""<section><h2>Dataset</h2>
 <div class="two">{count_table}
 <table class="kv"><tbody>{info_rows}</tbody></table></div>
