@@ -107,7 +107,8 @@ def line_chart(ax, x: Sequence[float], series: Dict[str, Sequence[float]], total
         ax.plot(x, total, color=TOTAL_COLOR, linestyle="--", marker="s" if markers else None,
                 markersize=4, linewidth=1.6, label=total_label)
     integer_yaxis(ax)
-    ax.set_ylim(bottom=0)
+    top = max([v for values in series.values() for v in values] + list(total or []) + [0])
+    ax.set_ylim(0, None if top > 0 else 1)  # all zero: still an integer axis
 
 
 def grouped_bars(ax, groups: Sequence[str], categories: Sequence[str],
