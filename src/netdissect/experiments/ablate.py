@@ -41,21 +41,13 @@ def select_units(units: int, layer=None, *, category: Optional[str] = None, labe
     if category is not None or label is not None:
         labels = layer.unit_labels()
         detectors = [k for k, (_, _, iou) in enumerate(labels) if iou > layer.iou_threshold]
-        if category is not None:
-            chosen = [k for k in detectors if labels[k][1] == category]
-            tag = f"category_{category}"
-            if not chosen:
-                have = sorted({labels[k][1] for k in detectors})
-                raise NetDissectError(f"{where}: no detector of category {category!r} in layer {layer.name!r} "
-                                      f"(categories with detectors: {', '.join(have) or 'none'})")
-        else:
-            chosen = [k for k in detectors if labels[k][0] == label]
-            tag = f"label_{label}"
-            if not chosen:
-                have = sorted({labels[k][0] for k in detectors})
-                raise NetDissectError(f"{where}: no detector of label {label!r} in layer {layer.name!r} "
-                                      f"(detected labels: {', '.join(have[:20]) or 'none'})")
-        return sorted(chosen), tag
+        field, what, value = (1, "category", category) if category is not None else (0, "label", label)
+        chosen = [k for k in detectors if labels[k][field] == value]
+        if not chosen:
+            have = sorted({labels[k][field] for k in detectors})
+            raise NetDissectError(f"{where}: no detector of {what} {value!r} in layer {layer.name!r} "
+                                  f"(detected {what} values: {', '.join(have[:20]) or 'none'})")
+        return sorted(chosen), f"{what}_{value}"
     if top is not None:
         _check_count(top, units)
         best = layer.best_iou
