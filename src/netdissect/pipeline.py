@@ -515,8 +515,9 @@ class _Engine:
                         save_checkpoint()
                     interrupt.check(save_checkpoint)
         bar.close()
-        if self.run_dir is not None and state["done"] > done:
-            save_checkpoint()  # a failure in the tally does not cost the pass
+        if self.run_dir is not None and self.run_dir.checkpoint_every and \
+                (len(ds) - done) >= self.run_dir.checkpoint_every * config.batch_size:
+            save_checkpoint()  # a failure in the tally does not cost a long pass
         store.flush()
         if self.skipped:
             self._warn(f"{len(self.skipped)} image(s) could not be read and were skipped "

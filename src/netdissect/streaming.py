@@ -210,7 +210,7 @@ class LayerStream:
             self.pairs.prune(bound)
             if self.pairs.bytes > self.pairs.budget // 2:
                 self.pairs.spill()
-            release_free_memory()
+                release_free_memory()
 
     def state_dict(self) -> dict:
         return {"quantile": self.quantile.state_dict(), "topk": self.topk.state_dict(),
