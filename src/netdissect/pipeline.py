@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import kernel
+from . import distributed, kernel
 from .broden import BrodenDataset, open_dataset
 from .errors import ActivationError, DatasetError, NetDissectError, RunError
 from .hooks import LayerCapture, check_activation_shape
@@ -219,9 +219,10 @@ def _collate(items):
             [it[2] for it in good], bad)
 
 
-def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0):
-    if start:
-        dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0,
+                stop: Optional[int] = None):
+    if start or (stop is not None and stop != len(dataset)):
+        dataset = torch.utils.data.Subset(dataset, range(start, len(dataset) if stop is None else stop))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                        num_workers=workers, collate_fn=_collate,
                                        persistent_workers=False,
@@ -306,23 +307,50 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=config.split, categories=config.categories, limit=config.limit)
-    if out is None:
-        return _run_engine(loaded, ds, config, None, progress)
-    run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force, checkpoint_every=checkpoint_every)
-    try:
-        result = None if force else runs.reuse_finished(run, config)
-        if result is None:
-            result = _run_engine(loaded, ds, config, run, progress)
-            runs.write_results(run.path, result)
-            run.finish()
-            result.out = run.path
-        return result
-    finally:
-        run.release()
+    with distributed.session(config.device) as group:  # torchrun: one shard per process
+        if out is None:
+            return _run_engine(loaded, ds, config, None, progress, group)
+        if group is None:
+            run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force,
+                                    checkpoint_every=checkpoint_every)
+        else:
+            run = _sharded_run_directory(group, out, manifest(loaded, ds, config), force, checkpoint_every)
+        try:
+            if group is None:
+                result = None if force else runs.reuse_finished(run, config)
+            else:
+                result = None if force else group.on_primary(lambda: runs.reuse_finished(run, config))
+            if result is None:
+                result = _run_engine(loaded, ds, config, run, progress, group)
+                if group is None:
+                    runs.write_results(run.path, result)
+                else:  # rank 0 writes; every rank keeps its checkpoint until the results are there
+                    group.on_primary(lambda: runs.write_results(run.path, result))
+                run.finish()
+                result.out = run.path
+            return result
+        finally:
+            run.release()
 
 
-def _run_engine(loaded, ds, config, run, progress) -> "DissectionResult":
-    engine = _Engine(loaded, ds, config, run, progress)
+def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_every: int):
+    """Rank 0 locks (and with --force clears) the run directory; then the others join it."""
+    from . import runs
+    opened = {}
+
+    def open_primary():
+        opened["run"] = runs.RunDirectory(out, manifest_, force=force, checkpoint_every=checkpoint_every,
+                                          rank=0, world=group.world)
+
+    group.on_primary(open_primary)
+    if group.primary:
+        return opened["run"]
+    return runs.RunDirectory(out, manifest_, checkpoint_every=checkpoint_every, rank=group.rank,
+                             world=group.world)
+
+
+def _run_engine(loaded, ds, config, run, progress, group=None) -> "DissectionResult":
+    engine = _Engine(loaded, ds, config, run, progress, group)
     try:
         return engine.run()
     finally:
@@ -355,13 +383,17 @@ class _Vocabulary:
 class _Engine:
     """One dissection: the pass, the thresholds, the tally, the labels."""
 
-    def __init__(self, loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig, run, progress: bool):
+    def __init__(self, loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig, run, progress: bool,
+                 group: Optional[distributed.Group] = None):
         self.loaded = loaded
         self.ds = ds
         self.config = config
         self.run_dir = run
-        self.progress = progress
-        self.device = resolve_device(config.device)
+        self.group = group  # a sharded run: this process streams self.shard only
+        self.shard = range(len(ds)) if group is None else \
+            distributed.shard_range(len(ds), config.batch_size, group.rank, group.world)
+        self.progress = progress and (group is None or group.primary)
+        self.device = distributed.local_device(resolve_device(config.device), group)
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
         self._tempdir = None
@@ -373,7 +405,8 @@ class _Engine:
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
-        warnings.warn(message, stacklevel=3)
+        if self.group is None or self.group.primary:
+            warnings.warn(message, stacklevel=3)
 
     def run(self) -> DissectionResult:
         start = time.time()
@@ -392,7 +425,10 @@ class _Engine:
         data = _ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip")
 
         # 1. one pass: quantiles, top images, candidate maps, encoded labels
-        self._stream_pass(module, normalize, data, streams, store)
+        self._all_ranks(self._stream_pass, module, normalize, data, streams, store)
+        if self.group is not None:
+            self._merge_ranks(streams)
+        self._check_skipped()
         n_images = len(ds) - len(self.skipped)
         # 2. thresholds
         thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
@@ -406,7 +442,12 @@ class _Engine:
                 tallies[name].add(chunk)
         sketched = {name: tallies[name] for name, stream in streams.items() if stream.sketch}
         if sketched:
-            self._second_pass(module, normalize, data, sketched)
+            self._all_ranks(self._second_pass, module, normalize, data, sketched)
+        if self.group is not None:  # integer counts: their sum over the shards is exact
+            for tally in tallies.values():
+                self.group.sum_(tally.tally.inter)
+                self.group.sum_(tally.tally.active)
+            store.concept_pixels = self.group.sum_(torch.from_numpy(store.concept_pixels)).numpy()
         # 4. IoU and labels
         concept_pixels = torch.from_numpy(store.concept_pixels)
         concept_category = torch.from_numpy(vocab.concept_category)
@@ -469,9 +510,10 @@ class _Engine:
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (4 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
-        _check_free_space(scratch, len(ds) * pixels * 2 + budget // 2 + sum(
+        _check_free_space(scratch, len(self.shard) * pixels * 2 + budget // 2 + sum(
             s.units * s.topk.k * s.map_shape[0] * s.map_shape[1] * 2 for s in streams.values()))
-        store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, scratch)
+        store = SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
+                                  offset=self.shard.start)
         return streams, store
 
     def _workers(self) -> int:
@@ -481,7 +523,7 @@ class _Engine:
         """The forward pass over the dataset, resumed from a checkpoint when there is one."""
         from . import runs
         ds, config = self.ds, self.config
-        done = 0
+        done = self.shard.start
         checkpoint = self.run_dir.load_checkpoint() if self.run_dir is not None else None
         if checkpoint is not None:
             done = checkpoint["done"]
@@ -489,7 +531,7 @@ class _Engine:
                 stream.load_state_dict(checkpoint["layers"][name])
             store.load_state_dict(checkpoint["store"])
             self.skipped = checkpoint["skipped"]
-        bar = _progress(len(ds), done, "dissect", self.progress)
+        bar = _progress(len(self.shard), done - self.shard.start, "dissect", self.progress)
         state = {"done": done}
 
         def save_checkpoint():
@@ -499,7 +541,7 @@ class _Engine:
         with torch.no_grad(), LayerCapture(module, config.layers) as capture, \
                 interrupt or contextlib.nullcontext():
             for indices, images, encoded, bad in make_loader(data, config.batch_size, self._workers(),
-                                                             start=done):
+                                                             start=done, stop=self.shard.stop):
                 for i, message in bad:
                     self.skipped.append({"image": ds.records[i].image, "line": ds.records[i].line,
                                          "error": message})
@@ -516,9 +558,29 @@ class _Engine:
                     interrupt.check(save_checkpoint)
         bar.close()
         if self.run_dir is not None and self.run_dir.checkpoint_every and \
-                (len(ds) - done) >= self.run_dir.checkpoint_every * config.batch_size:
+                (self.shard.stop - done) >= self.run_dir.checkpoint_every * config.batch_size:
             save_checkpoint()  # a failure in the tally does not cost a long pass
         store.flush()
+
+    def _all_ranks(self, step, *args) -> None:
+        """Run one step of the dissection; in a sharded run, an error on any rank stops all."""
+        if self.group is None:
+            return step(*args)
+        try:
+            step(*args)
+        except NetDissectError as exc:
+            self.group.agree(exc)
+        self.group.agree(None)
+
+    def _merge_ranks(self, streams) -> None:
+        """A sharded run after the pass: every rank gets the whole dataset's thresholds state,
+        top images and skipped images (in image order, as one process lists them)."""
+        for stream in streams.values():
+            stream.merge_ranks(self.group)
+        self.skipped = [s for part in self.group.gather_objects(self.skipped) for s in part]
+
+    def _check_skipped(self) -> None:
+        ds = self.ds
         if self.skipped:
             self._warn(f"{len(self.skipped)} image(s) could not be read and were skipped "
                        f"(first: {self.skipped[0]['image']}); they are listed in summary.json")
@@ -529,9 +591,10 @@ class _Engine:
         """Sketch mode only: the thresholds were not known during the pass, so the layers kept
         no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
         data.with_labels = False
-        bar = _progress(len(self.ds), 0, "second pass", self.progress)
+        bar = _progress(len(self.shard), 0, "second pass", self.progress)
         with torch.no_grad(), LayerCapture(module, list(tallies)) as capture:
-            for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers()):
+            for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers(),
+                                                       start=self.shard.start, stop=self.shard.stop):
                 if images is not None:
                     outputs = capture(normalize(images))
                     for name, tally in tallies.items():

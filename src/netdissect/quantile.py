@@ -56,6 +56,15 @@ class ExactTopQuantile:
             merged = torch.topk(merged, self.keep, dim=1, sorted=False).values
         self.values = merged
 
+    def merge_ranks(self, group) -> None:
+        """The state of the whole dataset from every rank's: the largest ``keep`` values of the
+        union of the ranks' kept values are the largest of all values (exact)."""
+        values = group.gather(self.values, dim=1)
+        self.count = sum(group.gather_objects(self.count))
+        if values.shape[1] > self.keep:
+            values = torch.topk(values, self.keep, dim=1, sorted=False).values
+        self.values = values.to(self.values.device)
+
     def lower_bound(self) -> torch.Tensor:
         """(K,) a value the final threshold cannot fall below; -inf until enough is seen."""
         if self.values.shape[1] < self.keep:
