@@ -430,6 +430,10 @@ class _Engine:
             self._merge_ranks(streams)
         self._check_skipped()
         n_images = len(ds) - len(self.skipped)
+        # layers beyond the memory budget: a second pass finds their exact thresholds and maps
+        sketched = {name: stream for name, stream in streams.items() if stream.sketch}
+        if sketched:
+            self._all_ranks(self._second_pass, module, normalize, data, sketched)
         # 2. thresholds
         thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
         # 3. tally intersections and unions at those thresholds
@@ -440,9 +444,6 @@ class _Engine:
                                         config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store)
             for chunk in stream.pairs.final_pairs(tallies[name].thr):
                 tallies[name].add(chunk)
-        sketched = {name: tallies[name] for name, stream in streams.items() if stream.sketch}
-        if sketched:
-            self._all_ranks(self._second_pass, module, normalize, data, sketched)
         if self.group is not None:  # integer counts: their sum over the shards is exact
             for tally in tallies.values():
                 self.group.sum_(tally.tally.inter)
@@ -454,8 +455,8 @@ class _Engine:
         layers = {}
         for name, stream in streams.items():
             if stream.sketch:
-                self.warnings.append(f"layer {name!r}: thresholds from a quantile sketch, relative rank "
-                                     f"error <= {stream.quantile.rank_error():.2e} (probability 1 - 1e-6)")
+                self.warnings.append(f"layer {name!r}: thresholds from the two-pass radix quantile sketch "
+                                     f"(exact: relative rank error {stream.quantile.rank_error():.0f})")
             layers[name] = LayerResult(
                 name=name, thresholds=thresholds[name],
                 iou=tallies[name].tally.iou(concept_pixels, concept_category).numpy().astype(np.float32),
@@ -504,9 +505,9 @@ class _Engine:
             need = exact_memory_bytes(k, len(ds) * h * w, config.level)
             sketch = need > budget
             if sketch:
-                self._warn(f"layer {name!r}: the exact threshold needs {need / 2**20:.0f} MiB "
+                self._warn(f"layer {name!r}: the one-pass exact threshold needs {need / 2**20:.0f} MiB "
                            f"(> --memory-budget {config.memory_budget_mb} MiB); using a quantile sketch "
-                           "(rank error in summary.json) and a second pass over the data")
+                           "of 65,536 bins per unit and a second pass over the data (still exact)")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (4 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
@@ -587,23 +588,26 @@ class _Engine:
         if len(self.skipped) == len(ds):
             raise DatasetError("every image was skipped: nothing to dissect", ds.root)
 
-    def _second_pass(self, module, normalize, data, tallies) -> None:
-        """Sketch mode only: the thresholds were not known during the pass, so the layers kept
-        no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
+    def _second_pass(self, module, normalize, data, streams) -> None:
+        """Layers beyond the memory budget: the first pass located each unit's threshold within
+        one of 65,536 bins; a second forward pass resolves it exactly and keeps the maps that
+        reach that bin for the tally."""
         data.with_labels = False
+        for stream in streams.values():
+            stream.quantile.start_second_pass()
         bar = _progress(len(self.shard), 0, "second pass", self.progress)
-        with torch.no_grad(), LayerCapture(module, list(tallies)) as capture:
+        with torch.no_grad(), LayerCapture(module, list(streams)) as capture:
             for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers(),
                                                        start=self.shard.start, stop=self.shard.stop):
                 if images is not None:
                     outputs = capture(normalize(images))
-                    for name, tally in tallies.items():
-                        acts = float32_activations(name, outputs[name], indices, self.ds)
-                        maxima = acts.amax(dim=(2, 3))
-                        b, u = torch.nonzero(maxima > tally.thr.to(acts.device)[None, :], as_tuple=True)
-                        tally.add({"unit": u.cpu(), "image": indices[b.cpu()], "maps": acts[b, u].cpu()})
+                    for name, stream in streams.items():
+                        stream.refine(float32_activations(name, outputs[name], indices, self.ds), indices)
                 bar.update(len(indices) + len(bad))
         bar.close()
+        if self.group is not None:
+            for stream in streams.values():
+                stream.quantile.merge_ranks(self.group)
 
 
 def _check_free_space(directory: Path, needed: int) -> None:

@@ -19,7 +19,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 
-from .quantile import ExactTopQuantile
+from .quantile import ExactTopQuantile, RadixQuantile
 from .runs import safe_name
 
 
@@ -169,35 +169,6 @@ def _chunk_bytes(chunk: dict) -> int:
     return sum(v.numel() * v.element_size() for v in chunk.values())
 
 
-class SketchQuantile:
-    """The quantile sketch behind ExactTopQuantile's interface, for layers too large for exact."""
-
-    def __init__(self, units: int, level: float, device="cpu"):
-        from .sketch import UnitQuantileSketch
-        self.level = level
-        self.sketch = UnitQuantileSketch(units, device=device)
-
-    @property
-    def count(self) -> int:
-        return self.sketch.count
-
-    def add(self, values: torch.Tensor) -> None:
-        self.sketch.add(values)
-
-    def threshold(self, n=None):
-        return self.sketch.quantile(self.level).cpu().numpy().astype("float32")
-
-    def rank_error(self) -> float:
-        return self.sketch.rank_error_bound()
-
-    def state_dict(self) -> dict:
-        return self.sketch.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        from .sketch import UnitQuantileSketch
-        self.sketch = UnitQuantileSketch.from_state_dict(state)
-
-
 class LayerStream:
     """Everything one layer accumulates during the pass."""
 
@@ -210,7 +181,7 @@ class LayerStream:
         self.sketch = sketch
         h, w = map_shape
         if sketch:
-            self.quantile = SketchQuantile(units, level, device=device)
+            self.quantile = RadixQuantile(units, expected_n_images * h * w, level, device=device)
         else:
             self.quantile = ExactTopQuantile(units, expected_n_images * h * w, level, device=device)
         self.topk = TopKImages(units, top_k, map_shape, device=device)
@@ -222,7 +193,15 @@ class LayerStream:
         self.topk.add(maxima, acts, images.to(acts.device))
         self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
         if self.sketch:
-            return  # no lower bound to filter with: the tally takes a second pass
+            return  # no lower bound to filter with: the maps are kept in the second pass
+        self._keep_candidates(acts, maxima, images)
+
+    def refine(self, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """The second pass of a sketched layer: resolve the thresholds, keep the candidates."""
+        self.quantile.refine(acts.transpose(0, 1).reshape(self.units, -1))
+        self._keep_candidates(acts, acts.amax(dim=(2, 3)), images)
+
+    def _keep_candidates(self, acts: torch.Tensor, maxima: torch.Tensor, images: torch.Tensor) -> None:
         bound = self.quantile.lower_bound()
         b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
         self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
