@@ -187,7 +187,7 @@ def _attempt(url: str, part: Path, state: Dict, policy: RetryPolicy,
         with open(part, mode) as f:
             while True:
                 try:
-                    chunk = response.read(_CHUNK)
+                    chunk = response.read1(_CHUNK)  # what has arrived: a kill loses little
                 except (OSError, http.client.HTTPException, ValueError) as exc:
                     raise _Transient(f"{_describe(exc)} after {have + got} bytes")
                 if not chunk:
