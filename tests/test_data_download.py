@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -338,3 +339,15 @@ def test_cli_zip_and_usage_errors(archive, tmp_path, capsys):
     assert main(["data", "broden", "--zip", str(archive), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "3 images (train: 2, val: 1)" in printed and f"is in {out}" in printed
+
+
+def test_complete_part_killed_before_it_was_marked(server, tmp_path):
+    """Killed after the last byte but before the state said 'complete': the server answers 416
+    to the range past the end, and the file is taken as complete without a byte more."""
+    part = tmp_path / "broden.zip.part"
+    part.write_bytes(server.payload)
+    (tmp_path / "broden.zip.part.json").write_text(json.dumps(
+        {"url": server.url, "total": len(server.payload), "complete": False, "etag": server.etag}))
+    download(server.url, part, FAST)
+    assert server.requests == [f"bytes={len(server.payload)}-"] and server.sent == 0
+    assert part.read_bytes() == server.payload

@@ -52,10 +52,10 @@ class RetryPolicy:
     """How hard to try.  ``retries`` counts consecutive failed attempts: an attempt that
     received bytes resets the count, so a slow, flaky server still finishes the download, while
     a dead one fails after ``backoff * (2 ** retries - 1)`` seconds of waiting."""
-    retries: int = 6
+    retries: int = 5
     backoff: float = 1.0       # seconds before the first retry; doubles after each failure
     max_delay: float = 60.0    # cap on one wait
-    timeout: float = 60.0      # socket timeout of a connect or a read
+    timeout: float = 30.0      # socket timeout of a connect or a read
 
 
 class _Transient(Exception):
@@ -146,6 +146,7 @@ def _attempt(url: str, part: Path, state: Dict, policy: RetryPolicy,
                 state.update(complete=True)
                 _write_state(part, state)
                 return
+            _truncate(part)
             raise _Restart(f"the server cannot continue from byte {have}")
         if exc.code >= 500 or exc.code in (408, 429):
             raise _Transient(f"HTTP {exc.code} {exc.reason}")
@@ -217,8 +218,8 @@ def _progress_bar(enabled: bool, desc: str, unit: str = "B"):
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
-    return tqdm(desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(desc=desc, unit=unit, unit_scale=unit == "B",
+                unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr, dynamic_ncols=True)
 
 
 def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy(),
@@ -238,7 +239,10 @@ def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy
         _log(f"continuing {part.name} (begun from {state['url']}) from {url}")
     bar = _progress_bar(progress, part.name.replace(".part", ""))
 
+    received = [0]
+
     def on_bytes(done: int, total: Optional[int], new: int) -> None:
+        received[0] += new
         if bar is None:
             return
         if bar.total != total or new == 0:
@@ -250,7 +254,7 @@ def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy
     failures = restarts = 0
     try:
         while not (state.get("complete") and state.get("total") == _size(part)):
-            before = _size(part)
+            before = received[0]
             try:
                 _attempt(url, part, state, policy, on_bytes)
             except _Restart as exc:
@@ -260,7 +264,7 @@ def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy
                 _log(f"{exc}; starting over")
                 state = {}
             except _Transient as exc:
-                failures = 0 if _size(part) > before else failures
+                failures = 0 if received[0] > before else failures  # progress: a new streak
                 failures += 1
                 if failures > policy.retries:
                     kept = (f"; the {_size(part)} bytes received are kept in {part} and the next "
@@ -274,6 +278,9 @@ def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy
             except DownloadError as exc:
                 raise DownloadError(f"cannot download {url}: {exc}"
                                     f"{'; ' + manual if manual else ''}") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; the {_size(part)} bytes received are kept in "
+                                f"{part} and the next run resumes from there") from None
     finally:
         if bar is not None:
             bar.close()

@@ -26,12 +26,12 @@ def add_fetch_commands(data_sub) -> None:
     d.add_argument("--sha256", help="expected sha256 of the zip (checked before extraction)")
     d.add_argument("--keep-zip", action="store_true",
                    help="keep the downloaded zip as OUT.zip (default: delete it once extracted)")
-    d.add_argument("--retries", type=int, default=6,
-                   help="failed attempts in a row before giving up (default 6)")
+    d.add_argument("--retries", type=int, default=5,
+                   help="retries after failed attempts in a row before giving up (default 5)")
     d.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
                    help="wait before the first retry, doubled after each (default 1)")
-    d.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="socket timeout of a connect or read (default 60)")
+    d.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="socket timeout of a connect or read (default 30)")
     d.add_argument("--workers", type=int, default=8, help="threads of the final validation")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_data_broden)
