@@ -326,7 +326,7 @@ def write_label_tables(root: Path, plan: LabelPlan) -> List[str]:
     by_cat: Dict[str, List[str]] = defaultdict(list)
     for (cat, name) in plan.freq:
         by_cat[cat].append(name)
-    cats = sorted(by_cat, key=lambda c: min(plan.number[n] for n in by_cat[c]))
+    cats = sorted(by_cat, key=lambda c: (min(plan.number[n] for n in by_cat[c]), c))
     with open(root / "label.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
