@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data_synthetic)
     from .data.commands import add_data_commands
     add_data_commands(data_sub)
+    from .data.fetch_commands import add_fetch_commands
+    add_fetch_commands(data_sub)
     p.set_defaults(func=lambda args: _usage(p))
 
     p = sub.add_parser("check", help="validate a Broden-format dataset end to end")
