@@ -109,6 +109,19 @@ def test_ade20k_json_only_gives_the_same_tables(ade_src, tmp_path, capsys):
         assert (tmp_path / "json" / name).read_bytes() == (tmp_path / "pkl" / name).read_bytes()
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_ade20k_index_with_arrays_loads_in_every_protocol(tmp_path, protocol):
+    from netdissect.data.ade20k import load_index
+    index = {"filename": ["a.jpg"], "folder": ["f"], "objectnames": ["wall"],
+             "objectPresence": np.arange(6).reshape(3, 2), "scene": [np.str_("street")],
+             "wordnet_level1": [np.int64(3)]}
+    path = tmp_path / "index_ade20k.pkl"
+    path.write_bytes(pickle.dumps(index, protocol=protocol))
+    back = load_index(path)
+    np.testing.assert_array_equal(back["objectPresence"], index["objectPresence"])
+    assert back["scene"] == ["street"] and back["wordnet_level1"] == [3]
+
+
 def test_ade20k_index_is_data_not_code(tmp_path):
     from netdissect.data.ade20k import load_index
 

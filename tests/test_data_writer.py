@@ -89,6 +89,9 @@ def test_interrupted_build_resumes_to_the_same_bytes(tmp_path, monkeypatch):
         build_broden(tmp_path / "out", items(), PARAMS, size=16)
     assert not (tmp_path / "out").exists() and (tmp_path / ".out.build" / "build.json").exists()
     monkeypatch.setattr(writer, "process_item", real)
+    images = tmp_path / ".out.build" / "images" / "t"
+    (images / ".img4.jpg.0badf00d").write_bytes(b"half a file from a killed build")
+    (images / "gone.jpg").write_bytes(b"an image no longer in the source")
     summary = build_broden(tmp_path / "out", items(), PARAMS, size=16)
     assert summary.resumed == 2 and summary.images == 5
     assert all_files(tmp_path / "out") == all_files(tmp_path / "ref")

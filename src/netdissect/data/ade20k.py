@@ -84,11 +84,12 @@ def read_image(path: Path) -> np.ndarray:
 
 class _IndexUnpickler(pickle.Unpickler):
     """Only builtins and numpy's array reconstruction: the pickle is data, never code."""
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("builtins", "slice"),
-                ("collections", "OrderedDict"), ("numpy.ma.core", "_mareconstruct"),
-                ("numpy.ma.core", "MaskedArray")}
+    _ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")} | \
+        {(core, "_frombuffer") for core in ("numpy.core.numeric", "numpy._core.numeric")} | \
+        {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+         ("builtins", "slice"), ("builtins", "set"), ("builtins", "frozenset"),
+         ("builtins", "bytearray"), ("collections", "OrderedDict")}
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
