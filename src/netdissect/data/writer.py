@@ -238,8 +238,8 @@ def process_item(work: Path, item: SourceItem, size: Optional[int], colors: bool
     meta = {"key": item.key, "dropped": False, "origin": item.origin, "image": image_path,
             "ih": ih, "iw": iw, "sh": sh, "sw": sw, "names": names, "stats": stats,
             "image_labels": image_labels,
-            "syns": {n: list(s) for n, s in ann.syns.items() if n in local or any(
-                n in v for v in image_labels.values())}}
+            "syns": {n: list(ann.syns[n]) for n in list(local) + sum(image_labels.values(), [])
+                     if ann.syns.get(n)}}
     return meta
 
 
