@@ -10,7 +10,9 @@ export's (or exported with dynamic height/width); a program exported with a fixe
 B is run in chunks of B by the layer capture (``static_batch``), padded with copies of the
 last image. The experiments that call the model directly (ablate, explain) need a batch
 dimension exported as dynamic (``dynamic_shapes={"x": {0: torch.export.Dim.DYNAMIC}}``) or
-their batch equal to B.
+their batch equal to B. Export drops values nothing uses: a submodule's tuple output keeps
+only the elements the rest of the program reads, in an order of its own, unless the module's
+signature is kept: ``torch.export.export(..., preserve_module_call_signature=("blocks.0",))``.
 """
 from __future__ import annotations
 
