@@ -173,3 +173,39 @@ def test_capture_converts_tokens_to_maps_at_any_size():
         maps = capture(x)["blocks.0:0"]
     assert maps.shape == (2, 3, 12, 20)
     torch.testing.assert_close(maps, torch.relu(model.patch_embed(x)))
+
+
+def test_ablation_zeroes_a_token_channel_in_the_native_layout():
+    from netdissect.experiments.ablate import zeroed
+    from netdissect.hooks import layer_layout
+    model = TinyViT().eval()
+    x = torch.rand(2, 3, 32, 32)
+    layout = layer_layout(model, "blocks.0:0", (32, 32))
+    assert layout.kind == "tokens" and layout.prefix == 2
+    seen = []
+    model.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        plain = model(x)
+        with zeroed(model, "blocks.0:0", [0], layout):
+            ablated = model(x)
+    # the block's returned tokens are unchanged (hooks see them first), the model's output is not
+    assert torch.equal(seen[0][0], seen[1][0])
+    assert not torch.equal(plain, ablated)
+    tokens, attn = seen[1]
+    expected = tokens[:, 0].clone()
+    expected[:, 0] = 0
+    torch.testing.assert_close(ablated, expected + attn.mean())
+
+
+def test_rotation_of_a_token_layer_rotates_its_maps():
+    from netdissect.experiments.rotation import RotatedLayer, random_rotation
+    model = TinyViT().eval()
+    q = random_rotation(3, seed=1)
+    wrapper = RotatedLayer(model, "blocks.0:0", q, [0.0, 1.0]).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), LayerCapture(wrapper, ["rotated.alpha_0", "rotated.alpha_1"]) as capture:
+        out = capture(x)
+    maps = torch.relu(model.patch_embed(x))
+    torch.testing.assert_close(out["rotated.alpha_0"], maps)
+    torch.testing.assert_close(out["rotated.alpha_1"],
+                               torch.einsum("kj,bjhw->bkhw", torch.tensor(q, dtype=torch.float32), maps))

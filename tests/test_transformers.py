@@ -129,3 +129,21 @@ def test_timm_weights_file_is_loaded_without_the_hub(monkeypatch, tmp_path):
     loaded = load_model("timm:vit_tiny_patch16_224", weights=str(path))
     assert isinstance(loaded, LoadedModel) and loaded.weights == str(path)
     torch.testing.assert_close(loaded.module.blocks[3].mlp.fc1.weight, source.blocks[3].mlp.fc1.weight)
+
+
+def test_explain_says_what_a_vit_head_reads():
+    from netdissect.errors import LayerError
+    from netdissect.experiments.explain import pooled_head
+    x = torch.randn(1, 3, 32, 32)
+    token = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2).eval()
+    details = {}
+    a, maps, fc_name, fc, logits = pooled_head(token, "norm", x, details)
+    assert details["pooling"] == "the class token" and a.shape == (1, 192, 2, 2) and fc_name == "head"
+    torch.testing.assert_close(details["pooled"] @ fc.weight.T + fc.bias, logits, rtol=1e-4, atol=1e-4)
+    avg = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2,
+                            global_pool="avg", fc_norm=False).eval()
+    details = {}
+    pooled_head(avg, "norm", x, details)
+    assert details["pooling"] == "global average pooling"
+    with pytest.raises(LayerError, match="class token or the mean of the patch tokens"):
+        pooled_head(token, "blocks.0", x)

@@ -152,6 +152,14 @@ class LayerCapture:
         return {spec: self.layouts[spec].to_maps(out, size) for spec, out in outputs.items()}
 
 
+def layer_layout(model: nn.Module, layer: str, image_hw: Tuple[int, int], layout: str = "auto") -> Layout:
+    """The layout of one layer for inputs of ``image_hw`` (probed on blank images)."""
+    device = _model_device(model)
+    with torch.no_grad(), LayerCapture(model, [layer], layout=layout) as capture:
+        capture(torch.zeros(1, 3, *image_hw, device=device))
+    return capture.layouts[layer]
+
+
 def check_activation_shape(layer: str, output) -> Tuple[int, int, int]:
     """(K, h, w) of a layer's output, or LayerError when it is not N x K x h x w."""
     if not isinstance(output, torch.Tensor):

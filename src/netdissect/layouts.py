@@ -69,6 +69,31 @@ def select_output(output, spec: str):
     return value
 
 
+def replace_selected(output, spec: str, value):
+    """``output`` with the element that ``spec`` selects replaced by ``value`` (for hooks that
+    modify a layer's output in place of the module)."""
+    _, selectors = split_layer(spec)
+    if not selectors:
+        return value
+    head, rest = selectors[0], ":".join(("_",) + selectors[1:])
+    if isinstance(output, Mapping):
+        new = dict(output)
+        new[head] = replace_selected(output[head], rest, value)
+        return type(output)(new) if not isinstance(output, dict) or type(output) is dict else _rebuilt(output, new)
+    items = list(output)
+    items[int(head)] = replace_selected(items[int(head)], rest, value)
+    if isinstance(output, tuple) and hasattr(output, "_fields"):
+        return type(output)(*items)
+    return type(output)(items)
+
+
+def _rebuilt(original, new: dict):
+    try:
+        return type(original)(new)
+    except Exception:
+        return new
+
+
 def describe_output(value) -> str:
     if isinstance(value, torch.Tensor):
         return " x ".join(str(s) for s in value.shape)
