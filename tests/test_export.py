@@ -70,3 +70,16 @@ def test_a_file_that_is_no_program_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(netdissect.ModelError, match="not a torch.export program"):
         load_model(str(bad))
+
+
+def test_cli_dissects_a_pt2_file(tmp_path):
+    from test_cli import run_cli
+    data = make_dataset(tmp_path / "data", n_images=6, size=32)
+    path = export(tiny_net(), tmp_path / "tiny.pt2", 2)
+    out = tmp_path / "run"
+    proc = run_cli("dissect", "--model", path, "--layer", "conv3", "--dataset", data, "--out", out,
+                   "--workers", 0, "--batch-size", 4, "--no-report", "--min-category-images", 0)
+    assert "conv3" in proc.stdout
+    import json
+    config = json.loads((out / "config.json").read_text())
+    assert config["layouts"]["conv3"]["kind"] == "nchw" and config["manifest"]["model"]["spec"] == str(path)

@@ -147,3 +147,13 @@ def test_explain_says_what_a_vit_head_reads():
     assert details["pooling"] == "global average pooling"
     with pytest.raises(LayerError, match="class token or the mean of the patch tokens"):
         pooled_head(token, "blocks.0", x)
+
+
+def test_cli_layers_marks_transformer_layers():
+    from test_cli import run_cli
+    proc = run_cli("layers", "--model", "timm:vit_tiny_patch16_224", "--weights", "none", "--size", 32, 32)
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert "tokens (1 prefix + 2x2 grid" in lines["blocks.6"] and "[timm feature stage]" in lines["blocks.6"]
+    assert "tokens (1 prefix + 2x2 grid" in lines["blocks.6.mlp.fc1"]
+    assert "cannot be dissected" in lines["blocks.0.attn.q_norm"] and "heads x tokens" in lines["blocks.0.attn.q_norm"]
+    assert "nhwc" in lines["patch_embed"]

@@ -99,8 +99,13 @@ def cmd_layers(args) -> int:
     shapes = [" x ".join(str(s) for s in r.shape) if r.shape else "-" for r in rows]
     shape_w = max((len(s) for s in shapes), default=10)
     print(f"{'layer':<{width}}  {'type':<24} {'output shape (batch of 1)':<{shape_w}}  dissected as")
+    # timm names the stages it offers as features (feature_info): the usual layers to dissect
+    features = {f.get("module") for f in getattr(loaded.module, "feature_info", None) or []
+                if isinstance(f, dict)}
     for r, shape in zip(rows, shapes):
         mark = r.layout if r.layout else f"cannot be dissected: {r.why}"
+        if r.layout and r.name in features:
+            mark += "  [timm feature stage]"
         print(f"{r.name:<{width}}  {r.type:<24} {shape:<{shape_w}}  {mark}")
     return 0
 
