@@ -39,16 +39,18 @@ from .runview import IMAGE_CATEGORIES, LayerView
 
 ATLAS_COLS = 8                 # dataset images per atlas row (an atlas holds ATLAS_COLS ** 2)
 UNITS_PER_SHEET = 16           # overlay rows per sheet
-JPEG_QUALITY = 82
+JPEG_QUALITY = 75            # the synthetic textures keep ~17 KB per 224 px image
 
 # palette indices of an overlay
-EMPTY, DIM, FILL, CONTOUR, LABEL, LABEL_ALT, SPECK = range(7)
+EMPTY, DIM, FILL, CONTOUR, LABEL, LABEL_ALT, SPECK, LABEL_IN, LABEL_ALT_IN = range(9)
+IN_REGION = (FILL, SPECK, LABEL_IN, LABEL_ALT_IN)   # the indices of the unit's region: decodable
 
 
 def palette() -> Tuple[List[int], bytes]:
     """RGB palette and per-index alpha of the overlays."""
     rgba = [(0, 0, 0, 0), DIM_RGBA, UNIT_REGION_RGB + (UNIT_FILL_ALPHA,), UNIT_REGION_RGB + (255,),
-            LABEL_REGION_RGB + (255,), LABEL_DARK_RGB + (255,), UNIT_REGION_RGB + (SPECK_ALPHA,)]
+            LABEL_REGION_RGB + (255,), LABEL_DARK_RGB + (255,), UNIT_REGION_RGB + (SPECK_ALPHA,),
+            LABEL_REGION_RGB + (255,), LABEL_DARK_RGB + (255,)]
     rgb = [c for px in rgba for c in px[:3]]
     return rgb + [0] * (768 - len(rgb)), bytes(px[3] for px in rgba)
 
@@ -87,7 +89,10 @@ def visible_radius(seg_hw: Tuple[int, int]) -> int:
 
 
 def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np.ndarray:
-    """(B, sh, sw) unit regions and label masks -> (B, sh, sw) uint8 palette indices."""
+    """(B, sh, sw) unit regions and label masks -> (B, sh, sw) uint8 palette indices.
+
+    The region stays readable from the indices (``IN_REGION``) under the label's outline too,
+    so a test can check what is drawn against what was scored."""
     out = np.where(regions, FILL, DIM).astype(np.uint8)
     opened = dilate(erode(regions, radius), radius)
     large = dilate(opened, radius + 1)
@@ -99,8 +104,8 @@ def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np
         h, w = labels.shape[-2:]
         yy, xx = np.mgrid[0:h, 0:w]
         dash = ((yy + xx) // 3) % 2 == 0
-        out[edge & dash] = LABEL
-        out[edge & ~dash] = LABEL_ALT
+        out[edge & dash] = np.where(regions, LABEL_IN, LABEL)[edge & dash]
+        out[edge & ~dash] = np.where(regions, LABEL_ALT_IN, LABEL_ALT)[edge & ~dash]
     return out
 
 
@@ -185,7 +190,7 @@ def _save_png(index: np.ndarray, path: Path) -> None:
 
 def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     os.replace(tmp, path)
 
 
