@@ -26,33 +26,13 @@ from netdissect.report.colors import FIXED_CATEGORY_COLORS, category_colors
 from netdissect.report.runview import load_run
 from netdissect.runs import load_layer
 
-from run_fixture import DEFAULT_LAYERS, build_run
+from run_fixture import DEFAULT_LAYERS, build_run, nudge_to_threshold
 
 
 def page_data(page: Path, elem: str = "nd-data"):
     text = page.read_text(encoding="utf-8")
     blob = re.search(rf'<script id="{elem}" type="application/json">(.*?)</script>', text, re.S).group(1)
     return json.loads(blob)
-
-
-def nudge_to_threshold(run_dir: Path, layer: str, value: float = 0.040022) -> int:
-    """Give one unit a best IoU just above the threshold (rounds to 0.0400 at 4 decimals) and
-    rewrite units.csv and summary.json as a run would: the page must still call it a detector."""
-    from netdissect.runs import units_csv
-    d = run_dir / layer
-    z = dict(np.load(d / "iou.npz"))
-    iou = z["iou"]
-    best = iou.argmax(1)
-    second = np.sort(iou, axis=1)[:, -2]
-    unit = int(np.flatnonzero(second < 0.039)[0])
-    iou[unit, best[unit]] = np.float32(value)
-    np.savez(d / "iou.npz", **z)
-    result = load_layer(run_dir, layer)
-    (d / "units.csv").write_text(units_csv(result))
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["layers"][layer] = dict(result.summary(), directory=layer)
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    return unit
 
 
 @pytest.fixture(scope="module")
@@ -261,17 +241,6 @@ def test_missing_config_is_a_clear_error(tmp_path: Path):
         render_report(tmp_path)
 
 
-def test_a_wide_layer_fits_in_few_files(tmp_path: Path):
-    """1,280 units: 80 overlay sheets, every unit's tiles present. (Speed: benchmarks/report_cost.py.)"""
-    out = build_run(tmp_path / "wide", images=16, size=64, layers=(("blocks.6", 1280, 7),), k=8)
-    render_report(out, workers=1)
-    rep = out / "report"
-    assert len(list((rep / "strips" / "blocks.6").glob("overlay-*.png"))) == 80
-    data = page_data(rep / "layer-blocks.6.html")
-    assert all(len(u["x"]) == 8 for u in data["units"])
-    assert len(list(rep.rglob("*.*"))) < 120
-
-
 def test_report_of_a_real_dissection(tmp_path: Path):
     """End to end with the engine on a split + limit selection: the tiles show the images the
     run selected (indices into that selection), each image once in the atlases."""
@@ -299,13 +268,59 @@ def test_report_of_a_real_dissection(tmp_path: Path):
     assert len(slots) == len(set(slots))
 
 
+def _demo_shaped_run(out: Path, dataset: Path, layers, k: int = 8, seed: int = 0) -> Path:
+    """A run directory of the given layer shapes over ``dataset``, written with the run
+    format's own writers: random IoU and smooth random top-k maps (the report's cost and size
+    depend on the shapes, not on what the units detect)."""
+    from netdissect.broden import BrodenDataset
+    from netdissect.pipeline import LayerResult
+    from netdissect.runs import units_csv
+    ds = BrodenDataset(dataset)
+    rng = np.random.default_rng(seed)
+    concepts = list(ds.concepts)
+    cats = list(ds.categories)
+    summary = {"layers": {}, "categories": cats, "category_image_counts": ds.category_image_counts(),
+               "images": len(ds), "skipped_images": [], "warnings": [],
+               "parameters": {"quantile": 0.005, "iou_threshold": 0.04, "upsample": "bilinear", "top_k": k}}
+    for name, units, h in layers:
+        coarse = rng.normal(size=(units, k, max(2, h // 4), max(2, h // 4))).astype(np.float32)
+        maps = F.interpolate(torch.from_numpy(coarse), size=(h, h), mode="bilinear", align_corners=False).numpy()
+        maps = np.maximum(maps + 0.3 * rng.normal(size=maps.shape), 0).astype(np.float32)
+        result = LayerResult(
+            name=name, thresholds=np.quantile(maps.reshape(units, -1), 0.97, axis=1).astype(np.float32),
+            iou=(rng.random((units, len(concepts))) ** 6 * 0.12).astype(np.float32),
+            concepts=np.array(concepts, np.int64), concept_names=[ds.labels[c].name for c in concepts],
+            concept_categories=[ds.labels[c].category for c in concepts], categories=cats,
+            iou_threshold=0.04, map_shape=(h, h),
+            topk_index=np.stack([rng.choice(len(ds), k, replace=False) for _ in range(units)]),
+            topk_score=maps.reshape(units, k, -1).max(-1), topk_maps=maps)
+        d = out / name
+        d.mkdir(parents=True)
+        np.save(d / "thresholds.npy", result.thresholds)
+        np.savez(d / "iou.npz", iou=result.iou, label_numbers=result.concepts,
+                 labels=np.array(result.concept_names), categories=np.array(result.concept_categories))
+        np.savez(d / "topk.npz", image_index=result.topk_index, score=result.topk_score,
+                 maps=result.topk_maps.astype(np.float16))
+        (d / "units.csv").write_text(units_csv(result))
+        summary["layers"][name] = dict(result.summary(), directory=name)
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "config.json").write_text(json.dumps({"manifest": {"model": {"spec": "demo-shaped"}},
+                                                 "dataset": {"path": str(dataset)}}))
+    return out
+
+
+DEMO_LAYERS = (("features.3", 24, 56), ("features.7", 64, 28), ("features.14", 160, 14),
+               ("features.18", 1280, 7))
+
+
 def test_demo_shaped_report_stays_within_its_size_budget(tmp_path: Path):
     """The demo's layers (MobileNetV2 features.3/7/14/18: 24/64/160/1,280 units with 56/28/14/7
-    maps, top 8 of 224 px images): the file count is the demo's, and the bytes per image and
-    per unit extrapolate the demo (at most 1,000 distinct images) to under 25 MB."""
-    layers = (("features.3", 24, 56), ("features.7", 64, 28), ("features.14", 160, 14),
-              ("features.18", 1280, 7))
-    out = build_run(tmp_path / "demo", images=24, size=224, layers=layers, k=8, quantile=0.005)
+    maps, top 8 of 224 px synthetic images): the file count is the demo's, and the bytes per
+    image and per unit extrapolate to the demo (at most 1,000 distinct images) under 25 MB."""
+    from run_fixture import make_dataset
+    images = 48
+    data = make_dataset(tmp_path / "data", images=images, size=224, seed=1)
+    out = _demo_shaped_run(tmp_path / "run", data, DEMO_LAYERS)
     render_report(out, workers=1)
     rep = out / "report"
     files = [p for p in rep.rglob("*") if p.is_file()]
@@ -315,6 +330,9 @@ def test_demo_shaped_report_stays_within_its_size_budget(tmp_path: Path):
     # the demo shows up to 1,000 images: 16 atlases instead of this run's
     demo_files = len(files) - len(atlases) + math.ceil(1000 / tiles_mod.ATLAS_COLS ** 2)
     assert demo_files < 400
-    demo_bytes = image_bytes / 24 * 1000 + rest
+    assert len(list((rep / "strips" / "features.18").glob("overlay-*.png"))) == 1280 // tiles_mod.UNITS_PER_SHEET
+    data = page_data(rep / "layer-features.18.html")
+    assert len(data["units"]) == 1280 and all(len(u["x"]) == 8 for u in data["units"])
+    demo_bytes = image_bytes / images * 1000 + rest
     assert demo_bytes < 25e6, f"{demo_bytes / 1e6:.1f} MB"
     assert all(p.stat().st_nlink == 1 for p in files)

@@ -310,7 +310,7 @@
       }
       info.appendChild(el('p', {}, [el('a', { href: '#unit-' + n, text: 'show its card' })]));
       var bytes = heat[String(n)] ? decode(heat[String(n)]) : null;
-      var width = D.atlas.iw ? D.atlas.iw * Math.max(1, Math.round(224 / D.atlas.iw)) : 224;
+      var width = D.atlas.iw ? D.atlas.iw * Math.max(1, Math.ceil(224 / D.atlas.iw)) : 224;   // full resolution, enlarged when small
       (u.x || []).forEach(function (t, i) {
         var box = tile(D.atlas, D.tiles, n, t, width);
         if (bytes) box.appendChild(heatCanvas(bytes, t[1], D.mapShape, D.tiles.placement, D.atlas, width, box.clientHeight || Math.round(width * D.atlas.ih / D.atlas.iw)));
