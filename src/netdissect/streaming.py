@@ -139,7 +139,9 @@ class PairBuffer:
             chunks = [torch.load(source, weights_only=True)] if source is not None else self.chunks
             for chunk in chunks:
                 keep = chunk["max"] > thresholds[chunk["unit"]]
-                if bool(keep.any()):
+                if bool(keep.all()):
+                    yield chunk  # no copy of the maps
+                elif bool(keep.any()):
                     yield {key: value[keep] for key, value in chunk.items()}
 
     def state_dict(self) -> dict:
