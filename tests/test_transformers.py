@@ -157,3 +157,24 @@ def test_cli_layers_marks_transformer_layers():
     assert "tokens (1 prefix + 2x2 grid" in lines["blocks.6.mlp.fc1"]
     assert "cannot be dissected" in lines["blocks.0.attn.q_norm"] and "heads x tokens" in lines["blocks.0.attn.q_norm"]
     assert "nhwc" in lines["patch_embed"]
+
+
+@pytest.mark.parametrize("name, size, prefix, grid", [
+    ("deit_tiny_distilled_patch16_224", 32, 2, (2, 2)),       # class + distillation token
+    ("vit_small_patch14_reg4_dinov2", 56, 5, (4, 4)),         # class + 4 registers
+    ("eva02_tiny_patch14_224", 56, 1, (4, 4)),
+    ("vit_base_patch16_clip_224", 32, 1, (2, 2)),             # a CLIP visual tower
+])
+def test_prefix_tokens_of_timm_families(name, size, prefix, grid):
+    from netdissect.hooks import layer_layout
+    from netdissect.layouts import decide_layout, probe_sizes
+    module = timm.create_model(name, pretrained=False, dynamic_img_size=True, depth=2).eval()
+    found = layer_layout(module, "blocks.1", (size, size))
+    assert (found.kind, found.prefix, found.grid, found.source) == ("tokens", prefix, grid, "model")
+    # the probes alone (no model hints) find the same prefix and grid
+    shapes = []
+    for h, w in probe_sizes((size, size)):
+        with torch.no_grad():
+            shapes.append(tuple(module.forward_features(torch.zeros(1, 3, h, w)).shape))
+    probed = decide_layout("forward_features", shapes, (size, size))
+    assert (probed.prefix, probed.grid, probed.source) == (prefix, grid, "probes")
