@@ -178,3 +178,11 @@ def test_prefix_tokens_of_timm_families(name, size, prefix, grid):
             shapes.append(tuple(module.forward_features(torch.zeros(1, 3, h, w)).shape))
     probed = decide_layout("forward_features", shapes, (size, size))
     assert (probed.prefix, probed.grid, probed.source) == (prefix, grid, "probes")
+
+
+def test_a_model_of_another_input_size_is_a_clear_error(data64):
+    from netdissect.errors import LayerError
+    module = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
+                                                 hidden_dim=48, mlp_dim=64)
+    with pytest.raises(LayerError, match="fails on a 64x64 input.*data resize"):
+        dissect(module, "encoder.layers.encoder_layer_0", data64)

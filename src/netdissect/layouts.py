@@ -370,9 +370,13 @@ def resolve_layouts(run_raw: Runner, layers: Sequence[str], image_hw: Tuple[int,
                 outputs = run_raw(x)
         except LayerError:
             raise
-        except Exception:
+        except Exception as exc:
             if i == 0:
-                raise
+                raise LayerError(
+                    f"the model fails on a {size[0]}x{size[1]} input ({exc.__class__.__name__}: "
+                    f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); it may accept only the "
+                    "size it was built or exported for (torchvision ViT: 224): dissect a dataset of that "
+                    "size (`netdissect data resize SRC --size N --out DIR`)") from None
             outputs = {}
         for layer in layers:
             out = outputs.get(layer)
