@@ -186,3 +186,18 @@ def test_a_model_of_another_input_size_is_a_clear_error(data64):
                                                  hidden_dim=48, mlp_dim=64)
     with pytest.raises(LayerError, match="fails on a 64x64 input.*data resize"):
         dissect(module, "encoder.layers.encoder_layer_0", data64)
+
+
+@pytest.mark.parametrize("name, layer, index, kw", [
+    ("vit_tiny_patch16_224", "blocks.1", 1, dict(depth=2)),
+    ("swin_tiny_patch4_window7_224", "layers.1", 1, dict(depths=(1, 1, 1, 1), embed_dim=32, num_heads=(1, 2, 2, 2))),
+])
+def test_maps_equal_timms_own_forward_intermediates(name, layer, index, kw):
+    from netdissect.hooks import LayerCapture
+    module = timm.create_model(name, pretrained=False, dynamic_img_size=True, **kw).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad(), LayerCapture(module, [layer]) as capture:
+        maps = capture(x)[layer]
+    with torch.no_grad():
+        theirs = module.forward_intermediates(x, indices=[index], output_fmt="NCHW", intermediates_only=True)[0]
+    torch.testing.assert_close(maps, theirs)
