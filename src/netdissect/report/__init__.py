@@ -32,7 +32,8 @@ from .html import (category_bars, common, concept_sections, heat_data, iou_scale
                    layer_page, quantile_text, render, search_index, atlas_data, tiles_layout,
                    unit_tiles, _categories)
 from .runview import IMAGE_CATEGORIES, RunView, load_run
-from .tiles import LayerTiles, load_images, progress_bar, render_layer_tiles, wanted_images, write_atlases
+from .tiles import (LayerTiles, load_images, progress_bar, render_layer_tiles, wanted_images,
+                    write_atlases, write_paper_strips)
 
 __all__ = ["render_report"]
 
@@ -135,12 +136,14 @@ def _flat_params(cfg: Any, prefix: str = "") -> List[Tuple[str, str]]:
 
 
 def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bool = False,
-                  *, workers: Optional[int] = None, timings: Optional[Dict[str, float]] = None) -> Path:
+                  *, workers: Optional[int] = None, timings: Optional[Dict[str, float]] = None,
+                  paper_strips: bool = False) -> Path:
     """Render OUT/report/ from run directory OUT; return the path of OUT/report/index.html.
 
     top_k: images per unit (at most the k stored in topk.npz). workers: processes decoding
     images (default: up to 4, never more than the CPUs). timings: filled with the seconds each
-    stage took (benchmarks/report_cost.py)."""
+    stage took (benchmarks/report_cost.py). paper_strips: also write OUT/<layer>/unit_<n>.jpg,
+    each unit's images with its regions side by side, for papers."""
     clock = _Clock(timings)
     root = Path(run_dir)
     if top_k < 1:
@@ -189,7 +192,8 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
             if bar is not None:
                 bar.close()
             clock.lap("decoding images")
-            atlas = write_atlases({i: img for i, img, _ in loaded}, stage)
+            images = {i: img for i, img, _ in loaded}
+            atlas = write_atlases(images, stage)
             masks = {i: m for i, _, m in loaded}
             del loaded
             clock.lap("image atlases")
@@ -201,6 +205,8 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                 if lt.note:
                     run.report_warnings.append(lt.note)
                 tiles[layer.name] = lt
+                if paper_strips:
+                    write_paper_strips(layer, lt, images, stage, root / layer.dirname)
                 if progress:
                     print(f"report: {layer.name}: {layer.size} units", file=sys.stderr)
             clock.lap("unit overlays")

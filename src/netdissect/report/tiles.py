@@ -346,6 +346,40 @@ def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tup
     return lt
 
 
+def write_paper_strips(layer: LayerView, lt: LayerTiles, images: Dict[int, np.ndarray], report: Path,
+                       out_dir: Path, cell: int = 128, gap: int = 3) -> int:
+    """OUT/<layer>/unit_<n>.jpg: each unit's images with its overlay, side by side (for papers;
+    the report itself never uses them). Returns the number written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sh, sw = lt.seg_hw
+    written = 0
+    for si, name in enumerate(lt.sheets):
+        with Image.open(report / name) as im:
+            sheet = im.convert("RGBA")
+        for k in range(si * lt.units_per_sheet, min(layer.size, (si + 1) * lt.units_per_sheet)):
+            tiles = lt.tiles.get(k, [])
+            if not tiles:
+                continue
+            cells = []
+            r = k - si * lt.units_per_sheet
+            for j, t in enumerate(tiles):
+                raw = Image.fromarray(images[t.image]).convert("RGBA")
+                size = (max(1, round(cell * raw.width / raw.height)), cell)
+                over = sheet.crop((j * sw, r * sh, (j + 1) * sw, (r + 1) * sh)).resize(size, Image.NEAREST)
+                cells.append(Image.alpha_composite(raw.resize(size, Image.BILINEAR), over).convert("RGB"))
+            strip = Image.new("RGB", (sum(c.width for c in cells) + gap * (len(cells) - 1), cell), "white")
+            x = 0
+            for c in cells:
+                strip.paste(c, (x, 0))
+                x += c.width + gap
+            path = out_dir / f"unit_{layer.units[k].unit}.jpg"
+            tmp = path.with_name(path.name + ".tmp")
+            strip.save(tmp, format="JPEG", quality=90)
+            os.replace(tmp, path)
+            written += 1
+    return written
+
+
 def wanted_images(layers: Sequence[LayerView], n_images: int, top_k: int,
                   image_level: Sequence[str] = IMAGE_CATEGORIES) -> Dict[int, List[Tuple[int, bool]]]:
     """dataset index -> the (label number, image-level) pairs its segmentation must provide."""
