@@ -101,7 +101,8 @@ def cmd_layers(args) -> int:
     width = max((len(r.name) for r in rows), default=10)
     shapes = [" x ".join(str(s) for s in r.shape) if r.shape else "-" for r in rows]
     shape_w = max((len(s) for s in shapes), default=10)
-    print(f"{'layer':<{width}}  {'type':<24} {'output shape (batch of 1)':<{shape_w}}  dissected as")
+    type_w = max((len(r.type) for r in rows), default=4)
+    print(f"{'layer':<{width}}  {'type':<{type_w}}  {'output shape (batch of 1)':<{shape_w}}  dissected as")
     # timm names the stages it offers as features (feature_info): the usual layers to dissect
     features = {f.get("module") for f in getattr(loaded.module, "feature_info", None) or []
                 if isinstance(f, dict)}
@@ -109,7 +110,7 @@ def cmd_layers(args) -> int:
         mark = r.layout if r.layout else f"cannot be dissected: {r.why}"
         if r.layout and r.name in features:
             mark += "  [timm feature stage]"
-        print(f"{r.name:<{width}}  {r.type:<24} {shape:<{shape_w}}  {mark}")
+        print(f"{r.name:<{width}}  {r.type:<{type_w}}  {shape:<{shape_w}}  {mark}")
     return 0
 
 
