@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="render the HTML report of a run directory")
     p.add_argument("run")
     p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--strips", action="store_true",
+                   help="also write OUT/<layer>/unit_<n>.jpg: each unit's images with its regions, for papers")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -126,13 +128,13 @@ def cmd_dissect(args) -> int:
     return 0
 
 
-def _render_report(out, top_k: int, quiet: bool) -> Optional[Path]:
+def _render_report(out, top_k: int, quiet: bool, strips: bool = False) -> Optional[Path]:
     try:
         from .report import render_report
     except ImportError:
         print("netdissect: the report module is not available; skipping the report", file=sys.stderr)
         return None
-    return render_report(out, top_k=top_k, progress=not quiet)
+    return render_report(out, top_k=top_k, progress=not quiet, paper_strips=strips)
 
 
 def print_summary(result) -> None:
@@ -180,7 +182,7 @@ def cmd_check(args) -> int:
 def cmd_report(args) -> int:
     from .runs import read_json
     read_json(Path(args.run) / "summary.json")  # a clear error when the run is not finished
-    path = _render_report(args.run, args.top_k, args.quiet)
+    path = _render_report(args.run, args.top_k, args.quiet, args.strips)
     if path is not None:
         print(f"report: {Path(path).resolve().as_uri()}")
     return 0
