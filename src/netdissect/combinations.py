@@ -134,7 +134,8 @@ class UnitCombinationCounts:
             self._compact()
 
     def _compact(self) -> None:
-        if len(self.keys) <= 1:
+        """Sum the counts of equal keys (one batch holds several images of one combination)."""
+        if not self.keys:
             return
         keys, inverse = torch.unique(torch.cat(self.keys), return_inverse=True)
         counts = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inverse, torch.cat(self.counts))

@@ -194,14 +194,32 @@ class FormulaSearch:
                         self.n_concepts)
         return self._cooc.put(tokens, self.concept_pixels - counts if flip else counts)
 
+    def domain_of(self, tokens: Tokens) -> int:
+        """Category bits of the concepts used positively (not under NOT)."""
+        bits = 1 << int(self.concept_category[tokens[0]])
+        for op, c in zip(tokens[1::2], tokens[2::2]):
+            if op != AND_NOT:
+                bits |= 1 << int(self.concept_category[c])
+        return bits
+
+    def score(self, k: int, tokens: Tokens) -> Tuple[int, int]:
+        """(|M_k AND F|, union) of any formula, directly from its truth over the combinations."""
+        combo, count = self.combos.unit(k)
+        truth = self.truth(tuple(tokens))
+        inter = int(count[truth[combo]].sum())
+        pixels = int(self.combos.pixels[truth].sum())
+        in_domain = (self.combos.pattern[combo] & self.domain_of(tuple(tokens))) != 0
+        return inter, int(count[in_domain].sum()) + pixels - inter
+
     def domain_images(self, domain: int) -> bytes:
         """Which labeled-category patterns a domain covers (equal bytes: the same images)."""
         return ((self.patterns & domain) != 0).tobytes()
 
     # ---------------------------------------------------------------- the search
 
-    def search_unit(self, k: int) -> List[_Entry]:
-        """The best formula found after each step (index l - 1: of length at most l)."""
+    def search_unit(self, k: int, final_beam: Optional[list] = None) -> List[_Entry]:
+        """The best formula found after each step (index l - 1: of length at most l); the final
+        beam, in rank order, is appended to ``final_beam`` when given."""
         combo, count = self.combos.unit(k)
         sub = self.table[combo]
         valid = sub >= 0
@@ -257,6 +275,8 @@ class FormulaSearch:
             beam = self._select(cand, parents, previous)
             fresh = [e for e in beam if not any(e is q for q in previous)]
             best.append(beam[0])
+        if final_beam is not None:
+            final_beam.extend(beam)
         return best
 
     def _select(self, cand: "_Candidates", parents: List[_Entry], carried: List[_Entry]) -> List[_Entry]:

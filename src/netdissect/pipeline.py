@@ -441,7 +441,8 @@ class _Engine:
                 categories=vocab.categories, iou_threshold=config.iou_threshold, map_shape=stream.map_shape,
                 topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
                 topk_maps=stream.topk.maps.cpu().numpy(),
-                combinations=tallies[name].combinations.result(vocab.concepts, vocab.categories))
+                combinations=None if tallies[name].combinations is None else
+                tallies[name].combinations.result(vocab.concepts, vocab.categories))
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
                                 manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
