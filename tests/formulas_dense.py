@@ -71,36 +71,50 @@ class DenseConcepts:
 
 def dense_beam_search(dc: DenseConcepts, unit_mask: np.ndarray, length: int, beam: int):
     """The documented beam rules over dense masks. Returns (best per step, final beam): formulas
-    with their exact IoU as Fractions."""
-    def ratio(tokens):
-        inter, union = dc.counts(unit_mask, tokens)
+    with their exact IoU as Fractions. Every candidate's mask is materialized from its parent's
+    (kept for the formulas in the beam) and counted."""
+    kept_masks = {}
+
+    def mask(t):
+        if len(t) == 1:
+            return dc.masks[t[0]]
+        parent, op, c = kept_masks[t[:-2]], t[-2], dc.masks[t[-1]]
+        return parent | c if op == OR else (parent & c if op == AND else parent & ~c)
+
+    def ratio(t):
+        f = mask(t)
+        inter = int(np.count_nonzero(unit_mask & f))
+        union = int(np.count_nonzero(unit_mask[dc.domain(t)])) + int(np.count_nonzero(f)) - inter
         return Fraction(inter, union) if union > 0 else Fraction(0)
 
     def select(cands):
-        scored = sorted(cands, key=lambda t: (-ratio(t), (len(t) + 1) // 2, t))
-        kept, masks = [], []
-        for t in scored:
-            key = (dc.mask(t).tobytes(), dc.domain(t).tobytes())
-            if key in masks:
+        scores = {t: ratio(t) for t in cands}
+        kept, seen = [], set()
+        for t in sorted(cands, key=lambda t: (-scores[t], (len(t) + 1) // 2, t)):
+            m = mask(t)
+            key = (m.tobytes(), dc.domain(t).tobytes())
+            if key in seen:
                 continue
-            masks.append(key)
-            kept.append(t)
+            seen.add(key)
+            kept.append((t, scores[t], m))
             if len(kept) == beam:
                 break
         return kept
 
     current = select([(c,) for c in range(dc.n_concepts)])
-    best = [(current[0], ratio(current[0]))]
-    fresh = list(current)
+    kept_masks.update({t: m for t, _, m in current})
+    best = [current[0][:2]]
+    fresh = [t for t, _, _ in current]
     for step in range(2, length + 1):
         parents = [t for t in fresh if (len(t) + 1) // 2 == step - 1]
         new = [p + (op, c) for p in parents for op in (OR, AND, AND_NOT) for c in range(dc.n_concepts)
                if c not in p[0::2] and dc.present[c]]
-        previous = current
-        current = select(list(previous) + new)
-        fresh = [t for t in current if t not in previous]
-        best.append((current[0], ratio(current[0])))
-    return best, current
+        previous = [t for t, _, _ in current]
+        current = select(previous + new)
+        kept_masks.update({t: m for t, _, m in current})
+        fresh = [t for t, _, _ in current if t not in previous]
+        best.append(current[0][:2])
+    return best, [t for t, _, _ in current]
 
 
 def unit_masks(model, ds, layer: str, thresholds: np.ndarray, mean, std) -> np.ndarray:
