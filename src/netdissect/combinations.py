@@ -25,7 +25,7 @@ import torch
 from .errors import RunError
 
 FILE = "combinations.npz"
-DENSE_LIMIT = 1 << 24   # units x combinations up to this: one dense counter, else sparse batches
+DENSE_LIMIT = 1 << 23   # units x combinations up to this (64 MiB): one dense counter, else sparse batches
 
 
 @dataclass
