@@ -198,3 +198,51 @@ def test_cli_dissect_then_formulas(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="combinations.npz: not found"):
         from netdissect.formulas import explain_run
         explain_run(out, layers=["conv3"], length=2, beam=3, progress=False, force=True)
+
+
+def test_sketch_mode_second_pass_collects_too(tmp_path):
+    """Beyond the memory budget the tally runs in a second pass: the counts come from it, and
+    single concepts still equal the dissection."""
+    root = make_dataset(tmp_path / "data", n_images=8, seed=5)
+    with pytest.warns(UserWarning, match="quantile sketch"):
+        layer = netdissect.dissect(TinyNet(), ["relu2"], root, progress=False, workers=0, quantile=0.05,
+                                   min_category_images=0, memory_budget_mb=0.001)["relu2"]
+    formulas = explain_layer(layer, length=2, beam=3)
+    np.testing.assert_array_equal(formulas.single, layer.best)
+    np.testing.assert_array_equal(formulas.single_iou.astype(np.float32), layer.best_iou)
+
+
+def test_index_from_an_old_checkpoint_counts_pixels_from_the_ids(tmp_path):
+    """A checkpoint written before the per-combination pixel counts existed still gives the same index."""
+    from netdissect.broden import BrodenDataset
+    from netdissect.combinations import CombinationIndex
+    from netdissect.pipeline import _Vocabulary
+    from netdissect.segstore import SegmentationStore
+    from netdissect.tally import encode_segmentation
+    ds = BrodenDataset(make_dataset(tmp_path / "data", n_images=6, seed=2))
+    vocab = _Vocabulary.of(ds)
+    pixels = ds.records[0].sh * ds.records[0].sw
+    store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, tmp_path)
+    encoded = []
+    for i in range(len(ds)):
+        seg = ds.load_segmentation(i)
+        encoded.append(encode_segmentation(seg.pixel, seg.image_labels, vocab.concept_of_label, len(vocab.concepts)))
+    store.add(range(len(ds)), encoded)
+    state = store.state_dict()
+    del state["combo_pixels"]
+    again = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, tmp_path)
+    again.load_state_dict(state)
+    a, b = CombinationIndex.from_store(store), CombinationIndex.from_store(again)
+    for key in ("table", "pattern", "pixels", "lookup", "offset", "n_local"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    assert a.pixels.sum() == len(ds) * pixels
+
+
+def test_formula_mask_of_one_image_equals_the_dense_mask(dissected):
+    from netdissect.formulas import formula_mask
+    _, ds, dense, _ = dissected
+    for tokens in [(0,), (2, OR, 5), (3, AND, 7), (4, AND_NOT, 0, OR, 9), (8, AND, 6)]:
+        for x in range(len(ds)):
+            seg = ds.load_segmentation(x)
+            got = formula_mask(tokens, seg.pixel, seg.image_labels, ds.concepts)
+            np.testing.assert_array_equal(got.reshape(-1), dense.mask(tokens)[x])

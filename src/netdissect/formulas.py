@@ -101,6 +101,27 @@ def parse_formula(text: str, names: Sequence[str]) -> Tokens:
     return tuple(tokens)
 
 
+def formula_mask(tokens: Sequence[int], pixel: np.ndarray, image_labels: Sequence[int],
+                 label_numbers: Sequence[int]) -> np.ndarray:
+    """(sh, sw) bool: the formula's region in one image, for drawing. ``pixel`` is the image's
+    (M, sh, sw) label planes, ``image_labels`` its image-level labels, ``label_numbers`` the run's
+    concepts (as iou.npz)."""
+    image_level = set(int(v) for v in image_labels)
+    shape = pixel.shape[1:]
+
+    def concept(c: int) -> np.ndarray:
+        label = int(label_numbers[c])
+        if label in image_level:
+            return np.ones(shape, dtype=bool)
+        return (pixel == label).any(axis=0) if pixel.shape[0] else np.zeros(shape, dtype=bool)
+
+    mask = concept(tokens[0])
+    for op, c in zip(tokens[1::2], tokens[2::2]):
+        other = concept(c)
+        mask = mask | other if op == OR else (mask & other if op == AND else mask & ~other)
+    return mask
+
+
 class _LRU:
     """A small least-recently-used cache bounded by the bytes of its arrays."""
 
@@ -144,6 +165,8 @@ class FormulaSearch:
             raise NetDissectError(f"--formula-length must be at least 1; got {length}")
         if beam < 1:
             raise NetDissectError(f"--beam must be at least 1; got {beam}")
+        if len(concept_category) == 0:
+            raise NetDissectError("the run has no concepts: there is nothing to build formulas from")
         self.combos = combos
         self.length, self.beam = length, beam
         self.concept_category = np.asarray(concept_category, dtype=np.int64)
