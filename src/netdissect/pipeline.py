@@ -57,6 +57,7 @@ class DissectConfig:
     min_category_images: int = 20
     memory_budget_mb: float = 1024
     on_bad_image: str = "fail"
+    layout: str = "auto"  # auto | nchw | nhwc | tokens: how layer outputs hold unit maps (layouts.py)
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -73,6 +74,8 @@ class DissectConfig:
             raise NetDissectError(f"--on-bad-image must be fail or skip; got {self.on_bad_image!r}")
         if self.top_k < 1:
             raise NetDissectError(f"--top-k must be positive; got {self.top_k}")
+        if self.layout not in ("auto", "nchw", "nhwc", "tokens"):
+            raise NetDissectError(f"--layout must be auto, nchw, nhwc or tokens; got {self.layout!r}")
 
     @property
     def level(self) -> float:
@@ -97,6 +100,7 @@ class LayerResult:
     topk_maps: Optional[np.ndarray] = None    # (K, k, h, w)
     combinations: Optional[object] = None     # combinations.LayerCombinations, for formulas
     formulas: Optional[object] = None         # formulas.LayerFormulas, when searched
+    layout: Optional[dict] = None             # how the layer's output was read as maps (layouts.py)
 
     @property
     def units(self) -> int:
@@ -148,6 +152,7 @@ class LayerResult:
                                        for cat in self.categories},
             "map_shape": list(self.map_shape),
             "iou_threshold": self.iou_threshold,
+            **({"layout": self.layout} if self.layout else {}),
         }
 
 
@@ -380,6 +385,7 @@ class _Engine:
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
         self._tempdir = None
+        self.layouts: dict = {}  # layer -> layouts.Layout, decided on the first image
 
     def close(self) -> None:
         """Remove the scratch space of a run without a run directory."""
@@ -441,6 +447,7 @@ class _Engine:
                 categories=vocab.categories, iou_threshold=config.iou_threshold, map_shape=stream.map_shape,
                 topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
                 topk_maps=stream.topk.maps.cpu().numpy(),
+                layout=self.layouts[name].to_dict() if name in self.layouts else None,
                 combinations=None if tallies[name].combinations is None else
                 tallies[name].combinations.result(vocab.concepts, vocab.categories))
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
@@ -463,8 +470,14 @@ class _Engine:
         the layers' shapes come from one real image, so a bad layer fails before the pass."""
         ds, config = self.ds, self.config
         probe = normalize(torch.from_numpy(ds.load_image(0))[None])
-        with torch.no_grad(), LayerCapture(module, config.layers, stop_early=False) as capture:
+        with torch.no_grad(), LayerCapture(module, config.layers, stop_early=False,
+                                           layout=config.layout) as capture:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
+        self.layouts = capture.layouts
+        if self.progress:
+            for name, found in self.layouts.items():
+                print(f"netdissect: layer {name!r}: {found.describe()}, {shapes[name][0]} units, "
+                      f"{shapes[name][1]}x{shapes[name][2]} maps ({found.source})", file=sys.stderr)
         for name, calls in capture.calls.items():
             if calls > 1:
                 parent = name.rpartition(".")[0]
@@ -516,7 +529,7 @@ class _Engine:
             self.run_dir.save_checkpoint(state["done"], streams, store, self.skipped)
 
         interrupt = runs.InterruptFlag() if self.run_dir is not None else None
-        with torch.no_grad(), LayerCapture(module, config.layers) as capture, \
+        with torch.no_grad(), LayerCapture(module, config.layers, layouts=self.layouts) as capture, \
                 interrupt or contextlib.nullcontext():
             for indices, images, encoded, bad in make_loader(data, config.batch_size, self._workers(),
                                                              start=done):
@@ -550,7 +563,7 @@ class _Engine:
         no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
         data.with_labels = False
         bar = _progress(len(self.ds), 0, "second pass", self.progress)
-        with torch.no_grad(), LayerCapture(module, list(tallies)) as capture:
+        with torch.no_grad(), LayerCapture(module, list(tallies), layouts=self.layouts) as capture:
             for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers()):
                 if images is not None:
                     outputs = capture(normalize(images))
