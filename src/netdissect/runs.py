@@ -364,7 +364,8 @@ def load_layer(out, layer: str):
         map_shape=tuple(summary["layers"][layer]["map_shape"]),
         topk_index=None if topk is None else topk["image_index"],
         topk_score=None if topk is None else topk["score"],
-        topk_maps=None if topk is None else topk["maps"].astype(np.float32), formulas=formulas)
+        topk_maps=None if topk is None else topk["maps"].astype(np.float32), formulas=formulas,
+        layout=summary["layers"][layer].get("layout"))  # kept when a reloaded run is rewritten
 
 
 def read_json(path: Path) -> dict:
