@@ -36,7 +36,7 @@ from .quantile import exact_memory_bytes
 from .segstore import SegmentationStore
 from .streaming import LayerStream
 from .tally import IoUTally, combination_counts, encode_segmentation
-from .upsample import MODES, make_upsampler, measure_receptive_field
+from .upsample import MODES, ReceptiveField, make_upsampler, measure_receptive_field
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class LayerResult:
     combinations: Optional[object] = None     # combinations.LayerCombinations, for formulas
     formulas: Optional[object] = None         # formulas.LayerFormulas, when searched
     layout: Optional[dict] = None             # how the layer's output was read as maps (layouts.py)
+    receptive_field: Optional[ReceptiveField] = None   # rf mode: how maps were placed (the report redraws them)
 
     @property
     def units(self) -> int:
@@ -153,6 +154,9 @@ class LayerResult:
             "map_shape": list(self.map_shape),
             "iou_threshold": self.iou_threshold,
             **({"layout": self.layout} if self.layout else {}),
+            **({"receptive_field": {"offset": list(self.receptive_field.offset),
+                                    "stride": list(self.receptive_field.stride)}}
+               if self.receptive_field is not None else {}),
         }
 
 
@@ -420,9 +424,10 @@ class _Engine:
         # 3. tally intersections and unions at those thresholds (and, for formulas, each
         #    unit's active pixels per dataset-wide label combination)
         index = CombinationIndex.from_store(store)
-        tallies = {}
+        tallies, fields = {}, {}
         for name, stream in streams.items():
             field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
+            fields[name] = field_
             tallies[name] = _LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
                                         config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store,
                                         combinations=index)
@@ -448,6 +453,7 @@ class _Engine:
                 topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
                 topk_maps=stream.topk.maps.cpu().numpy(),
                 layout=self.layouts[name].to_dict() if name in self.layouts else None,
+                receptive_field=fields[name],
                 combinations=None if tallies[name].combinations is None else
                 tallies[name].combinations.result(vocab.concepts, vocab.categories))
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
