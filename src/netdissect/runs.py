@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -60,8 +61,15 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def atomic_save_npz(path: Path, **arrays) -> None:
+    """numpy.savez_compressed's format with a fixed timestamp: the same arrays give the same
+    bytes, so two runs (or a sharded and a plain one) compare with a byte comparison."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -87,9 +95,12 @@ class RunDirectory:
     """The output directory of a dissection: checked writable before the long work starts."""
 
     def __init__(self, path, manifest: dict, force: bool = False, checkpoint_every: int = 50,
-                 log=None):
+                 log=None, rank: int = 0, world: int = 1):
         self.path = Path(path)
         self.manifest = manifest
+        # a sharded run: rank 0 holds the lock and writes the results; every rank keeps its own
+        # checkpoint and scratch files, so that a rerun with the same ranks resumes each shard
+        self.rank, self.world = rank, world
         self.checkpoint_every = checkpoint_every
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self._batches = 0
@@ -101,6 +112,9 @@ class RunDirectory:
         except OSError as exc:
             raise RunError(f"{self.path}: output directory is not writable ({exc.strerror or exc}); "
                            "choose another --out or fix its permissions") from None
+        self._lock = None
+        if rank > 0:
+            return  # rank 0 locked the directory (and cleared it with force) before this rank came
         self._lock = open(self.path / LOCK, "a")
         try:
             if fcntl is not None:
@@ -114,21 +128,39 @@ class RunDirectory:
 
     def release(self) -> None:
         """Let other processes write here again (also happens when this process dies)."""
-        if not self._lock.closed:
+        if self._lock is not None and not self._lock.closed:
             if fcntl is not None:
                 fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 
     @property
     def scratch(self) -> Path:
-        path = self.path / SCRATCH
+        path = self.path / SCRATCH if self.world == 1 else self.path / SCRATCH / f"rank{self.rank}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.world == 1:
+            return self.path / CHECKPOINT
+        return self.path / CHECKPOINT.replace(".", f".rank{self.rank}.", 1)
+
+    @property
+    def shard(self) -> dict:
+        return {"rank": self.rank, "world": self.world}
+
     def clear(self) -> None:
-        """Forget the checkpoint and scratch files (results are replaced when the run ends)."""
-        (self.path / CHECKPOINT).unlink(missing_ok=True)
-        shutil.rmtree(self.path / SCRATCH, ignore_errors=True)
+        """Forget the checkpoint and scratch files (results are replaced when the run ends).
+
+        Rank 0 (or a single process) clears every rank's; another rank only its own."""
+        if self.rank == 0:
+            for path in self.path.glob(CHECKPOINT.replace(".", ".rank*.", 1)):
+                path.unlink(missing_ok=True)
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
+            shutil.rmtree(self.path / SCRATCH, ignore_errors=True)
+        else:
+            self.checkpoint_path.unlink(missing_ok=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def finished_manifest(self) -> Optional[dict]:
         """The manifest of a finished run in this directory, if any."""
@@ -140,7 +172,7 @@ class RunDirectory:
             return None
 
     def load_checkpoint(self) -> Optional[dict]:
-        path = self.path / CHECKPOINT
+        path = self.checkpoint_path
         if not path.exists():
             return None
         try:
@@ -150,6 +182,8 @@ class RunDirectory:
             self.clear()
             return None
         changed = diff_manifests(state.get("manifest", {}), self.manifest, ignore=("labeling",))
+        if state.get("shard", {"rank": 0, "world": 1}) != self.shard:
+            changed.append("number of processes")
         if changed:
             self.log(f"netdissect: inputs changed since the checkpoint ({', '.join(changed)}): starting over")
             self.clear()
@@ -164,12 +198,12 @@ class RunDirectory:
     def save_checkpoint(self, done: int, streams: Dict, store, skipped) -> None:
         for stream in streams.values():
             stream.pairs.spill()  # the buffers go to scratch files; the checkpoint names them
-        state = {"manifest": self.manifest, "done": done,
+        state = {"manifest": self.manifest, "shard": self.shard, "done": done,
                  "layers": {name: s.state_dict() for name, s in streams.items()},
                  "store": store.state_dict(), "skipped": list(skipped)}
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.path / CHECKPOINT, buf.getvalue())
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
 
     def discard_results(self, layers) -> None:
         """Remove a finished run's results that no longer describe this run's inputs."""
