@@ -588,6 +588,10 @@ def write_gain_figure(out: Path, summary: dict) -> Optional[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
     tmp.replace(path)
+    png = path.with_suffix(".png")
+    tmp = png.with_name(png.name + ".tmp")
+    fig.savefig(tmp, format="png", bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    tmp.replace(png)
     return path
