@@ -42,6 +42,8 @@ def test_attention_and_head_tensors_are_refused_naming_their_layout():
         decide_layout("blocks.0.attn.q_norm", shapes_of(lambda h, w: (1, 3, n(h, w), 64)), HW)
     with pytest.raises(LayerError, match="no dimension follows the input size"):
         decide_layout("head", shapes_of(lambda h, w: (1, 10)), HW)
+    pooled = decide_layout("avgpool", shapes_of(lambda h, w: (1, 8, 7, 7)), HW)  # adaptive pooling: a map still
+    assert (pooled.kind, pooled.source) == ("nchw", "fixed size")
 
 
 def test_one_size_models_use_the_patch_grid_or_the_image_aspect():
@@ -209,3 +211,20 @@ def test_rotation_of_a_token_layer_rotates_its_maps():
     torch.testing.assert_close(out["rotated.alpha_0"], maps)
     torch.testing.assert_close(out["rotated.alpha_1"],
                                torch.einsum("kj,bjhw->bkhw", torch.tensor(q, dtype=torch.float32), maps))
+
+
+def test_cli_layout_override_is_used_and_recorded(tmp_path):
+    import json
+    from test_cli import run_cli
+    root = make_planted_dataset(tmp_path / "d", n_images=4)
+    out = tmp_path / "run"
+    run_cli("dissect", "--model", "test_layouts:TinyViT", "--layer", "blocks.0:0", "--layout", "tokens",
+            "--dataset", root, "--out", out, "--workers", 0, "--no-report", "--quiet", "--mean", 0, 0, 0,
+            "--std", 1, 1, 1, "--min-category-images", 0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["layout"] == "tokens"
+    assert config["layouts"]["blocks.0:0"]["source"] == "override"
+    assert config["layouts"]["blocks.0:0"]["prefix"] == 2
+    proc = run_cli("layers", "--model", "test_layouts:TinyViT", "--size", 32, 32, "--layout", "nchw")
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("blocks.0:0 "))
+    assert "cannot be dissected" in line and "--layout nchw needs 4 dimensions" in line

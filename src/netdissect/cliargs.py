@@ -8,10 +8,12 @@ from __future__ import annotations
 
 def add_model_args(p, weights_default: str = "default", checkpoint: bool = True) -> None:
     p.add_argument("--model", required=True,
-                   help="torchvision:NAME | timm:NAME | path/to/torchscript.pt | package.module:factory")
+                   help="torchvision:NAME | timm:NAME | path/to/program.pt2 (torch.export) | "
+                        "path/to/torchscript.pt | package.module:factory")
     p.add_argument("--weights", default=weights_default,
                    help="torchvision weights enum name (e.g. IMAGENET1K_V1), 'default', or 'none' for "
-                        f"random init (default: {weights_default})")
+                        f"random init (default: {weights_default}); for timm also a pretrained tag or a "
+                        "local weights file (model.safetensors)")
     if checkpoint:
         p.add_argument("--checkpoint", help="a state_dict file to load into the model")
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
@@ -65,3 +67,12 @@ def dissect_params(args) -> dict:
                 min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb,
                 on_bad_image=args.on_bad_image, checkpoint_every=args.checkpoint_every,
                 layout=getattr(args, "layout", "auto"))
+
+
+def add_formula_args(p, default_length: int = 3) -> None:
+    """Compositional explanations (netdissect.formulas): formula length and beam width."""
+    p.add_argument("--formula-length", type=int, default=default_length, metavar="L",
+                   help="search each unit's best formula of up to L concepts joined by AND, OR, AND NOT "
+                        + (f"(default {default_length})" if default_length else
+                           "(default: no formulas; 3 is the usual choice)"))
+    p.add_argument("--beam", type=int, default=10, help="beam width of the formula search (default 10)")
