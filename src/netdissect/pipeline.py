@@ -72,6 +72,12 @@ class DissectConfig:
             raise NetDissectError(f"--on-bad-image must be fail or skip; got {self.on_bad_image!r}")
         if self.top_k < 1:
             raise NetDissectError(f"--top-k must be positive; got {self.top_k}")
+        if self.workers is not None and self.workers < 0:
+            raise NetDissectError(f"--workers must be 0 (load in this process) or more; got {self.workers}")
+        if not self.memory_budget_mb > 0 or self.memory_budget_mb == float("inf"):
+            raise NetDissectError(f"--memory-budget must be a positive number of MiB; got {self.memory_budget_mb}")
+        if self.min_category_images < 0:
+            raise NetDissectError(f"--min-category-images must be 0 or more; got {self.min_category_images}")
 
     @property
     def level(self) -> float:
@@ -222,10 +228,12 @@ def _collate(items):
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0):
     if start:
         dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
+    from .runs import worker_init
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                        num_workers=workers, collate_fn=_collate,
                                        persistent_workers=False,
-                                       prefetch_factor=4 if workers > 0 else None)
+                                       prefetch_factor=4 if workers > 0 else None,
+                                       worker_init_fn=worker_init() if workers > 0 else None)
 
 
 def default_workers() -> int:
@@ -235,9 +243,19 @@ def default_workers() -> int:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NetDissectError("--device cuda was asked but CUDA is not available; use --device cpu or auto")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise NetDissectError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NetDissectError("--device cuda was asked but CUDA is not available; use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise NetDissectError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                                  "device(s), numbered from 0")
+    elif resolved.type != "cpu" and resolved.type != "mps":
+        raise NetDissectError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return resolved
 
 
 class Normalizer:
@@ -306,6 +324,9 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=config.split, categories=config.categories, limit=config.limit)
+    resolve_device(config.device)  # a bad device fails before the run directory is touched
+    if checkpoint_every < 0:
+        raise NetDissectError(f"--checkpoint-every must be 0 (never) or more; got {checkpoint_every}")
     if out is None:
         return _run_engine(loaded, ds, config, None, progress)
     run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force, checkpoint_every=checkpoint_every)
@@ -439,10 +460,14 @@ class _Engine:
         return sizes.pop()
 
     def _open_state(self, module, normalize, vocab: _Vocabulary, pixels: int):
-        """Per-layer streams (exact, or sketch beyond the memory budget) and the label store;
-        the layers' shapes come from one real image, so a bad layer fails before the pass."""
+        """Per-layer streams (exact, or sketch beyond the memory budget) and the label store.
+
+        Everything that can fail is checked before the run directory drops a stale checkpoint
+        or sets up scratch files: the layers' shapes (from one real image, so a bad layer fails
+        before the pass) and the free space.
+        """
         ds, config = self.ds, self.config
-        probe = normalize(torch.from_numpy(ds.load_image(0))[None])
+        probe = normalize(torch.from_numpy(self._probe_image())[None])
         with torch.no_grad(), LayerCapture(module, config.layers, stop_early=False) as capture:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
         for name, calls in capture.calls.items():
@@ -451,12 +476,17 @@ class _Engine:
                 self._warn(f"layer {name!r} runs {calls} times per forward pass (a shared module, such as "
                            "the ReLU of a ResNet block); its first call is dissected"
                            + (f": for the block's output dissect {parent!r}" if parent else ""))
+        budget = int(config.memory_budget_mb * 2 ** 20)
+        needed = len(ds) * pixels * 2 + budget // 2 + sum(
+            k * config.top_k * h * w * 2 for k, h, w in shapes.values())
         if self.run_dir is not None:
+            _check_free_space(self.run_dir.path, needed)
+            self.run_dir.prepare()
             scratch = self.run_dir.scratch
         else:
             self._tempdir = tempfile.TemporaryDirectory(prefix="netdissect-")
             scratch = Path(self._tempdir.name)
-        budget = int(config.memory_budget_mb * 2 ** 20)
+            _check_free_space(scratch, needed)
         streams = {}
         for name in config.layers:
             k, h, w = shapes[name]
@@ -469,10 +499,20 @@ class _Engine:
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (4 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
-        _check_free_space(scratch, len(ds) * pixels * 2 + budget // 2 + sum(
-            s.units * s.topk.k * s.map_shape[0] * s.map_shape[1] * 2 for s in streams.values()))
         store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, scratch)
         return streams, store
+
+    def _probe_image(self) -> np.ndarray:
+        """The first readable image; with --on-bad-image skip, unreadable ones before it are
+        passed over here (the pass lists them as skipped)."""
+        ds = self.ds
+        for i in range(len(ds)):
+            try:
+                return ds.load_image(i)
+            except DatasetError:
+                if self.config.on_bad_image != "skip":
+                    raise
+        raise DatasetError("every image was skipped: nothing to dissect", ds.root)
 
     def _workers(self) -> int:
         return default_workers() if self.config.workers is None else self.config.workers
