@@ -66,6 +66,9 @@ class WriteError(RunError):
             todo = f"free space on the disk holding {where.parent}{free} or choose another --out"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             todo = f"fix the permissions of {where.parent} or choose another --out"
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+            todo = "check the path"
         else:
             todo = "check the disk and the path, then rerun (finished work is kept)"
-        return cls(f"{where}: cannot write ({reason}); {todo}")
+        verb = "cannot write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "failed"
+        return cls(f"{where}: {verb} ({reason}); {todo}")

@@ -302,12 +302,14 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             weights: Optional[str] = "default", checkpoint: Optional[str] = None,
             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
             progress: bool = True, force: bool = False, checkpoint_every: int = 50,
-            **params) -> DissectionResult:
+            seed: int = 0, verify_content: bool = False, **params) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a Broden-format ``dataset``.
 
     ``params`` are the fields of DissectConfig (quantile, iou_threshold, upsample, categories,
     split, limit, top_k, batch_size, workers, device, ...). With ``out`` the run directory is
     written (see README, "Result files") and an interrupted run resumes from its checkpoint.
+    ``seed`` seeds the model's construction (the random init of ``weights='none'``);
+    ``verify_content`` hashes every image and mask file instead of trusting size and mtime.
     """
     from . import runs  # run directory handling (manifest, checkpoints, atomic results)
 
@@ -321,7 +323,7 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         if mean is not None or std is not None:  # an explicit normalization still wins
             loaded = dataclasses.replace(loaded, mean=tuple(mean or loaded.mean), std=tuple(std or loaded.std))
     else:
-        loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
+        loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std, seed=seed)
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=config.split, categories=config.categories, limit=config.limit)
     resolve_device(config.device)  # a bad device fails before the run directory is touched
@@ -329,11 +331,18 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         raise NetDissectError(f"--checkpoint-every must be 0 (never) or more; got {checkpoint_every}")
     if out is None:
         return _run_engine(loaded, ds, config, None, progress)
-    run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force, checkpoint_every=checkpoint_every)
+    files = {"stats": ds.file_stats()}
+    if verify_content:
+        files["hashes"] = ds.content_hashes()
+    run = runs.RunDirectory(out, manifest(loaded, ds, config, files), force=force,
+                            checkpoint_every=checkpoint_every)
+    run.dataset_files = files
     try:
         result = None if force else runs.reuse_finished(run, config)
         if result is None:
             result = _run_engine(loaded, ds, config, run, progress)
+            result.manifest = run.manifest
+            runs.atomic_write_json(run.path / runs.DATASET_FILES, files)
             runs.write_results(run.path, result)
             run.finish()
             result.out = run.path
@@ -637,15 +646,25 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True)
 
 
-def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig) -> dict:
+def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig,
+             files: Optional[dict] = None) -> dict:
     """What the numbers were computed from: a changed entry means they must be recomputed."""
     from . import __version__
     labeling = ("iou_threshold", "min_category_images")
     how_it_runs = ("batch_size", "workers", "device", "memory_budget_mb", "layers")
+    from .broden import digest_of
+    model = {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
+             "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)}
+    if loaded.weights is None and loaded.extra.get("seed") is not None:
+        model["seed"] = loaded.extra["seed"]  # a random init: its seed reproduces it
+    dataset = {"index_digest": ds.index_digest(), "images": len(ds)}
+    if files is not None:
+        dataset["files_digest"] = digest_of(files["stats"])
+        if "hashes" in files:
+            dataset["content_digest"] = digest_of(files["hashes"])
     return {
-        "model": {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
-                  "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)},
-        "dataset": {"index_digest": ds.index_digest(), "images": len(ds)},
+        "model": model,
+        "dataset": dataset,
         "layers": list(config.layers),
         "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
                        if k not in how_it_runs + labeling},

@@ -39,6 +39,7 @@ LEGACY_CHECKPOINT = "checkpoint.pt"  # pickled by older versions: never loaded
 SCRATCH = ".scratch"
 LOCK = ".lock"
 MARKER = ".netdissect-run"
+DATASET_FILES = "dataset-files.json"  # size and mtime (and hash) of each file: says which changed
 
 _HELD_LOCKS: set = set()  # POSIX record locks do not exclude the process that holds them
 
@@ -114,6 +115,7 @@ class RunDirectory:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self._batches = 0
         self._resume: Optional[dict] = None
+        self.dataset_files: Optional[dict] = None  # this run's {"stats": ..., "hashes": ...}
         self._prepared = False
         claim_directory(self.path, MARKER, "run", "--out")
         self._lock = _RunLock(self.path / LOCK)
@@ -159,7 +161,7 @@ class RunDirectory:
             self.log(f"netdissect: ignoring unreadable checkpoint {path} ({exc}); starting over")
             self.clear()
             return
-        changed = diff_manifests(state.get("manifest", {}), self.manifest, ignore=("labeling",))
+        changed = input_changes(state.get("manifest", {}), self.manifest, ignore=("labeling",))
         if changed:
             self.log(f"netdissect: inputs changed since the checkpoint ({', '.join(changed)}): starting over")
             self.clear()
@@ -353,6 +355,31 @@ def diff_manifests(old: dict, new: dict, prefix: str = "", ignore=()) -> list:
     return changed
 
 
+def input_changes(old: dict, new: dict, ignore=()) -> list:
+    """``diff_manifests``, except that a content digest is compared only when this run asked
+    for one (--verify-content), so a later run without it still reuses the result."""
+    changed = diff_manifests(old if isinstance(old, dict) else {}, new, ignore=ignore)
+    if "content_digest" not in new.get("dataset", {}):
+        changed = [c for c in changed if c != "dataset.content_digest"]
+    return changed
+
+
+def _which_files(run: "RunDirectory", change: str) -> str:
+    """' (images/x.jpg changed)' for a changed file digest, from the saved per-file table."""
+    key = {"dataset.files_digest": "stats", "dataset.content_digest": "hashes"}.get(change)
+    if key is None or run.dataset_files is None or key not in run.dataset_files:
+        return ""
+    try:
+        saved = json.loads((run.path / DATASET_FILES).read_text())[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if not isinstance(saved, dict):
+        return ""
+    from .broden import changed_files
+    names = changed_files(saved, run.dataset_files[key])
+    return f" ({names} changed)" if names else ""
+
+
 def reuse_finished(run: "RunDirectory", config):
     """The finished run in ``run``, when it was computed from the same inputs, else None.
 
@@ -363,7 +390,8 @@ def reuse_finished(run: "RunDirectory", config):
     old = run.finished_manifest()
     if old is None:
         return None
-    changed = diff_manifests(old, run.manifest, ignore=("labeling", "layers"))
+    changed = input_changes(old, run.manifest, ignore=("labeling", "layers"))
+    changed = [c + _which_files(run, c) for c in changed]
     missing = [layer for layer in run.manifest["layers"] if layer not in old.get("layers", [])]
     if changed or missing:
         what = changed + ([f"new layers {', '.join(missing)}"] if missing else [])
