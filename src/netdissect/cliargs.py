@@ -110,7 +110,7 @@ RULES = {
     "limit": _count(1),
     "workers": _count(0, 256),
     "min_category_images": _count(0),
-    "memory_budget_mb": _real(0, 2 ** 30, True, False),
+    "memory_budget_mb": _real(0, 1e9, True, False),
     "checkpoint_every": _count(0),
     "images": _count(1),
     "size": _each(_count(1, 8192)),
@@ -125,6 +125,11 @@ RULES = {
     "alpha": _each(_real(0, 1, False, False)),
     "mean": _each(_real(-1e6, 1e6, False, False)),
     "std": _each(_real(0, 1e6, True, False)),
+    "min_images": _count(0),
+    "quality": _count(1, 100),
+    "retries": _count(0, 100),
+    "backoff": _real(0, 3600, False, False),
+    "timeout": _real(0, 86400, True, False),
 }
 
 
@@ -141,8 +146,9 @@ def validate_args(args, parser: argparse.ArgumentParser) -> None:
     """Check every option value against RULES; the first bad one is a one-line usage error."""
     for dest, rule in RULES.items():
         value = getattr(args, dest, None)
-        if value is None:
-            continue
+        if value is None or isinstance(value, str) or \
+                (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value)):
+            continue  # a name or a path that happens to share the destination (data --images DIR)
         problem = rule(dest, value)
         if problem:
             option = "--" + dest.replace("_mb", "").replace("_", "-")
