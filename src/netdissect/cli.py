@@ -184,8 +184,10 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     """MobileNetV2 (ImageNet weights, offline) at four depths on a generated synthetic set."""
     from .pipeline import dissect
+    from .runs import check_directory
     from .synthetic import check_output_dir, generate_synthetic
     data = Path(args.data)
+    check_directory(Path(args.out))  # before generating data: a bad --out fails at once
     if not (data / "index.csv").exists():
         check_output_dir(data, overwrite=True)  # a folder netdissect did not make is never replaced
         print(f"netdissect: generating {args.images} synthetic images in {data} ...", file=sys.stderr)

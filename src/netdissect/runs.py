@@ -208,12 +208,8 @@ def claim_directory(path: Path, marker: str, what: str, option: str) -> None:
     A non-empty directory without the marker is the user's: refused, so that nothing in it is
     ever replaced or deleted.
     """
+    check_directory(path, marker, what, option)
     try:
-        if path.exists() and not path.is_dir():
-            raise RunError(f"{path}: exists and is not a directory; choose another {option}")
-        if path.is_dir() and not (path / marker).exists() and any(path.iterdir()):
-            raise RunError(f"{path}: not empty and not a netdissect {what} directory (no {marker} "
-                           f"marker), so it is left alone; choose a new or empty {option}")
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test{os.getpid()}"
         probe.write_bytes(b"ok")
@@ -228,6 +224,23 @@ def claim_directory(path: Path, marker: str, what: str, option: str) -> None:
     except WriteError as exc:
         raise RunError(f"{path}: output directory is not writable ({exc}); "
                        f"choose another {option} or fix its permissions") from None
+
+
+def check_directory(path: Path, marker: str = MARKER, what: str = "run", option: str = "--out") -> None:
+    """Raise RunError unless ``claim_directory`` may use ``path``; writes nothing (so a command
+    can check its output before long work such as generating a dataset)."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a directory; choose another {option}")
+        if path.is_dir() and not (path / marker).exists() and any(path.iterdir()):
+            raise RunError(f"{path}: not empty and not a netdissect {what} directory (no {marker} "
+                           f"marker), so it is left alone; choose a new or empty {option}")
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise RunError(f"{path}: {parent} is a file, so the directory cannot be made; choose another {option}")
+    except OSError as exc:
+        raise RunError(f"{path}: cannot be used as {option} ({exc.strerror or exc}); choose another") from None
 
 
 def owns(path: Path, marker: str = MARKER) -> bool:
