@@ -455,7 +455,7 @@ class _Engine:
                 topk_maps=stream.topk.maps.cpu().numpy())
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
-                                manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
+                                manifest=self.run_dir.manifest if self.run_dir is not None else manifest(self.loaded, ds, config), seconds=time.time() - start,
                                 dataset_path=str(Path(ds.root).resolve()))
 
     def _image_sizes(self) -> Tuple[int, int, int, int]:
@@ -658,10 +658,11 @@ def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig,
     if loaded.weights is None and loaded.extra.get("seed") is not None:
         model["seed"] = loaded.extra["seed"]  # a random init: its seed reproduces it
     dataset = {"index_digest": ds.index_digest(), "images": len(ds)}
-    if files is not None:
-        dataset["files_digest"] = digest_of(files["stats"])
-        if "hashes" in files:
-            dataset["content_digest"] = digest_of(files["hashes"])
+    if files is None:
+        files = {"stats": ds.file_stats()}
+    dataset["files_digest"] = digest_of(files["stats"])
+    if "hashes" in files:
+        dataset["content_digest"] = digest_of(files["hashes"])
     return {
         "model": model,
         "dataset": dataset,
