@@ -26,7 +26,7 @@ from netdissect.broden import BrodenDataset
 from netdissect.cli import main
 from netdissect.data.download import (BRODEN_VERSIONS, RetryPolicy, broden_url, download,
                                       fetch_broden)
-from netdissect.errors import DatasetError, DownloadError
+from netdissect.errors import DatasetError, DownloadError, NetDissectError
 
 TESTS = Path(__file__).parent
 FAST = RetryPolicy(retries=3, backoff=0.001, timeout=10)
@@ -336,6 +336,10 @@ def test_cli_zip_and_usage_errors(archive, tmp_path, capsys):
     out = tmp_path / "broden"
     assert main(["data", "broden", "--zip", str(tmp_path / "nope.zip"), "--out", str(out)]) == 1
     assert "the zip file does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):             # a mirror or a file, not both
+        main(["data", "broden", "--zip", str(archive), "--url", "http://x/y.zip", "--out",
+              str(out)])
+    assert "not allowed with argument" in capsys.readouterr().err
     assert main(["data", "broden", "--zip", str(archive), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "3 images (train: 2, val: 1)" in printed and f"is in {out}" in printed
@@ -351,3 +355,27 @@ def test_complete_part_killed_before_it_was_marked(server, tmp_path):
     download(server.url, part, FAST)
     assert server.requests == [f"bytes={len(server.payload)}-"] and server.sent == 0
     assert part.read_bytes() == server.payload
+
+
+def test_one_download_at_a_time_and_stale_extraction_is_replaced(server, archive, tmp_path):
+    import fcntl
+    part = tmp_path / "broden.zip.part"
+    with open(part, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DownloadError, match="another netdissect is downloading"):
+            download(server.url, part, FAST)
+    assert server.requests == [] and part.exists()
+    part.unlink()
+    # A run killed while extracting leaves .broden.extracting (with our mark): replaced.
+    stale = tmp_path / ".broden.extracting"
+    (stale / "images").mkdir(parents=True)
+    (stale / ".netdissect-extracting").touch()
+    (stale / "images" / "junk.png").write_bytes(b"half")
+    out = tmp_path / "broden"
+    assert fetch_broden(out, zip_path=archive).report.ok
+    assert not stale.exists() and not (out / "images" / "junk.png").exists()
+    # One without the mark is not ours: left alone, with a clear error.
+    (tmp_path / ".other.extracting").mkdir()
+    with pytest.raises(NetDissectError, match="was not made by netdissect"):
+        fetch_broden(tmp_path / "other", zip_path=archive)
+    assert (tmp_path / ".other.extracting").is_dir()

@@ -153,3 +153,17 @@ def test_cli(source, tmp_path, capsys):
     assert main(["data", "resize", str(tmp_path / "missing"), "--size", "10", "--out",
                  str(tmp_path / "r")]) == 1
     assert "not a Broden dataset" in capsys.readouterr().err
+
+
+def test_corrupt_source_mask_names_file_and_line_then_resumes(source, tmp_path):
+    from netdissect.errors import DatasetError
+    mask = source.mask_path(1, "material")
+    good = mask.read_bytes()
+    mask.write_bytes(good[:40])
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match=r"img1_material_1.png: .*corrupt.*index.csv line 3"):
+        resize_broden(source.root, out, 12, workers=1)
+    assert not out.exists()
+    mask.write_bytes(good)
+    result = resize_broden(source.root, out, 12, workers=1)
+    assert result.report.ok and result.reused > 0

@@ -109,6 +109,34 @@ def test_ade20k_json_only_gives_the_same_tables(ade_src, tmp_path, capsys):
         assert (tmp_path / "json" / name).read_bytes() == (tmp_path / "pkl" / name).read_bytes()
 
 
+def test_ade20k_json_only_class_without_name_is_unlabeled(tmp_path, capsys):
+    src = F.write_ade20k_2021(tmp_path / "ade", with_index=False)
+    seg = src / F.ADE_FOLDER / "ADE_train_00000002_seg.png"
+    F.ade_class_png(seg, F.class_map(left=2, right=300, bottom_left=7))   # 7: not in its JSON
+    out = tmp_path / "broden"
+    build(capsys, "ade20k", src, "--out", out)
+    lab = labels(out)
+    assert not any(n.startswith("thing") for n in lab)
+    row = next(r for r in rows(out / "index.csv") if "00000002" in r["image"])
+    expect = np.where(LEFT, int(lab["car"]["number"]), int(lab["window"]["number"]))
+    expect[~TOP & LEFT] = 0
+    np.testing.assert_array_equal(mask(out, row, "object"), expect)
+    assert lab["car"]["coverage"] == "0.750000", "car: 0.5 in image 1, 0.25 in image 2"
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_ade20k_index_with_arrays_loads_in_every_protocol(tmp_path, protocol):
+    from netdissect.data.ade20k import load_index
+    index = {"filename": ["a.jpg"], "folder": ["f"], "objectnames": ["wall"],
+             "objectPresence": np.arange(6).reshape(3, 2), "scene": [np.str_("street")],
+             "wordnet_level1": [np.int64(3)]}
+    path = tmp_path / "index_ade20k.pkl"
+    path.write_bytes(pickle.dumps(index, protocol=protocol))
+    back = load_index(path)
+    np.testing.assert_array_equal(back["objectPresence"], index["objectPresence"])
+    assert back["scene"] == ["street"] and back["wordnet_level1"] == [3]
+
+
 def test_ade20k_index_is_data_not_code(tmp_path):
     from netdissect.data.ade20k import load_index
 

@@ -89,6 +89,9 @@ def test_interrupted_build_resumes_to_the_same_bytes(tmp_path, monkeypatch):
         build_broden(tmp_path / "out", items(), PARAMS, size=16)
     assert not (tmp_path / "out").exists() and (tmp_path / ".out.build" / "build.json").exists()
     monkeypatch.setattr(writer, "process_item", real)
+    images = tmp_path / ".out.build" / "images" / "t"
+    (images / ".img4.jpg.0badf00d").write_bytes(b"half a file from a killed build")
+    (images / "gone.jpg").write_bytes(b"an image no longer in the source")
     summary = build_broden(tmp_path / "out", items(), PARAMS, size=16)
     assert summary.resumed == 2 and summary.images == 5
     assert all_files(tmp_path / "out") == all_files(tmp_path / "ref")
@@ -143,3 +146,37 @@ def test_mismatched_annotation_size_names_the_image(tmp_path):
                           pixel={"object": [(np.ones((2, 2), int), {1: "x"})]})
     with pytest.raises(NetDissectError, match="memory #0: the object annotation is 2 x 2"):
         build_broden(tmp_path / "o", [SourceItem("t/a", bad, (), "memory #0")], PARAMS, size=16)
+
+
+def test_killed_cli_build_resumes(tmp_path):
+    """`kill -9` in the middle of `netdissect data folder`, then the same command again: it
+    resumes (skipping finished images) and gives the same files as an uninterrupted build."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        rgb = rng.integers(0, 256, (192, 256, 3), dtype=np.uint8)
+        F.save_jpeg(tmp_path / "src" / ("cls_a" if i % 2 else "cls_b") / f"im{i:03d}.jpg", rgb)
+    cmd = [sys.executable, "-m", "netdissect.cli", "data", "folder", str(tmp_path / "src"),
+           "--size", "64", "--workers", "1", "--quiet", "--out"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run(cmd + [str(tmp_path / "ref")], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd + [str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    records = tmp_path / ".out.build" / "records"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if records.exists() and len(list(records.glob("*.json"))) >= 3:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(records.glob("*.json")))
+    assert proc.returncode == -signal.SIGKILL and 3 <= done < 60, "killed part-way"
+    again = subprocess.run(cmd + [str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming: {done} of 60 images were already done" in again.stderr
+    assert all_files(tmp_path / "out") == all_files(tmp_path / "ref")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .cliargs import OneLineParser, add_dissect_args, add_model_args, dissect_params, validate_args
+from .cliargs import (OneLineParser, add_dissect_args, add_layout_arg, add_model_args, dissect_params,
+                      validate_args)
 from .errors import NetDissectError
 
 DEMO_LAYERS = ("features.3", "features.7", "features.14", "features.18")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
                    help="input size of the dummy forward pass (default 224 224)")
+    add_layout_arg(p)
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("data", help="build datasets in the Broden format")
@@ -99,13 +101,19 @@ def cmd_layers(args) -> int:
     from .hooks import list_layers
     from .models import load_model
     loaded = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
-    rows = list_layers(loaded.module, tuple(args.size))
+    rows = list_layers(loaded.module, tuple(args.size), layout=args.layout)
     width = max((len(r.name) for r in rows), default=10)
-    print(f"{'layer':<{width}}  {'type':<24} output shape (batch of 1)")
-    for r in rows:
-        shape = " x ".join(str(s) for s in r.shape) if r.shape else "-"
-        mark = "" if len(r.shape) == 4 else "   (not N x K x h x w: cannot be dissected)"
-        print(f"{r.name:<{width}}  {r.type:<24} {shape}{mark}")
+    shapes = [" x ".join(str(s) for s in r.shape) if r.shape else "-" for r in rows]
+    shape_w = max((len(s) for s in shapes), default=10)
+    print(f"{'layer':<{width}}  {'type':<24} {'output shape (batch of 1)':<{shape_w}}  dissected as")
+    # timm names the stages it offers as features (feature_info): the usual layers to dissect
+    features = {f.get("module") for f in getattr(loaded.module, "feature_info", None) or []
+                if isinstance(f, dict)}
+    for r, shape in zip(rows, shapes):
+        mark = r.layout if r.layout else f"cannot be dissected: {r.why}"
+        if r.layout and r.name in features:
+            mark += "  [timm feature stage]"
+        print(f"{r.name:<{width}}  {r.type:<24} {shape:<{shape_w}}  {mark}")
     return 0
 
 

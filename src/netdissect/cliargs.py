@@ -19,6 +19,13 @@ def add_model_args(p, weights_default: str = "default", checkpoint: bool = True)
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="input normalization std")
 
 
+def add_layout_arg(p) -> None:
+    p.add_argument("--layout", choices=("auto", "nchw", "nhwc", "tokens"), default="auto",
+                   help="how a layer's output holds unit maps: auto (default: decided by which dimensions "
+                        "follow the input size), nchw (N x K x h x w), nhwc (N x h x w x K, Swin/ConvNeXt "
+                        "stages), tokens (N x tokens x K of a vision transformer, prefix tokens dropped)")
+
+
 def add_dissect_args(p, dataset_required: bool = True) -> None:
     p.add_argument("--dataset", required=dataset_required, help="a Broden-format dataset directory")
     p.add_argument("--categories", nargs="+", help="categories to use (default: every category the dataset has)")
@@ -47,6 +54,7 @@ def add_dissect_args(p, dataset_required: bool = True) -> None:
     p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
                    help="save a checkpoint to resume from every N batches (default 50; 0: never)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_layout_arg(p)
 
 
 def dissect_params(args) -> dict:
@@ -55,7 +63,8 @@ def dissect_params(args) -> dict:
                 categories=args.categories, split=args.split, limit=args.limit, top_k=args.top_k,
                 batch_size=args.batch_size, workers=args.workers, device=args.device,
                 min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb,
-                on_bad_image=args.on_bad_image, checkpoint_every=args.checkpoint_every)
+                on_bad_image=args.on_bad_image, checkpoint_every=args.checkpoint_every,
+                layout=getattr(args, "layout", "auto"))
 
 
 # --------------------------------------------------------------------------- validation

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .errors import LayerError
+from .exported import STATIC_BATCH_ATTR
+from .layouts import Layout, resolve_layouts, select_output, split_layer, token_hints
 
 
 class _StopForward(Exception):
@@ -25,6 +27,8 @@ class LayerInfo:
     name: str
     type: str
     shape: Tuple[int, ...]  # output shape for a batch of one image, () when not a tensor
+    layout: str = ""        # how it is dissected (nchw, nhwc, tokens ...), "" when it cannot be
+    why: str = ""           # why it cannot be dissected
 
 
 def module_names(model: nn.Module) -> List[str]:
@@ -40,7 +44,8 @@ def check_layer_names(model: nn.Module, layers: Sequence[str]) -> None:
         raise LayerError("no layer given: pass at least one --layer (list them with `netdissect layers --model ...`)")
     names = module_names(model)
     known = set(names)
-    for layer in layers:
+    for spec in layers:
+        layer, _ = split_layer(spec)
         if layer not in known:
             close = difflib.get_close_matches(layer, names, n=6, cutoff=0.5)
             hint = f" Closest names: {', '.join(close)}." if close else ""
@@ -51,38 +56,50 @@ def check_layer_names(model: nn.Module, layers: Sequence[str]) -> None:
 
 
 class LayerCapture:
-    """``with LayerCapture(model, layers) as run: acts = run(x)`` -> {layer: output tensor}.
+    """``with LayerCapture(model, layers) as run: maps = run(x)`` -> {layer: (B, K, h, w) maps}.
 
-    A module that runs several times in one forward pass is captured at its first call.
+    A layer is a dotted module name, optionally with the element of a tuple/list/dict output
+    to use (``blocks.3:0``). Outputs are converted to unit maps by their layout (see
+    layouts.py): given in ``layouts``, else decided at the first call from probes at the
+    input's size (``layout`` forces one). ``raw=True`` returns the selected outputs as the
+    layers produced them. A module that runs several times in one forward pass is captured at
+    its first call.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], stop_early: bool = True):
+    def __init__(self, model: nn.Module, layers: Sequence[str], stop_early: bool = True,
+                 layouts: Optional[Dict[str, Layout]] = None, layout: str = "auto", raw: bool = False):
         check_layer_names(model, layers)
         self.model = model
         self.layers = list(layers)
         self.stop_early = stop_early
+        self.layouts: Dict[str, Layout] = dict(layouts or {})
+        self.layout = layout
+        self.raw = raw
         self._handles: list = []
-        self._outputs: Dict[str, torch.Tensor] = {}
+        self._outputs: Dict[str, object] = {}
         self._script_runner: Callable | None = None
         self.calls: Dict[str, int] = {}  # calls of each layer in the last forward pass
 
     def __enter__(self) -> "LayerCapture":
+        modules_of = {spec: split_layer(spec)[0] for spec in self.layers}
         if isinstance(self.model, torch.jit.ScriptModule):
             from .torchscript import capture_torchscript
-            self._script_runner = capture_torchscript(self.model, self.layers, call="first",
-                                                      need_output=not self.stop_early)
+            self._script_runner = capture_torchscript(self.model, sorted(set(modules_of.values())),
+                                                      call="first", need_output=not self.stop_early)
             return self
         modules = dict(self.model.named_modules())
-        for layer in self.layers:
-            self._handles.append(modules[layer].register_forward_hook(self._hook(layer)))
+        for module_name in dict.fromkeys(modules_of.values()):
+            self._handles.append(modules[module_name].register_forward_hook(self._hook(module_name)))
         return self
 
-    def _hook(self, layer: str):
+    def _hook(self, module_name: str):
+        wanted = len({split_layer(spec)[0] for spec in self.layers})
+
         def hook(module, inputs, output):
-            self.calls[layer] = self.calls.get(layer, 0) + 1
-            if layer not in self._outputs:
-                self._outputs[layer] = output
-            if self.stop_early and len(self._outputs) == len(self.layers):
+            self.calls[module_name] = self.calls.get(module_name, 0) + 1
+            if module_name not in self._outputs:
+                self._outputs[module_name] = output
+            if self.stop_early and len(self._outputs) == wanted:
                 raise _StopForward
         return hook
 
@@ -91,22 +108,56 @@ class LayerCapture:
             handle.remove()
         self._handles.clear()
 
-    def __call__(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _run_raw(self, x: torch.Tensor) -> Dict[str, object]:
+        """{layer: the selected output as the module returned it}."""
+        step = getattr(self.model, STATIC_BATCH_ATTR, None)
+        if step and x.shape[0] != step:  # an exported program of fixed batch size: run in chunks
+            parts = []
+            for chunk in x.split(step):
+                n = chunk.shape[0]
+                if n < step:
+                    chunk = torch.cat([chunk, chunk[-1:].expand(step - n, *chunk.shape[1:])])
+                parts.append({k: v[:n] for k, v in self._run_batch(chunk).items()})
+            return {spec: torch.cat([p[spec] for p in parts]) for spec in self.layers}
+        return self._run_batch(x)
+
+    def _run_batch(self, x: torch.Tensor) -> Dict[str, object]:
         if self._script_runner is not None:
-            _, outputs = self._script_runner(x)
-            return {layer: outputs[layer] for layer in self.layers}
-        self._outputs = {}
-        self.calls = {}
-        try:
-            self.model(x)
-        except _StopForward:
-            pass
-        missing = [layer for layer in self.layers if layer not in self._outputs]
+            _, by_module = self._script_runner(x)
+        else:
+            self._outputs = {}
+            self.calls = {}
+            try:
+                self.model(x)
+            except _StopForward:
+                pass
+            by_module, self._outputs = self._outputs, {}
+        missing = [spec for spec in self.layers if split_layer(spec)[0] not in by_module]
         if missing:
             raise LayerError(f"layer(s) {', '.join(missing)} did not run in the forward pass; "
                              "pick modules that the model's forward actually calls")
-        outputs, self._outputs = self._outputs, {}
-        return outputs
+        calls = {split_layer(spec)[0]: spec for spec in self.layers}
+        self.calls = {calls[m]: n for m, n in self.calls.items() if m in calls}
+        return {spec: select_output(by_module[split_layer(spec)[0]], spec) for spec in self.layers}
+
+    def __call__(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if not self.raw and any(spec not in self.layouts for spec in self.layers):
+            todo = [spec for spec in self.layers if spec not in self.layouts]
+            self.layouts.update(resolve_layouts(self._run_raw, todo, tuple(x.shape[-2:]), x.device,
+                                                self.layout, token_hints(self.model)))
+        outputs = self._run_raw(x)
+        if self.raw:
+            return outputs
+        size = tuple(x.shape[-2:])
+        return {spec: self.layouts[spec].to_maps(out, size) for spec, out in outputs.items()}
+
+
+def layer_layout(model: nn.Module, layer: str, image_hw: Tuple[int, int], layout: str = "auto") -> Layout:
+    """The layout of one layer for inputs of ``image_hw`` (probed on blank images)."""
+    device = _model_device(model)
+    with torch.no_grad(), LayerCapture(model, [layer], layout=layout) as capture:
+        capture(torch.zeros(1, 3, *image_hw, device=device))
+    return capture.layouts[layer]
 
 
 def check_activation_shape(layer: str, output) -> Tuple[int, int, int]:
@@ -121,34 +172,101 @@ def check_activation_shape(layer: str, output) -> Tuple[int, int, int]:
     return int(output.shape[1]), int(output.shape[2]), int(output.shape[3])
 
 
-def list_layers(model: nn.Module, input_size: Tuple[int, int] = (224, 224)) -> List[LayerInfo]:
-    """Every named module with its output shape from one dummy forward pass on zeros."""
+def list_layers(model: nn.Module, input_size: Tuple[int, int] = (224, 224),
+                layout: str = "auto") -> List[LayerInfo]:
+    """Every named module with its output shape on a blank image of ``input_size``, and the
+    layout it would be dissected with (probed at the sizes of layouts.probe_sizes)."""
+    from .layouts import decide_layout, probe_sizes
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, 3, *input_size, device=_model_device(model))
+    device = _model_device(model)
     try:
+        per_size: List[Dict[str, object]] = []
+        for i, size in enumerate(probe_sizes(tuple(input_size))):
+            try:
+                batch = getattr(model, STATIC_BATCH_ATTR, None) or 1
+                per_size.append(_all_outputs(model, torch.zeros(batch, 3, *size, device=device)))
+            except Exception:
+                if i == 0:
+                    raise
+                per_size.append({})
         if isinstance(model, torch.jit.ScriptModule):
-            from .torchscript import capture_torchscript
-            names = module_names(model)
-            with torch.no_grad():
-                _, outputs = capture_torchscript(model, names, call="first", skip_unsupported=True)(x)
-            return [LayerInfo(n, "ScriptModule", _shape(outputs.get(n))) for n in names]
-        shapes: Dict[str, Tuple[int, ...]] = {}
-        handles = []
-        named = [(n, m) for n, m in model.named_modules() if n]
-        for name, module in named:
-            def hook(mod, inp, out, name=name):
-                shapes.setdefault(name, _shape(out))
-            handles.append(module.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return [LayerInfo(n, type(m).__name__, shapes.get(n, ())) for n, m in named]
+            named = [(n, "ScriptModule") for n in module_names(model)]
+        else:
+            named = [(n, type(m).__name__) for n, m in model.named_modules() if n]
+        hints = token_hints(model)
+        rows = []
+        for name, kind in named:
+            first = per_size[0].get(name)
+            tensors = _tensor_elements(first)
+            if not tensors:
+                rows.append(LayerInfo(name, kind, _shape(first), why="no tensor output" if name in per_size[0]
+                                      else "did not run"))
+                continue
+            for suffix, tensor in tensors:
+                spec = name + suffix
+                shapes = [tuple(tensor.shape)] + [_element_shape(o.get(name), suffix) for o in per_size[1:]]
+                try:
+                    found = decide_layout(spec, shapes, tuple(input_size), layout, hints)
+                    rows.append(LayerInfo(spec, kind, shapes[0], layout=found.describe()))
+                except LayerError as exc:
+                    rows.append(LayerInfo(spec, kind, shapes[0], why=getattr(exc, "reason", str(exc))))
+        return rows
     finally:
         model.train(was_training)
+
+
+def _all_outputs(model: nn.Module, x: torch.Tensor) -> Dict[str, object]:
+    """{module name: its first output} for one forward pass."""
+    if isinstance(model, torch.jit.ScriptModule):
+        from .torchscript import capture_torchscript
+        with torch.no_grad():
+            _, outputs = capture_torchscript(model, module_names(model), call="first",
+                                             skip_unsupported=True)(x)
+        return dict(outputs)
+    outputs: Dict[str, object] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+            def hook(mod, inp, out, name=name):
+                outputs.setdefault(name, out)
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+def _tensor_elements(out, suffix: str = "", depth: int = 0) -> List[Tuple[str, torch.Tensor]]:
+    """(':i' / ':key' selector, tensor) of a tensor output or of the tensors in a tuple/list/dict."""
+    if isinstance(out, torch.Tensor):
+        return [(suffix, out)]
+    if depth > 1:
+        return []
+    if isinstance(out, dict):
+        items = [(str(k), v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        items = [(str(i), v) for i, v in enumerate(out)]
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found.extend(_tensor_elements(value, f"{suffix}:{key}", depth + 1))
+    return found
+
+
+def _element_shape(out, suffix: str) -> Optional[Tuple[int, ...]]:
+    for key in [k for k in suffix.split(":") if k]:
+        if isinstance(out, dict):
+            out = out.get(key)
+        elif isinstance(out, (tuple, list)) and int(key) < len(out):
+            out = out[int(key)]
+        else:
+            return None
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
 
 def _shape(out) -> Tuple[int, ...]:

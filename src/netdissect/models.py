@@ -1,6 +1,7 @@
 """Turning a model spec into an nn.Module plus the input normalization it expects.
 
-Specs: ``torchvision:NAME``, ``timm:NAME``, a TorchScript file, or ``package.module:factory``.
+Specs: ``torchvision:NAME``, ``timm:NAME``, a ``torch.export`` program (``.pt2``), a TorchScript
+file, or ``package.module:factory``.
 Weights found offline (a local file in torch's hub cache, or a package that ships the file)
 are used before any download is attempted, so runs work on machines without internet.
 """
@@ -36,7 +37,7 @@ class LoadedModel:
     spec: str
     weights: Optional[str] = None
     checkpoint: Optional[str] = None
-    kind: str = "module"  # torchvision | timm | torchscript | factory | module
+    kind: str = "module"  # torchvision | timm | export | torchscript | factory | module
     extra: dict = field(default_factory=dict)
 
     @property
@@ -83,6 +84,9 @@ def load_model(spec: Union[str, nn.Module], weights: Optional[str] = "default",
         loaded = _load_torchvision(spec[len("torchvision:"):], weights)
     elif spec.startswith("timm:"):
         loaded = _load_timm(spec[len("timm:"):], weights)
+    elif spec.endswith(".pt2"):
+        from .exported import load_exported
+        loaded = load_exported(spec)
     elif os.path.exists(spec) or spec.endswith((".pt", ".pth", ".ts", ".jit")):
         loaded = _load_torchscript(spec)
     elif ":" in spec:
@@ -201,21 +205,96 @@ def _stage_offline_weights(url: str) -> None:
 
 
 def _load_timm(name: str, weights: Optional[str]) -> LoadedModel:
+    """A timm model; ``weights``: default/pretrained, none, a pretrained tag, or a weights file.
+
+    Pretrained weights are looked up locally first (a file given, the Hugging Face cache, torch's
+    hub cache), so an offline machine never waits on the hub's retries: without a local copy
+    and without network the error names the file to fetch. Models that accept
+    ``dynamic_img_size`` are built with it, so datasets of any image size can be dissected
+    (position embeddings are resampled; at the native size nothing changes).
+    """
     try:
         import timm
     except ImportError:
         raise ModelError("timm is not installed: pip install 'netdissect[timm]' (or pip install timm)") from None
     pretrained = weights is not None and str(weights).lower() != "none"
+    kwargs: dict = {}
+    described = "pretrained" if pretrained else None
+    if pretrained:
+        if os.path.isfile(str(weights)):
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+            described = str(weights)
+        else:
+            if str(weights).lower() not in ("default", "pretrained"):
+                name = f"{name.split('.')[0]}.{weights}"
+            local = _timm_local_weights(timm, name)
+            if local is not None:
+                kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
     try:
-        module = timm.create_model(name, pretrained=pretrained)
+        try:
+            module = timm.create_model(name, pretrained=pretrained, dynamic_img_size=True, **kwargs)
+        except TypeError:
+            module = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"timm could not create {name!r} ({exc.__class__.__name__}: {exc}); "
                          "list names with timm.list_models('pattern*')") from None
     cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", {}) or {}
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
     std = tuple(cfg.get("std", IMAGENET_STD))
-    return LoadedModel(module, mean, std, spec=f"timm:{name}",
-                       weights="pretrained" if pretrained else None, kind="timm")
+    return LoadedModel(module, mean, std, spec=f"timm:{name}", weights=described, kind="timm")
+
+
+def _timm_local_weights(timm, name: str) -> Optional[Path]:
+    """A local copy of timm ``name``'s pretrained weights; ModelError (at once) when there is
+    none and the hub cannot be reached; None when the hub may be used."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception as exc:
+        raise ModelError(f"timm has no pretrained weights {name!r} ({exc}); pass --weights none for random "
+                         "init, or a tag listed by timm.list_pretrained('NAME*')") from None
+    if cfg is None:
+        raise ModelError(f"timm has no pretrained weights for {name!r}; pass --weights none for random init")
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    filenames = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            for filename in filenames:
+                found = try_to_load_from_cache(hub_id, filename)
+                if isinstance(found, str) and os.path.exists(found):
+                    return Path(found)
+        except ImportError:
+            pass
+        if os.environ.get("NETDISSECT_WEIGHTS_DIR"):
+            for filename in filenames:
+                path = Path(os.environ["NETDISSECT_WEIGHTS_DIR"]) / hub_id.replace("/", "--") / filename
+                if path.exists():
+                    return path
+    if url and _cached_weight_file(url) is not None:
+        return _cached_weight_file(url)
+    if not _hub_reachable():
+        where = (f"https://huggingface.co/{hub_id}/resolve/main/{filenames[0]}" if hub_id else url)
+        raise ModelError(
+            f"the pretrained weights of timm:{name} are not on this machine and the hub cannot be reached. "
+            f"Fetch {where} on a machine with internet and pass --weights path/to/{filenames[0] if hub_id else where.rsplit('/', 1)[-1]} "
+            f"(or put it at $NETDISSECT_WEIGHTS_DIR/{(hub_id or 'ID').replace('/', '--')}/{filenames[0]}, or run "
+            f"`huggingface-cli download {hub_id}` there and copy the cache), or pass --weights none for random init")
+    return None
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """False at once under HF_HUB_OFFLINE, else whether a TCP connection opens within ``timeout``."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _load_torchscript(path: str) -> LoadedModel:

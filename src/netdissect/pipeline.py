@@ -56,6 +56,7 @@ class DissectConfig:
     min_category_images: int = 20
     memory_budget_mb: float = 1024
     on_bad_image: str = "fail"
+    layout: str = "auto"  # auto | nchw | nhwc | tokens: how layer outputs hold unit maps (layouts.py)
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -78,6 +79,8 @@ class DissectConfig:
             raise NetDissectError(f"--memory-budget must be a positive number of MiB; got {self.memory_budget_mb}")
         if self.min_category_images < 0:
             raise NetDissectError(f"--min-category-images must be 0 or more; got {self.min_category_images}")
+        if self.layout not in ("auto", "nchw", "nhwc", "tokens"):
+            raise NetDissectError(f"--layout must be auto, nchw, nhwc or tokens; got {self.layout!r}")
 
     @property
     def level(self) -> float:
@@ -100,6 +103,7 @@ class LayerResult:
     topk_index: Optional[np.ndarray] = None   # (K, k) image indices
     topk_score: Optional[np.ndarray] = None   # (K, k)
     topk_maps: Optional[np.ndarray] = None    # (K, k, h, w)
+    layout: Optional[dict] = None             # how the layer's output was read as maps (layouts.py)
 
     @property
     def units(self) -> int:
@@ -151,6 +155,7 @@ class LayerResult:
                                        for cat in self.categories},
             "map_shape": list(self.map_shape),
             "iou_threshold": self.iou_threshold,
+            **({"layout": self.layout} if self.layout else {}),
         }
 
 
@@ -395,6 +400,7 @@ class _Engine:
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
         self._tempdir = None
+        self.layouts: dict = {}  # layer -> layouts.Layout, decided on the first image
 
     def close(self) -> None:
         """Remove the scratch space of a run without a run directory."""
@@ -452,7 +458,8 @@ class _Engine:
                 concept_categories=[ds.labels[c].category for c in vocab.concepts],
                 categories=vocab.categories, iou_threshold=config.iou_threshold, map_shape=stream.map_shape,
                 topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
-                topk_maps=stream.topk.maps.cpu().numpy())
+                topk_maps=stream.topk.maps.cpu().numpy(),
+                layout=self.layouts[name].to_dict() if name in self.layouts else None)
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
                                 manifest=self.run_dir.manifest if self.run_dir is not None else manifest(self.loaded, ds, config), seconds=time.time() - start,
@@ -477,8 +484,14 @@ class _Engine:
         """
         ds, config = self.ds, self.config
         probe = normalize(torch.from_numpy(self._probe_image())[None])
-        with torch.no_grad(), LayerCapture(module, config.layers, stop_early=False) as capture:
+        with torch.no_grad(), LayerCapture(module, config.layers, stop_early=False,
+                                           layout=config.layout) as capture:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
+        self.layouts = capture.layouts
+        if self.progress:
+            for name, found in self.layouts.items():
+                print(f"netdissect: layer {name!r}: {found.describe()}, {shapes[name][0]} units, "
+                      f"{shapes[name][1]}x{shapes[name][2]} maps ({found.source})", file=sys.stderr)
         for name, calls in capture.calls.items():
             if calls > 1:
                 parent = name.rpartition(".")[0]
@@ -545,7 +558,7 @@ class _Engine:
             self.run_dir.save_checkpoint(state["done"], streams, store, self.skipped)
 
         interrupt = runs.InterruptFlag() if self.run_dir is not None else None
-        with torch.no_grad(), LayerCapture(module, config.layers) as capture, \
+        with torch.no_grad(), LayerCapture(module, config.layers, layouts=self.layouts) as capture, \
                 interrupt or contextlib.nullcontext():
             for indices, images, encoded, bad in make_loader(data, config.batch_size, self._workers(),
                                                              start=done):
@@ -579,7 +592,7 @@ class _Engine:
         no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
         data.with_labels = False
         bar = _progress(len(self.ds), 0, "second pass", self.progress)
-        with torch.no_grad(), LayerCapture(module, list(tallies)) as capture:
+        with torch.no_grad(), LayerCapture(module, list(tallies), layouts=self.layouts) as capture:
             for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers()):
                 if images is not None:
                     outputs = capture(normalize(images))

@@ -491,6 +491,7 @@ def write_results(out: Path, result) -> None:
                "split": config["split"], "categories": config["categories"], "limit": config["limit"]}
     atomic_write_json(out / "config.json", {"manifest": result.manifest, "config": config,
                                             "dataset": dataset, "layers": list(result.layers),
+                                            "layouts": {n: l.layout for n, l in result.layers.items()},
                                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     for name, layer in result.layers.items():
         d = out / safe_name(name)

@@ -84,11 +84,12 @@ def read_image(path: Path) -> np.ndarray:
 
 class _IndexUnpickler(pickle.Unpickler):
     """Only builtins and numpy's array reconstruction: the pickle is data, never code."""
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("builtins", "slice"),
-                ("collections", "OrderedDict"), ("numpy.ma.core", "_mareconstruct"),
-                ("numpy.ma.core", "MaskedArray")}
+    _ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")} | \
+        {(core, "_frombuffer") for core in ("numpy.core.numeric", "numpy._core.numeric")} | \
+        {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+         ("builtins", "slice"), ("builtins", "set"), ("builtins", "frozenset"),
+         ("builtins", "bytearray"), ("collections", "OrderedDict")}
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -157,11 +158,14 @@ def load_full_with_json(jpg: str) -> Annotation:
             names[code] = name
             syns.setdefault(name, alts)
     objects, parts = _class_levels(path)
-    present = set(np.unique(objects).tolist()).union(*[set(np.unique(p).tolist()) for p in parts])
-    for code in present - set(names) - {0}:       # classes without a name here: unlabeled
-        objects[objects == code] = 0
+    top = max([int(objects.max(initial=0))] + [int(p.max(initial=0)) for p in parts])
+    unnamed = np.ones(top + 1, dtype=bool)         # classes without a name here: unlabeled
+    unnamed[[c for c in names if c <= top]] = False
+    unnamed[0] = False
+    if unnamed.any():
+        objects[unnamed[objects]] = 0
         for p in parts:
-            p[p == code] = 0
+            p[unnamed[p]] = 0
     ann = Annotation(rgb=read_image(path), syns=syns)
     ann.pixel["object"] = [(objects, names)]
     if parts:

@@ -29,6 +29,11 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from ..errors import DatasetError, DownloadError, NetDissectError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, one download at a time is on the user
+    fcntl = None
+
 __all__ = ["BRODEN_VERSIONS", "broden_url", "RetryPolicy", "download", "safe_members",
            "extract_dataset_zip", "fetch_broden", "FetchResult"]
 
@@ -237,14 +242,16 @@ def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy
     state = _read_state(part)
     if state.get("url") not in (None, url) and _size(part):
         _log(f"continuing {part.name} (begun from {state['url']}) from {url}")
-    bar = _progress_bar(progress, part.name.replace(".part", ""))
-
+    bar = None                 # made at the first response: an error alone shows no bar
     received = [0]
 
     def on_bytes(done: int, total: Optional[int], new: int) -> None:
+        nonlocal bar
         received[0] += new
         if bar is None:
-            return
+            bar = _progress_bar(progress, part.name.replace(".part", ""))
+            if bar is None:
+                return
         if bar.total != total or new == 0:
             bar.reset(total=total)
             bar.update(done)
@@ -252,7 +259,16 @@ def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy
             bar.update(new)
 
     failures = restarts = 0
+    lock = open(part, "ab")   # the .part itself is locked: two downloads must not interleave
+    locked = False
     try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise DownloadError(f"another netdissect is downloading into {part}; wait for "
+                                    "it to finish (or stop it) and run again") from None
+        locked = True
         while not (state.get("complete") and state.get("total") == _size(part)):
             before = received[0]
             try:
@@ -282,6 +298,10 @@ def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy
         raise KeyboardInterrupt(f"interrupted; the {_size(part)} bytes received are kept in "
                                 f"{part} and the next run resumes from there") from None
     finally:
+        if locked and not _size(part) and not state.get("complete"):
+            part.unlink(missing_ok=True)            # nothing received: leave nothing behind
+            _state_path(part).unlink(missing_ok=True)
+        lock.close()
         if bar is not None:
             bar.close()
     return part

@@ -20,9 +20,10 @@ def add_fetch_commands(data_sub) -> None:
     d.add_argument("--version", choices=BRODEN_VERSIONS, default="broden1_224",
                    help="release: images of 224, 227 or 384 px (default broden1_224)")
     d.add_argument("--out", required=True, help="dataset directory to create")
-    d.add_argument("--url", help="download from this mirror instead of the official server")
-    d.add_argument("--zip", dest="zip_path", metavar="FILE",
-                   help="use a Broden zip fetched by other means (no download)")
+    source = d.add_mutually_exclusive_group()
+    source.add_argument("--url", help="download from this mirror instead of the official server")
+    source.add_argument("--zip", dest="zip_path", metavar="FILE",
+                        help="use a Broden zip fetched by other means (no download)")
     d.add_argument("--sha256", help="expected sha256 of the zip (checked before extraction)")
     d.add_argument("--keep-zip", action="store_true",
                    help="keep the downloaded zip as OUT.zip (default: delete it once extracted)")

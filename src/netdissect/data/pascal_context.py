@@ -18,7 +18,7 @@ from ..errors import NetDissectError
 from .ade20k import read_image
 from .writer import Annotation, SourceItem
 
-SOURCE = "pascal-context"
+SOURCE = "pascal"  # Broden's folder for its PASCAL images: same paths, same hash split
 
 
 def read_label_map(path: Path) -> np.ndarray:

@@ -100,7 +100,11 @@ def _resize_record(src: Path, work: Path, record, size: int, quality: int,
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         path = src / "images" / name
-        labels = read_label_png(path)
+        try:
+            labels = read_label_png(path)
+        except DatasetError as exc:
+            raise DatasetError(f"{str(exc).split(': ', 1)[-1]} (listed in index.csv line "
+                               f"{record.line})", path) from None
         if labels.shape != (record.sh, record.sw):
             raise DatasetError(f"mask is {labels.shape[0]}x{labels.shape[1]} (h x w) but "
                                f"index.csv line {record.line} says sh x sw = "

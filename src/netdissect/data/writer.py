@@ -238,8 +238,8 @@ def process_item(work: Path, item: SourceItem, size: Optional[int], colors: bool
     meta = {"key": item.key, "dropped": False, "origin": item.origin, "image": image_path,
             "ih": ih, "iw": iw, "sh": sh, "sw": sw, "names": names, "stats": stats,
             "image_labels": image_labels,
-            "syns": {n: list(s) for n, s in ann.syns.items() if n in local or any(
-                n in v for v in image_labels.values())}}
+            "syns": {n: list(ann.syns[n]) for n in list(local) + sum(image_labels.values(), [])
+                     if ann.syns.get(n)}}
     return meta
 
 
@@ -404,6 +404,23 @@ def _finish_record(work: Path, meta: dict, plan: LabelPlan, cats: Sequence[str],
     return row
 
 
+def _sweep_images(images: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Remove what index.csv does not list: files of images dropped or no longer in the
+    source, and temporary files a killed build left (everything here is the build's own)."""
+    listed = set()
+    for r in rows:
+        listed.add(r["image"])
+        for c in columns:
+            listed.update(f for f in r.get(c, "").split(";") if f and not f.isdigit())
+    for path in sorted(images.rglob("*"), reverse=True):
+        rel = path.relative_to(images).as_posix()
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif rel not in listed:
+            path.unlink()
+
+
 # ---------------------------------------------------------------------------------------------
 # The driver
 
@@ -522,6 +539,7 @@ def build_broden(out: Union[str, Path], items: Sequence[SourceItem], params: dic
             splits[split] += 1
             w.writerow([r["image"], split, r["ih"], r["iw"], r["sh"], r["sw"]]
                        + [r.get(c, "") for c in columns])
+    _sweep_images(work / "images", rows, columns)
     report = check_dataset(work, workers=4, progress=progress)
     report.root = out
     if not report.ok:

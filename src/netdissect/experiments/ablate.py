@@ -82,21 +82,24 @@ def control_sets(units: int, chosen: Sequence[int], n_sets: int, seed: int) -> L
 # --------------------------------------------------------------------------- evaluating
 
 @contextmanager
-def zeroed(module: torch.nn.Module, layer: str, units: Sequence[int]):
-    """Within the block, ``layer``'s output has ``units`` set to 0 (a forward hook)."""
+def zeroed(module: torch.nn.Module, layer: str, units: Sequence[int], layout=None):
+    """Within the block, ``layer``'s output has ``units`` set to 0 (a forward hook), in the
+    layer's own layout (``layouts.Layout``; default N x K x ...): a unit of a token or NHWC map
+    is its channel, zeroed at every position (every token, the class token too)."""
+    from ..layouts import Layout, replace_selected, select_output, split_layer
     if not units:
         yield
         return
-    target = dict(module.named_modules())[layer]
+    target = dict(module.named_modules())[split_layer(layer)[0]]
     index = torch.tensor(list(units), dtype=torch.int64)
+    layout = layout or Layout("nchw")
 
     def hook(mod, inputs, output):
-        if not isinstance(output, torch.Tensor) or output.dim() < 2:
+        value = select_output(output, layer)
+        if value.dim() < 2:
             raise NetDissectError(f"layer {layer!r} does not output a N x K (x h x w) tensor; ablate a "
-                                  "convolutional layer")
-        out = output.clone()
-        out[:, index.to(out.device)] = 0
-        return out
+                                  "layer that `netdissect layers` marks dissectable")
+        return replace_selected(output, layer, layout.zero_units(value, index))
 
     handle = target.register_forward_hook(hook)
     try:
@@ -108,7 +111,7 @@ def zeroed(module: torch.nn.Module, layer: str, units: Sequence[int]):
 def evaluate(loaded, layer: str, labeled, conditions: Dict[str, Sequence[int]], batch_size: int = 32,
              device: str = "auto", progress: bool = False) -> Dict[str, dict]:
     """Accuracy (overall and per class) of the model with each condition's units zeroed."""
-    from ..hooks import check_layer_names
+    from ..hooks import check_layer_names, layer_layout
     from ..pipeline import Normalizer, resolve_device
     dev = resolve_device(device)
     module = loaded.module.eval().to(dev)
@@ -119,12 +122,15 @@ def evaluate(loaded, layer: str, labeled, conditions: Dict[str, Sequence[int]], 
     class_total = np.zeros(n_classes, np.int64)
     from .common import batches
     with torch.no_grad():
+        layout = None
         for images, targets in batches(labeled, batch_size):
             x = normalize(images)
+            if layout is None:
+                layout = layer_layout(module, layer, tuple(x.shape[-2:]))
             t = targets.to(dev)
             class_total += np.bincount(targets.numpy(), minlength=n_classes)[:n_classes]
             for name, units in conditions.items():
-                with zeroed(module, layer, units):
+                with zeroed(module, layer, units, layout):
                     logits = module(x)
                 if logits.dim() != 2 or logits.shape[1] != n_classes:
                     raise NetDissectError(f"the model outputs shape {tuple(logits.shape)} but the labeled set has "

@@ -9,6 +9,14 @@ so unit k contributes W[c, k] * mean a_k to the prediction, exactly. The units t
 most are shown with their dissection label and IoU (read from the run directory where L was
 dissected) and their activation map over the image, outlined where the unit exceeds its
 dissection threshold. Output: explain.html (self-contained), explain.png and explain.json.
+
+Vision transformers (layouts.py): the head of a ViT sees either the mean of the patch tokens
+(timm ``global_pool='avg'`` without ``fc_norm``: the same exact decomposition over the patch
+maps) or the class token (timm ``global_pool='token'``, torchvision ``vit_b_16``): then
+logit_c = sum_k W[c, k] * cls_k + b_c, so unit k contributes W[c, k] times its class-token
+value, and the map shown is the unit over the patch tokens. Both are exact only for the layer
+whose tokens the head reads directly (timm ``norm``, torchvision ``encoder.ln``); a head with
+a norm after the pooling (``fc_norm``) is refused.
 """
 from __future__ import annotations
 
@@ -28,14 +36,17 @@ from ..errors import LayerError, ModelError, NetDissectError
 UNIT_REGION_RGB = (240, 228, 66)  # Okabe-Ito yellow: where the unit exceeds its threshold
 
 
-def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor):
+def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: Optional[dict] = None):
     """Run the model once; return (layer output (1, K, h, w), maps used, fc name, fc, logits).
 
     Checks that the final nn.Linear's input is the global average of the layer's output (or of
-    its ReLU); raises LayerError otherwise."""
-    from ..hooks import check_layer_names
+    its ReLU), or for a token layer its class token; raises LayerError otherwise. ``details``
+    receives ``pooling`` (what the head reads) and ``pooled`` (1, K): the values it reads."""
+    from ..hooks import check_layer_names, layer_layout
+    from ..layouts import select_output, split_layer
     from .common import final_linear
     check_layer_names(module, [layer])
+    layout = layer_layout(module, layer, tuple(x.shape[-2:]))
     fc_name, fc = final_linear(module)
     modules = dict(module.named_modules())
     seen = {}
@@ -47,7 +58,7 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor):
         seen.setdefault("fc_in", inputs[0])
         seen.setdefault("fc_out", output)
 
-    handles = [modules[layer].register_forward_hook(grab_layer), fc.register_forward_hook(grab_fc)]
+    handles = [modules[split_layer(layer)[0]].register_forward_hook(grab_layer), fc.register_forward_hook(grab_fc)]
     try:
         with torch.no_grad():
             module(x)
@@ -59,9 +70,12 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor):
     if "fc_in" not in seen:
         raise ModelError(f"the final nn.Linear {fc_name!r} did not run in the forward pass; explain needs a "
                          "classifier ending in one nn.Linear")
-    a = seen["layer"]
+    raw = select_output(seen["layer"], layer)
+    a = layout.to_maps(raw, tuple(x.shape[-2:]))
     hint = ("explain supports heads of the form: layer -> global average pooling -> [dropout] -> one nn.Linear "
-            "(torchvision resnet: layer4; mobilenet_v2 / efficientnet: features); pick the layer whose "
+            "(torchvision resnet: layer4; mobilenet_v2 / efficientnet: features), or for a vision "
+            "transformer the class token or the mean of the patch tokens of the layer the head reads "
+            "(timm: norm; torchvision vit: encoder.ln); pick the layer whose "
             f"pooled output is the input of {fc_name!r}")
     if not isinstance(a, torch.Tensor) or a.dim() != 4:
         raise LayerError(f"layer {layer!r} does not output N x K x h x w maps; {hint}")
@@ -69,9 +83,15 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor):
     if z.shape[1] != a.shape[1]:
         raise LayerError(f"layer {layer!r} has {a.shape[1]} units but the classifier {fc_name!r} takes "
                          f"{z.shape[1]} inputs: the layer does not feed it directly; {hint}")
-    for maps in (a, F.relu(a)):
-        pooled = maps.float().mean(dim=(2, 3))
-        if torch.allclose(pooled, z.float(), rtol=1e-3, atol=1e-4 * max(1.0, float(z.abs().max()))):
+    close = dict(rtol=1e-3, atol=1e-4 * max(1.0, float(z.abs().max())))
+    candidates = [(a, a.float().mean(dim=(2, 3)), "global average pooling"),
+                  (F.relu(a), F.relu(a).float().mean(dim=(2, 3)), "global average pooling of the ReLU")]
+    if layout.kind == "tokens" and layout.prefix >= 1:
+        candidates.append((a, raw[:, 0].float(), "the class token"))
+    for maps, pooled, pooling in candidates:
+        if pooled.shape == z.shape and torch.allclose(pooled, z.float(), **close):
+            if details is not None:
+                details.update(pooling=pooling, pooled=pooled, layout=layout.describe())
             return a, maps, fc_name, fc, seen["fc_out"].reshape(1, -1)
     raise LayerError(f"the input of {fc_name!r} is not the global average of layer {layer!r}'s output "
                      f"(max difference {float((a.float().mean(dim=(2, 3)) - z.float()).abs().max()):.3g}); {hint}")
@@ -88,7 +108,8 @@ def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, siz
     mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(loaded.std, dtype=torch.float32).view(1, 3, 1, 1)
     x = ((torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0 - mean) / std).to(device)
-    a, maps, fc_name, fc, logits = pooled_head(module, layer, x)
+    head: dict = {}
+    a, maps, fc_name, fc, logits = pooled_head(module, layer, x, head)
     k = maps.shape[1]
     dissected = load_layer(run, layer)
     if dissected.units != k:
@@ -111,7 +132,7 @@ def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, siz
     else:
         c = _resolve_class(target, names)
     weight = fc.weight[c].detach().float().cpu()
-    mean_act = maps[0].float().mean(dim=(1, 2)).cpu()
+    mean_act = head["pooled"][0].float().cpu()  # what the classifier reads of each unit
     contrib = weight * mean_act
     bias = float(fc.bias[c].detach()) if fc.bias is not None else 0.0
     logit = float(logits[0, c])
@@ -136,6 +157,7 @@ def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, siz
     return {
         "image": str(image), "model": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
         "layer": layer, "classifier": fc_name, "run": str(run), "input_size": list(rgb.shape[:2]),
+        "pooling": head["pooling"], "layout": head["layout"],
         "predicted": {"index": predicted, "name": names[predicted], "probability": float(probs[predicted])},
         "explained": {"index": c, "name": names[c], "probability": float(probs[c]), "logit": logit, "bias": bias},
         "sum_of_contributions": float(contrib.sum()),
@@ -283,11 +305,11 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }} img {{ displ
 {warn}
 <div class="head"><img src="{_data_uri(_png_bytes(big))}" alt="input image">
 <div><p><b>image</b> {e(info['image'])}<br><b>model</b> {e(str(info['model']))}<br><b>layer</b> {e(info['layer'])}
- &rarr; global average pooling &rarr; <code>{e(info['classifier'])}</code><br><b>dissection</b> {e(info['run'])}</p>
+ &rarr; {e(info.get('pooling', 'global average pooling'))} &rarr; <code>{e(info['classifier'])}</code><br><b>dissection</b> {e(info['run'])}</p>
 <p><b>predicted</b> {e(pred['name'])} (p = {pred['probability']:.3f})</p>{target_note}
 <p>top classes:</p><ol>{top}</ol>
 <p>logit of <q>{e(expl['name'])}</q> = {expl['logit']:.4g} = sum of unit contributions {info['sum_of_contributions']:.4g}
- + bias {expl['bias']:.4g}. Contribution of a unit = class weight &times; its mean activation over the image.</p></div></div>
+ + bias {expl['bias']:.4g}. Contribution of a unit = class weight &times; {'its value in the class token' if info.get('pooling') == 'the class token' else 'its mean activation over the image'}.</p></div></div>
 <h2>Units that contribute most</h2>
 <p>Heat map: the unit's activation over the image; outlined in yellow where it exceeds the unit's dissection
 threshold (the level its top activations exceed over the whole dataset). Label and IoU come from the dissection (IoU &gt; {info['iou_threshold']:g}: a detector).</p>

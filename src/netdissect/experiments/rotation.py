@@ -186,10 +186,11 @@ class RotatedLayer(nn.Module):
     output is unchanged."""
 
     def __init__(self, model: nn.Module, layer: str, rotation: np.ndarray, alphas: Sequence[float],
-                 method: str = "auto"):
+                 method: str = "auto", layout: str = "auto"):
         super().__init__()
+        from ..layouts import split_layer
         modules = dict(model.named_modules())
-        if layer not in modules or not layer:
+        if split_layer(layer)[0] not in modules or not layer:
             from ..hooks import check_layer_names
             check_layer_names(model, [layer])
         self.model = model
@@ -202,8 +203,13 @@ class RotatedLayer(nn.Module):
                                                    else np.eye(rotation.shape[0]))
                                       for key, a in zip(keys, self.alphas)})
         self.layer_names = {a: f"rotated.{key}" for a, key in zip(self.alphas, keys)}
+        self.layout = layout   # how the layer holds maps (layouts.py), decided at the first forward
+        self._layouts = {}
+        self._size = None
 
     def _fan_out(self, module, inputs, output):
+        from ..layouts import select_output
+        output = self._layouts[self._size].to_maps(select_output(output, self.layer), self._size)
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
             raise LayerError(f"layer {self.layer!r} does not output N x K x h x w activations; rotate a "
                              "convolutional layer")
@@ -214,18 +220,23 @@ class RotatedLayer(nn.Module):
             rot(output)
 
     def forward(self, x):
-        handle = dict(self.model.named_modules())[self.layer].register_forward_hook(self._fan_out)
+        from ..hooks import layer_layout
+        from ..layouts import split_layer
+        self._size = tuple(x.shape[-2:])
+        if self._size not in self._layouts:
+            self._layouts[self._size] = layer_layout(self.model, self.layer, self._size, self.layout)
+        handle = dict(self.model.named_modules())[split_layer(self.layer)[0]].register_forward_hook(self._fan_out)
         try:
             return self.model(x)
         finally:
             handle.remove()
 
 
-def layer_units(module: nn.Module, layer: str, image_size) -> int:
+def layer_units(module: nn.Module, layer: str, image_size, layout: str = "auto") -> int:
     """K of a layer, from one forward pass on a blank image of the given (h, w)."""
     from ..hooks import LayerCapture, check_activation_shape
     x = torch.zeros(1, 3, *image_size)
-    with torch.no_grad(), LayerCapture(module.eval(), [layer]) as capture:
+    with torch.no_grad(), LayerCapture(module.eval(), [layer], layout=layout) as capture:
         out = capture(x)[layer]
     return check_activation_shape(layer, out)[0]
 
@@ -255,11 +266,12 @@ def run_rotation(model, layer: str, dataset, out, alphas: Sequence[float] = (0, 
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=params.get("split"), categories=params.get("categories"), limit=params.get("limit"))
     rec = ds.records[0]
-    k = layer_units(loaded.module, layer, (rec.ih, rec.iw))
+    layout = params.pop("layout", "auto")  # of the layer rotated; the rotated maps are N x K x h x w
+    k = layer_units(loaded.module, layer, (rec.ih, rec.iw), layout)
     q = random_rotation(k, seed)
     used = "schur (scipy.linalg.schur, output='real')" if (method == "schur" or (method == "auto" and have_scipy())) \
         else "symmetric/skew decomposition (numpy)"
-    wrapper = RotatedLayer(loaded.module, layer, q, alphas, method=method)
+    wrapper = RotatedLayer(loaded.module, layer, q, alphas, method=method, layout=layout)
     wrapped = LoadedModel(wrapper, loaded.mean, loaded.std, spec=f"{loaded.spec} [rotated {layer}, seed {seed}]",
                           weights=loaded.weights, checkpoint=loaded.checkpoint, kind="rotation",
                           extra={"rotation": {"layer": layer, "seed": seed, "alphas": alphas}})
