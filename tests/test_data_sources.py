@@ -124,6 +124,15 @@ def test_ade20k_json_only_class_without_name_is_unlabeled(tmp_path, capsys):
     assert lab["car"]["coverage"] == "0.750000", "car: 0.5 in image 1, 0.25 in image 2"
 
 
+def test_ade20k_scene_names():
+    from netdissect.data.ade20k import scene_name
+    assert scene_name("/street") == scene_name(["outdoor", "urban", "street"]) == "street-s"
+    assert scene_name("parking_garage/indoor") == "parking_garage-indoor-s"
+    assert scene_name("bus_station - indoor") == "bus_station-indoor-s"
+    assert scene_name(np.str_("kitchen")) == scene_name(["kitchen"]) == "kitchen-s"
+    assert scene_name("~not labeled") == scene_name([]) == scene_name("") == ""
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_ade20k_index_with_arrays_loads_in_every_protocol(tmp_path, protocol):
     from netdissect.data.ade20k import load_index

@@ -35,7 +35,7 @@ from .quantile import exact_memory_bytes
 from .segstore import SegmentationStore
 from .streaming import LayerStream
 from .tally import IoUTally, combination_counts, encode_segmentation
-from .upsample import MODES, make_upsampler, measure_receptive_field
+from .upsample import MODES, ReceptiveField, make_upsampler, measure_receptive_field
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class LayerResult:
     topk_score: Optional[np.ndarray] = None   # (K, k)
     topk_maps: Optional[np.ndarray] = None    # (K, k, h, w)
     layout: Optional[dict] = None             # how the layer's output was read as maps (layouts.py)
+    receptive_field: Optional[ReceptiveField] = None   # rf mode: how maps were placed (the report redraws them)
 
     @property
     def units(self) -> int:
@@ -156,6 +157,9 @@ class LayerResult:
             "map_shape": list(self.map_shape),
             "iou_threshold": self.iou_threshold,
             **({"layout": self.layout} if self.layout else {}),
+            **({"receptive_field": {"offset": list(self.receptive_field.offset),
+                                    "stride": list(self.receptive_field.stride)}}
+               if self.receptive_field is not None else {}),
         }
 
 
@@ -433,9 +437,10 @@ class _Engine:
         # 2. thresholds
         thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
         # 3. tally intersections and unions at those thresholds
-        tallies = {}
+        tallies, fields = {}, {}
         for name, stream in streams.items():
             field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
+            fields[name] = field_
             tallies[name] = _LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
                                         config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store)
             for chunk in stream.pairs.final_pairs(tallies[name].thr):
@@ -459,7 +464,8 @@ class _Engine:
                 categories=vocab.categories, iou_threshold=config.iou_threshold, map_shape=stream.map_shape,
                 topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
                 topk_maps=stream.topk.maps.cpu().numpy(),
-                layout=self.layouts[name].to_dict() if name in self.layouts else None)
+                layout=self.layouts[name].to_dict() if name in self.layouts else None,
+                receptive_field=fields[name])
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
                                 manifest=self.run_dir.manifest if self.run_dir is not None else manifest(self.loaded, ds, config), seconds=time.time() - start,

@@ -560,7 +560,17 @@ def load_layer(out, layer: str):
         map_shape=tuple(summary["layers"][layer]["map_shape"]),
         topk_index=None if topk is None else topk["image_index"],
         topk_score=None if topk is None else topk["score"],
-        topk_maps=None if topk is None else topk["maps"].astype(np.float32))
+        topk_maps=None if topk is None else topk["maps"].astype(np.float32),
+        receptive_field=_receptive_field(summary["layers"][layer].get("receptive_field")))
+
+
+def _receptive_field(saved):
+    """The rf-mode placement recorded in summary.json (None in bilinear mode)."""
+    from .upsample import ReceptiveField
+    if not saved:
+        return None
+    return ReceptiveField(offset=tuple(float(v) for v in saved["offset"]),
+                          stride=tuple(float(v) for v in saved["stride"]))
 
 
 def read_json(path: Path) -> dict:

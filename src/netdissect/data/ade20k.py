@@ -14,8 +14,8 @@ Two releases are understood:
   other), names from ``objectInfo150.csv`` (``building;edifice``), scenes from
   ``sceneCategories.txt``. No parts.
 
-The scene of an image is the last '/'-separated component of its scene name, with Broden's
-suffix ``-s`` (``street-s``); names starting with '~' mean unlabeled.
+Scenes get Broden's suffix ``-s`` (``street-s``); see :func:`scene_name`. Names starting
+with '~' mean unlabeled.
 """
 from __future__ import annotations
 
@@ -48,11 +48,17 @@ def split_names(text: str, sep: str = ",") -> Tuple[str, List[str]]:
 
 
 def scene_name(raw) -> str:
-    """A scene value (string or list of strings) -> Broden scene label name, '' if none."""
+    """A scene value -> Broden scene label name ('' when unlabeled).
+
+    The index's strings are normalized as Broden did (' - ' -> '-', '/' -> '-', so
+    ``parking_garage/indoor`` -> ``parking_garage-indoor-s``, a leading '/' dropped). An
+    image JSON's list (``['outdoor', 'urban', 'street']``: indoor/outdoor, group, scene) is
+    read from its third level on, joined the same way.
+    """
     if isinstance(raw, (list, tuple, np.ndarray)):
-        raw = raw[-1] if len(raw) else ""
-    text = str(raw).replace(" - ", "-").strip().strip("/")
-    text = text.rsplit("/", 1)[-1].strip().lower()
+        parts = [str(p) for p in raw]
+        raw = "/".join(parts[2:] if len(parts) > 2 else parts[-1:])
+    text = str(raw).strip().replace(" - ", "-").strip("/").replace("/", "-").lower()
     if not text or text.startswith("~") or text == "-":
         return ""
     return text + SCENE_SUFFIX

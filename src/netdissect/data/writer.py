@@ -153,6 +153,19 @@ def encode_jpeg(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _dense_codes(codes: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dense ids shaped like codes, code of each id, pixels per id). Small codes index
+    directly (bincount); large ones (COCO's segment ids reach 2^24) go through np.unique so
+    no table of 2^24 entries is allocated per image."""
+    if codes.size == 0:
+        return codes, np.zeros(1, np.int64), np.zeros(1, np.int64)
+    if int(codes.max()) < max(65536, codes.size):
+        counts = np.bincount(codes.ravel())
+        return codes, np.arange(len(counts)), counts
+    values, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    return inverse.reshape(codes.shape), values, counts
+
+
 def _record_id(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]
 
@@ -205,9 +218,10 @@ def process_item(work: Path, item: SourceItem, size: Optional[int], colors: bool
             if codes.size and codes.min() < 0:
                 raise NetDissectError(f"{item.origin}: negative class value in the {cat} "
                                       "annotation")
-            counts = np.bincount(codes.ravel()) if codes.size else np.zeros(1, np.int64)
-            lut = np.zeros(len(counts), dtype=np.uint16)
-            for code in np.flatnonzero(counts):
+            dense, values, counts = _dense_codes(codes)
+            lut = np.zeros(len(values), dtype=np.uint16)
+            for d in np.flatnonzero(counts):
+                code = values[d]
                 if code == 0:
                     continue
                 name = table.get(int(code))
@@ -218,11 +232,11 @@ def process_item(work: Path, item: SourceItem, size: Optional[int], colors: bool
                 if name not in local:
                     names.append(name)
                     local[name] = len(names)
-                lut[code] = local[name]
+                lut[d] = local[name]
                 cat_stats = stats.setdefault(cat, {})
-                cat_stats[name] = cat_stats.get(name, 0.0) + counts[code] / npix
+                cat_stats[name] = cat_stats.get(name, 0.0) + counts[d] / npix
             stats.setdefault(cat, {})
-            out_levels.append(lut[resize_nearest(codes, (sh, sw))])
+            out_levels.append(lut[resize_nearest(dense, (sh, sw))])
         if out_levels:
             planes[cat] = out_levels
     image_labels = {cat: list(dict.fromkeys(v)) for cat, v in ann.image.items() if v}

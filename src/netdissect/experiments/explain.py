@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import LayerError, ModelError, NetDissectError
 
-UNIT_REGION_RGB = (240, 228, 66)  # Okabe-Ito yellow: where the unit exceeds its threshold
+from ..report.colors import UNIT_REGION_RGB   # the report's colour for where the unit exceeds its threshold
 
 
 def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: Optional[dict] = None):
@@ -101,6 +101,7 @@ def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, siz
                   device: str = "cpu") -> dict:
     """The numbers of one explanation (see the module docstring), plus the maps for drawing."""
     from ..runs import load_layer, read_json
+    from ..upsample import make_upsampler
     from .common import class_names_of, load_rgb
 
     module = loaded.module.eval().to(device)
@@ -141,7 +142,15 @@ def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, siz
     thresholds = dissected.thresholds
     positive = float(contrib.clamp(min=0).sum())
     native = maps[0].float().cpu()
-    up = F.interpolate(native[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0].numpy()
+    # the run's own upsampler (bilinear, or rf placement), so the outline is the rule that was scored
+    mode = (read_json(Path(run) / "summary.json").get("parameters") or {}).get("upsample", "bilinear")
+    if mode == "rf" and dissected.receptive_field is None:
+        warnings.append(f"{run} was dissected with --upsample rf but recorded no receptive field: "
+                        "the maps are drawn bilinear")
+        mode = "bilinear"
+    upsample = make_upsampler(mode, tuple(native.shape[1:]), tuple(rgb.shape[:2]),
+                              field=dissected.receptive_field, image=tuple(rgb.shape[:2]))
+    up = upsample(native).numpy()
     units = []
     for u in order:
         label, category, iou = labels[u]
@@ -311,7 +320,7 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }} img {{ displ
 <p>logit of <q>{e(expl['name'])}</q> = {expl['logit']:.4g} = sum of unit contributions {info['sum_of_contributions']:.4g}
  + bias {expl['bias']:.4g}. Contribution of a unit = class weight &times; {'its value in the class token' if info.get('pooling') == 'the class token' else 'its mean activation over the image'}.</p></div></div>
 <h2>Units that contribute most</h2>
-<p>Heat map: the unit's activation over the image; outlined in yellow where it exceeds the unit's dissection
+<p>Heat map: the unit's activation over the image; outlined in magenta where it exceeds the unit's dissection
 threshold (the level its top activations exceed over the whole dataset). Label and IoU come from the dissection (IoU &gt; {info['iou_threshold']:g}: a detector).</p>
 <table><tr><th>#</th><th>activation</th><th>unit, label</th><th>contribution</th><th>weight &times; mean activation</th><th>area above threshold</th></tr>
 {''.join(rows)}

@@ -3,17 +3,17 @@
     from netdissect.report import render_report
     index = render_report("runs/resnet18")   # -> runs/resnet18/report/index.html
 
-Renders from the run directory's saved artefacts alone (config.json, summary.json, and per layer
-units.csv, iou.npz, thresholds.npy, topk.npz) plus the dataset's images and segmentations for
-the image strips: no model, no recomputation. Writes
+Renders from the run directory's saved files alone (read through netdissect.runs) plus the
+dataset's images and segmentations: no model, no recomputation. Writes
 
-    OUT/report/                 self-contained: index.html, concepts.html, layer-<layer>.html,
-                                assets/, figures/*.svg, strips/<layer>/unit_<n>.jpg
-    OUT/<layer>/unit_<n>.jpg    one strip per unit (the same files as in the report)
-    OUT/figures/*.svg           figures for papers
+    OUT/report/        self-contained: index.html, concepts.html, layer-<layer>.html, assets/,
+                       images/ (each shown dataset image once, JPEG atlases),
+                       strips/<layer>/ (the units' overlays, PNG sheets),
+                       figures/ (SVG and PNG), data/ (summary.json, <layer>/units.csv)
+    OUT/figures/       the same figures, for papers
 
-The report folder opens from disk (file://) in any browser and can be zipped alone: no server,
-no file outside it, no network request.
+The folder opens from disk (file://), can be zipped alone, makes no network request and holds
+no hard link.
 """
 from __future__ import annotations
 
@@ -22,14 +22,16 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import NetDissectError, RunError
-from .experiments import copy_experiment_pages
 from . import figures as _figures
-from .html import concepts_html, layer_data, layer_html, layer_page, overview_page
-from .rundir import IMAGE_CATEGORIES, RunData, layer_stats, load_run
-from .strips import render_layer_strips, reuse_layer_strips
+from .experiments import copy_experiment_pages
+from .html import (category_bars, common, concept_sections, heat_data, iou_scale, layer_data,
+                   layer_page, quantile_text, render, search_index, atlas_data, tiles_layout,
+                   unit_tiles, _categories)
+from .runview import IMAGE_CATEGORIES, RunView, load_run
+from .tiles import LayerTiles, load_images, progress_bar, render_layer_tiles, wanted_images, write_atlases
 
 __all__ = ["render_report"]
 
@@ -44,18 +46,14 @@ def _version() -> str:
         return "unknown"
 
 
-def _open_dataset(run: RunData) -> Tuple[Any, str]:
+def _open_dataset(run: RunView) -> Tuple[Any, str]:
     """The run's dataset selection, or (None, why not)."""
     ds = run.dataset
     if ds.path is None:
         return None, "config.json records no dataset path, so the images cannot be shown"
     if not ds.path.exists():
-        return None, (f"dataset {ds.path} not found (moved or deleted?); "
-                      "image strips rendered earlier are reused where present")
-    try:
-        from ..broden import BrodenDataset
-    except ImportError as exc:  # pragma: no cover - the package ships broden.py
-        return None, f"the Broden reader is unavailable ({exc})"
+        return None, f"dataset {ds.path} not found (moved or deleted?): the images cannot be shown"
+    from ..broden import BrodenDataset
     try:
         dataset = BrodenDataset(ds.path, split=ds.split, categories=ds.categories, limit=ds.limit)
     except NetDissectError as exc:
@@ -68,98 +66,187 @@ def _open_dataset(run: RunData) -> Tuple[Any, str]:
             digest = None
         if digest and digest != ds.index_digest:
             note = (f"the dataset at {ds.path} changed since the run (index digest differs): "
-                    "image strips may not match the statistics")
+                    "the images may not match the statistics")
+    if len(dataset) and len({(r.ih, r.iw, r.sh, r.sw) for r in dataset.records}) != 1:
+        return None, f"dataset {ds.path} holds images of several sizes: the images cannot be shown"
     return dataset, note
 
 
-def _write_assets(report: Path) -> None:
-    dst = report / "assets"
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("style.css", "report.js"):
-        shutil.copyfile(ASSETS / name, dst / name)
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)      # a copy, never a link: the folder must travel alone
+
+
+def _figures_of(run: RunView, root: Path, stage: Path) -> Tuple[Dict[str, Dict[str, str]], Optional[str]]:
+    fig_dir = root / "figures"
+
+    def fig(name: str, make) -> str:
+        path = make(fig_dir / name)
+        for p in (path, path.with_suffix(".png")):
+            _copy(p, stage / "figures" / p.name)
+        return f"figures/{name}"
+
+    cats, thr = run.categories, run.iou_threshold
+    figs: Dict[str, Dict[str, str]] = {}
+    for layer in run.layers:
+        d = layer.dirname
+        figs[layer.name] = {
+            "unique": fig(f"{d}_unique_per_category.svg",
+                          lambda p: _figures.unique_per_category(layer, cats, thr, p)),
+            "concepts": fig(f"{d}_units_per_concept.svg", lambda p: _figures.concepts(layer, cats, thr, p)),
+            "hist": fig(f"{d}_iou_histogram.svg", lambda p: _figures.iou_histogram(layer, cats, thr, p)),
+        }
+    cross = None
+    if len(run.layers) > 1:
+        cross = fig("layers_unique_per_category.svg",
+                    lambda p: _figures.layers_unique(run.layers, cats, thr, p))
+    return figs, cross
+
+
+def _flat_params(cfg: Any, prefix: str = "") -> List[Tuple[str, str]]:
+    out: List[Tuple[str, str]] = []
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                out.extend(_flat_params(v, key + "."))
+            elif isinstance(v, (list, tuple)):
+                if all(not isinstance(x, (dict, list)) for x in v):
+                    s = ", ".join(str(x) for x in v)
+                    out.append((key, s if len(s) < 160 else s[:157] + "..."))
+            else:
+                out.append((key, "" if v is None else str(v)))
+    return out
 
 
 def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bool = False,
-                  *, cell: int = 128, quality: int = 85,
-                  workers: Optional[int] = None) -> Path:
+                  *, workers: Optional[int] = None) -> Path:
     """Render OUT/report/ from run directory OUT; return the path of OUT/report/index.html.
 
-    top_k: images per strip (at most the k stored in topk.npz). cell: strip image height in
-    pixels. workers: processes loading images (default: up to 4, never more than the CPUs).
-    """
+    top_k: images per unit (at most the k stored in topk.npz). workers: processes decoding
+    images (default: up to 4, never more than the CPUs)."""
     root = Path(run_dir)
-    run = load_run(root)
     if top_k < 1:
         raise RunError(f"top_k must be at least 1, got {top_k}")
+    run = load_run(root)
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
-
     dataset, dataset_note = _open_dataset(run)
     if dataset_note:
         run.report_warnings.append(dataset_note)
-    image_level = list(getattr(dataset, "image_categories", None) or IMAGE_CATEGORIES) \
-        if dataset is not None else list(IMAGE_CATEGORIES)
-
-    stats = [layer_stats(l, run.categories, run.iou_threshold) for l in run.layers]
+    image_level = list(getattr(dataset, "image_categories", None) or IMAGE_CATEGORIES)
+    version = _version()
 
     stage = Path(tempfile.mkdtemp(prefix=".report-", dir=root))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(stage, 0o777 & ~umask)        # mkdtemp makes it private; the report is to share
     try:
-        _write_assets(stage)
-        fig_dir = root / "figures"
-        figs: Dict[str, Dict[str, str]] = {}
+        (stage / "assets").mkdir()
+        for name in ("style.css", "report.js"):
+            _copy(ASSETS / name, stage / "assets" / name)
+        _copy(root / "summary.json", stage / "data" / "summary.json")
+        for layer in run.layers:
+            _copy(root / layer.dirname / "units.csv", stage / "data" / layer.dirname / "units.csv")
+        figs, cross = _figures_of(run, root, stage)
 
-        def fig(name: str, make) -> str:
-            path = make(fig_dir / name)
-            (stage / "figures").mkdir(exist_ok=True)
-            shutil.copyfile(path, stage / "figures" / name)
-            return f"figures/{name}"
+        tiles: Dict[str, Optional[LayerTiles]] = {l.name: None for l in run.layers}
+        atlas = None
+        names: List[str] = []
+        layer_notes: Dict[str, List[str]] = {l.name: [] for l in run.layers}
+        if dataset is not None and len(dataset):
+            names = [r.image for r in dataset.records]
+            for layer in run.layers:
+                idx = layer.result.topk_index
+                if idx is not None:
+                    bad = int(((idx >= len(dataset)) | (idx < -1)).sum())
+                    if bad:
+                        run.report_warnings.append(
+                            f"{layer.name}: {bad} top-k image indices lie beyond the dataset selection "
+                            f"({len(dataset)} images): the dataset differs from the run's")
+            jobs = wanted_images(run.layers, len(dataset), top_k, image_level)
+            bar = progress_bar(progress, len(jobs), "report: images", "img")
+            loaded = load_images(dataset, jobs, workers, bar)
+            if bar is not None:
+                bar.close()
+            atlas = write_atlases({i: img for i, img, _ in loaded}, stage)
+            masks = {i: m for i, _, m in loaded}
+            del loaded
+            for layer in run.layers:
+                if layer.result.topk_index is None:
+                    layer_notes[layer.name].append("the run kept no top images (topk.npz missing)")
+                    continue
+                lt = render_layer_tiles(layer, dataset, masks, run.upsample, top_k, stage)
+                if lt.note:
+                    run.report_warnings.append(lt.note)
+                tiles[layer.name] = lt
+                if progress:
+                    print(f"report: {layer.name}: {layer.size} units", file=sys.stderr)
+        else:
+            for layer in run.layers:
+                layer_notes[layer.name].append("no images: " + (dataset_note or "the dataset is empty"))
 
-        cats = run.categories
-        thr = run.iou_threshold
-        for layer, st in zip(run.layers, stats):
-            figs[layer.name] = {
-                "unique": fig(f"{layer.dirname}_unique_per_category.svg",
-                              lambda p: _figures.unique_per_category(layer, st, cats, thr, p)),
-                "concepts": fig(f"{layer.dirname}_units_per_concept.svg",
-                                lambda p: _figures.concepts(layer, st, cats, thr, p)),
-                "hist": fig(f"{layer.dirname}_iou_histogram.svg",
-                            lambda p: _figures.iou_histogram(layer, cats, thr, p)),
-            }
-        cross = None
-        if len(run.layers) > 1:
-            cross = fig("layers_unique_per_category.svg",
-                        lambda p: _figures.layers_unique([l.name for l in run.layers], stats,
-                                                         cats, thr, p))
-
-        strip_files: Dict[str, Dict[int, str]] = {}
-        for layer, st in zip(run.layers, stats):
-            strips = {}
-            note = dataset_note
-            if dataset is not None and layer.topk_index is not None:
-                bad = int(((layer.topk_index >= len(dataset))).sum())
-                if bad:
-                    msg = (f"{layer.name}: {bad} top-k image indices lie beyond the dataset "
-                           f"selection ({len(dataset)} images): the dataset differs from the run's")
-                    run.report_warnings.append(msg)
-                strips = render_layer_strips(dataset, layer, root, stage, image_level, top_k=top_k,
-                                             cell=cell, quality=quality, workers=workers,
-                                             progress=progress)
-            elif layer.topk_index is not None:
-                strips = reuse_layer_strips(layer, root, stage)
-            strip_files[layer.name] = {u: s.file for u, s in strips.items()}
-            data = layer_data(run, layer, st, strips, image_level, top_k)
-            page = layer_html(run, layer, st, data, figs[layer.name], bool(strips), note)
+        scale = iou_scale(run)
+        ctx = common(run, "overview", version)
+        colors = ctx["colors"]
+        sections = concept_sections(run, colors)
+        with_section = {(s["label"], s["cat"]) for s in sections}
+        for layer in run.layers:
+            lctx = common(run, "layer:" + layer.name, version)
+            cats_present = sorted({u.category for u in layer.units if u.category},
+                                  key=lambda c: (run.categories.index(c) if c in run.categories else 99, c))
+            page = render(
+                "layer.html", **lctx, page_kind="layer", layer=layer,
+                layer_warnings=layer_notes[layer.name], quantile_text=quantile_text(run),
+                bars=category_bars(layer, run.categories, colors),
+                fig_unique=figs[layer.name]["unique"], fig_hist=figs[layer.name]["hist"],
+                fig_concepts=figs[layer.name]["concepts"],
+                cat_options=[(c, sum(1 for u in layer.units if u.category == c)) for c in cats_present],
+                data=layer_data(run, layer, tiles[layer.name], atlas, names, colors, scale, image_level, top_k, with_section),
+                heat=heat_data(tiles[layer.name]))
             (stage / layer_page(layer)).write_text(page, encoding="utf-8")
-            if progress:
-                print(f"report: {layer.name}: {len(strips)} strips", file=sys.stderr)
 
-        (stage / "concepts.html").write_text(concepts_html(run, stats, strip_files), encoding="utf-8")
+        by_cat: Dict[str, list] = {}
+        for s in sections:
+            by_cat.setdefault(s["cat"], []).append(s)
+        cats = [c for c in list(run.categories) + sorted(set(by_cat) - set(run.categories)) if c in by_cat]
+        evidence = {}
+        used = set()
+        for s in sections:
+            if s["evidence"]:
+                li, k, _ = s["evidence"]
+                x = unit_tiles(tiles[run.layers[li].name], k)
+                evidence[f"{li}:{k}"] = x
+                used.update(t[0] for t in x)
+        concepts_data = {"page": "concepts", "atlas": atlas_data(atlas, used, names),
+                         "layers": [{"name": l.name, "page": layer_page(l), "tiles": tiles_layout(tiles[l.name])}
+                                    for l in run.layers],
+                         "evidence": evidence}
+        (stage / "concepts.html").write_text(render(
+            "concepts.html", **common(run, "concepts", version), page_kind="concepts",
+            sections=sections, by_cat=by_cat, cats=cats, data=concepts_data), encoding="utf-8")
+
         experiments = copy_experiment_pages(root, stage)
-        (stage / "index.html").write_text(
-            overview_page(run, stats, figs, cross, _version(), dataset_note, experiments), encoding="utf-8")
+        counts = run.category_image_counts
+        cmax = max(counts.values()) if counts else 1
+        order = list(run.categories) + [c for c in counts if c not in run.categories]
+        ds = run.dataset
+        info = [("path", str(ds.path) if ds.path else "not recorded"), ("split", ds.split or "all"),
+                ("categories", ", ".join(ds.categories) if ds.categories else "all"),
+                ("limit", str(ds.limit) if ds.limit else "none")]
+        if ds.index_digest:
+            info.append(("index digest", ds.index_digest))
+        model = ((run.config.get("manifest") or {}).get("model") or {}).get("spec")
+        (stage / "index.html").write_text(render(
+            "overview.html", **ctx, page_kind="overview", model=model,
+            warnings=list(run.warnings) + list(run.report_warnings),
+            bars={l.name: category_bars(l, run.categories, colors) for l in run.layers},
+            figs=figs, cross_fig=cross, experiments=experiments,
+            counts=[(c, counts[c], 100.0 * counts[c] / cmax if cmax else 0) for c in order if c in counts],
+            dataset_info=info, dataset_note=dataset_note, params=_flat_params(run.config),
+            data={"page": "overview", "layers": [{"name": l.name, "page": layer_page(l)} for l in run.layers],
+                  "categories": _categories(colors), "units": search_index(run), "thr": run.iou_threshold}),
+            encoding="utf-8")
 
         final = root / "report"
         old = None

@@ -32,10 +32,17 @@ FIXED_CATEGORY_COLORS = {
 # For category names outside Broden's six: still distinguishable, then greys.
 EXTRA_COLORS = ["#6F4E9C", "#8C6D31", "#4D4D4D", "#999999", "#B8860B", "#2F4F4F"]
 
-# Strip overlays: the unit's region (solid) and the label's ground-truth region (dashed).
-UNIT_REGION_RGB: Tuple[int, int, int] = (240, 228, 66)     # Okabe-Ito yellow
+# Strip overlays: the unit's region (translucent fill, solid contour) and the label's
+# ground-truth region (dashed, sky blue alternating with near-black). Magenta: not a colour of
+# most image content, not the label's sky blue (also under colour-vision deficiencies), and
+# not the yellow of the concept "yellow".
+UNIT_REGION_RGB: Tuple[int, int, int] = (232, 28, 170)
+UNIT_FILL_ALPHA = 90                                       # a large region: translucent
+SPECK_ALPHA = 235                                          # parts too small for a contour
+DIM_RGBA: Tuple[int, int, int, int] = (12, 14, 18, 120)    # over the image outside the region
 LABEL_REGION_RGB: Tuple[int, int, int] = (86, 180, 233)    # Okabe-Ito sky blue
-UNIT_REGION_HEX = "#F0E442"
+LABEL_DARK_RGB: Tuple[int, int, int] = (20, 22, 26)
+UNIT_REGION_HEX = "#E81CAA"
 LABEL_REGION_HEX = "#56B4E9"
 NONE_COLOR = "#9A9A9A"
 

@@ -1,6 +1,8 @@
-"""Figures (matplotlib, SVG): written to OUT/figures/ for papers and copied into the report.
+"""Figures (matplotlib): SVG and PNG, written to OUT/figures/ for papers and copied into the
+report, where each is linked for download.
 
-Every figure uses the same category colours as the cards (colors.category_colors).
+Every figure uses the same category colours as the cards (colors.category_colors). Counts come
+from the layer's statistics (LayerResult.summary(), as in summary.json).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from .colors import MPL_RC, category_colors
-from .rundir import LayerData, LayerStats
+from .runview import LayerView
 
 
 def _plt():
@@ -22,24 +24,31 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
+    """path (.svg) and its .png twin, each written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
+    for fmt, target, extra in (("svg", path, {"metadata": {"Date": None}}),
+                               ("png", path.with_suffix(".png"), {"dpi": 150, "metadata": {"Software": None}})):
+        tmp = target.with_name(target.name + ".tmp")
+        fig.savefig(tmp, format=fmt, bbox_inches="tight", facecolor="white", **extra)
+        tmp.replace(target)
     import matplotlib.pyplot as plt
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
-def unique_per_category(layer: LayerData, stats: LayerStats, categories: Sequence[str],
-                        thr: float, path: Path) -> Path:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def unique_per_category(layer: LayerView, categories: Sequence[str], thr: float, path: Path) -> Path:
     """Horizontal bars: unique detectors per category (distinct top labels of the detectors),
     with the per-category count (distinct best labels per category) as outlined bars."""
     plt = _plt()
     colors = category_colors(categories)
     cats = list(categories)
-    top = [stats.unique_per_category.get(c, 0) for c in cats]
-    best = [stats.unique_best_per_category.get(c, 0) for c in cats]
+    stats = layer.stats
+    top = [stats["unique_per_category"].get(c, 0) for c in cats]
+    best = [stats["unique_best_per_category"].get(c, 0) for c in cats]
     fig, ax = plt.subplots(figsize=(5.6, 0.42 * len(cats) + 1.3))
     y = np.arange(len(cats))[::-1]
     ax.barh(y, best, height=0.72, color="none", edgecolor=[colors[c] for c in cats],
@@ -53,25 +62,24 @@ def unique_per_category(layer: LayerData, stats: LayerStats, categories: Sequenc
     ax.set_yticks(y, cats)
     ax.set_xlim(0, xmax * 1.18)
     ax.set_xlabel("unique detectors")
-    ax.set_title(f"{layer.name}: {stats.unique} unique detectors "
-                 f"({stats.detectors}/{stats.units} units, IoU > {thr:g})")
+    ax.set_title(f"{layer.name}: {_plural(stats['unique_detectors'], 'unique detector')} "
+                 f"({stats['detectors']}/{stats['units']} units, IoU > {thr:g})")
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.16 - 0.9 / (len(cats) + 3)), fontsize=8, ncol=2)
     ax.xaxis.get_major_locator().set_params(integer=True)
     return _save(fig, path)
 
 
-def concepts(layer: LayerData, stats: LayerStats, categories: Sequence[str], thr: float,
-             path: Path) -> Path:
+def concepts(layer: LayerView, categories: Sequence[str], thr: float, path: Path) -> Path:
     """The paper's figure: number of detector units per concept, grouped by category."""
     plt = _plt()
-    colors = category_colors(list(categories) + sorted({c for _, c in stats.units_per_concept}))
+    per_concept = layer.units_per_concept()
+    colors = category_colors(list(categories) + sorted({c for _, c in per_concept}))
     order = {c: i for i, c in enumerate(categories)}
-    items: List[Tuple[str, str, int]] = [(lab, cat, n) for (lab, cat), n
-                                         in stats.units_per_concept.items()]
+    items: List[Tuple[str, str, int]] = [(lab, cat, n) for (lab, cat), n in per_concept.items()]
     items.sort(key=lambda t: (order.get(t[1], len(order)), -t[2], t[0]))
     n = len(items)
     width = min(max(5.5, 0.17 * n + 1.6), 60.0)
-    fig, ax = plt.subplots(figsize=(width, 3.6))
+    fig, ax = plt.subplots(figsize=(width, 3.6 if n else 1.2))
     if n == 0:
         ax.text(0.5, 0.5, f"no detector (IoU > {thr:g}) in this layer", ha="center",
                 va="center", transform=ax.transAxes, color="#555555")
@@ -87,13 +95,13 @@ def concepts(layer: LayerData, stats: LayerStats, categories: Sequence[str], thr
         present = [c for c in categories if any(t[1] == c for t in items)]
         present += [c for c in dict.fromkeys(t[1] for t in items) if c not in present]
         handles = [plt.Rectangle((0, 0), 1, 1, color=colors[c]) for c in present]
-        ax.legend(handles, [f"{c} ({sum(1 for t in items if t[1] == c)} concepts)" for c in present],
+        ax.legend(handles, [f"{c} ({_plural(sum(1 for t in items if t[1] == c), 'concept')})" for c in present],
                   loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    ax.set_title(f"{layer.name}: detector units per concept ({n} concepts, IoU > {thr:g})")
+    ax.set_title(f"{layer.name}: detector units per concept ({_plural(n, 'concept')}, IoU > {thr:g})")
     return _save(fig, path)
 
 
-def iou_histogram(layer: LayerData, categories: Sequence[str], thr: float, path: Path) -> Path:
+def iou_histogram(layer: LayerView, categories: Sequence[str], thr: float, path: Path) -> Path:
     """Distribution of the units' best IoU, stacked by category, with the detector threshold."""
     plt = _plt()
     colors = category_colors(categories)
@@ -126,23 +134,25 @@ def iou_histogram(layer: LayerData, categories: Sequence[str], thr: float, path:
     return _save(fig, path)
 
 
-def layers_unique(names: Sequence[str], stats: Sequence[LayerStats],
-                  categories: Sequence[str], thr: float, path: Path) -> Path:
+def layers_unique(layers: Sequence[LayerView], categories: Sequence[str], thr: float,
+                  path: Path) -> Path:
     """Unique detectors per category across the dissected layers: one group of bars per layer,
     one bar per category, the layer's total above each group."""
     plt = _plt()
     colors = category_colors(categories)
     cats = list(categories)
+    names = [l.name for l in layers]
+    stats = [l.stats for l in layers]
     nl, nc = len(names), max(len(cats), 1)
     fig, ax = plt.subplots(figsize=(min(max(5.6, nl * (0.32 * nc + 0.5) + 2.2), 30.0), 3.8))
     width = 0.8 / nc
     x = np.arange(nl)
     for i, c in enumerate(cats):
-        ys = [s.unique_per_category.get(c, 0) for s in stats]
+        ys = [s["unique_per_category"].get(c, 0) for s in stats]
         ax.bar(x - 0.4 + width * (i + 0.5), ys, width=width * 0.92, color=colors[c], label=c)
-    top = max([max(s.unique_per_category.values(), default=0) for s in stats] + [1])
+    top = max([max(s["unique_per_category"].values(), default=0) for s in stats] + [1])
     for xi, s in zip(x, stats):
-        ax.text(xi, top * 1.06, f"{s.unique} unique\n{s.detectors}/{s.units} units", ha="center",
+        ax.text(xi, top * 1.06, f"{s['unique_detectors']} unique\n{s['detectors']}/{s['units']} units", ha="center",
                 va="bottom", fontsize=8, color="#222222")
     ax.set_ylim(0, top * 1.32)
     ax.set_xticks(x, names, rotation=30 if nl > 5 else 0, ha="right" if nl > 5 else "center")

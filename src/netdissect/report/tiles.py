@@ -1,0 +1,334 @@
+"""The images of the report: each dataset image once, and per unit a transparent overlay.
+
+A unit's strip is drawn in the browser from two layers: the dataset image (stored once however
+many units show it, in JPEG atlases at the dataset's resolution under images/) and the unit's
+overlay for that image (palette PNG sheets under strips/<layer>/, one row per unit, one column
+per top-k image, at the segmentation resolution, the resolution the IoU was scored at). So a
+raw-image toggle costs nothing, the report stays small and in few files, and no file is a hard
+link.
+
+An overlay marks, for one unit and one image:
+  * the unit's region (its upsampled map above its threshold, see regions.py), filled with a
+    translucent magenta, the rest of the image dimmed;
+  * a solid contour only around parts of the region large enough to see (those that survive a
+    morphological opening); smaller parts are filled nearly opaque instead, so an early
+    layer's region of hundreds of specks reads as a speckle of colour, not hundreds of rings;
+  * the unit's label's ground truth as a dashed outline, sky blue alternating with near-black so
+    it shows on light and dark content (an image-level label, scene or texture: a dashed frame
+    on the images that carry it).
+Magenta and sky blue are told apart with the common colour-vision deficiencies, and neither is
+the yellow of Broden's "yellow" concept.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from .colors import (DIM_RGBA, LABEL_DARK_RGB, LABEL_REGION_RGB, SPECK_ALPHA, UNIT_FILL_ALPHA,
+                     UNIT_REGION_RGB)
+from .regions import layer_upsampler, map_placement, unit_regions
+from .runview import IMAGE_CATEGORIES, LayerView
+
+ATLAS_COLS = 8                 # dataset images per atlas row (an atlas holds ATLAS_COLS ** 2)
+UNITS_PER_SHEET = 16           # overlay rows per sheet
+JPEG_QUALITY = 75            # the synthetic textures keep ~17 KB per 224 px image
+
+# palette indices of an overlay
+EMPTY, DIM, FILL, CONTOUR, LABEL, LABEL_ALT, SPECK, LABEL_IN, LABEL_ALT_IN = range(9)
+IN_REGION = (FILL, SPECK, LABEL_IN, LABEL_ALT_IN)   # the indices of the unit's region: decodable
+
+
+def palette() -> Tuple[List[int], bytes]:
+    """RGB palette and per-index alpha of the overlays."""
+    rgba = [(0, 0, 0, 0), DIM_RGBA, UNIT_REGION_RGB + (UNIT_FILL_ALPHA,), UNIT_REGION_RGB + (255,),
+            LABEL_REGION_RGB + (255,), LABEL_DARK_RGB + (255,), UNIT_REGION_RGB + (SPECK_ALPHA,),
+            LABEL_REGION_RGB + (255,), LABEL_DARK_RGB + (255,)]
+    rgb = [c for px in rgba for c in px[:3]]
+    return rgb + [0] * (768 - len(rgb)), bytes(px[3] for px in rgba)
+
+
+# ----------------------------------------------------------------------------- morphology
+
+def _shift_or(m: np.ndarray, r: int, axis: int) -> np.ndarray:
+    out = m.copy()
+    n = m.shape[axis]
+    for d in range(1, min(r, n - 1) + 1):
+        src = [slice(None)] * m.ndim
+        dst = [slice(None)] * m.ndim
+        src[axis], dst[axis] = slice(0, n - d), slice(d, n)
+        out[tuple(dst)] |= m[tuple(src)]
+        src[axis], dst[axis] = slice(d, n), slice(0, n - d)
+        out[tuple(dst)] |= m[tuple(src)]
+    return out
+
+
+def dilate(m: np.ndarray, r: int) -> np.ndarray:
+    """Square dilation of the last two axes (outside the array counts as False)."""
+    return _shift_or(_shift_or(m, r, m.ndim - 2), r, m.ndim - 1) if r > 0 else m.copy()
+
+
+def erode(m: np.ndarray, r: int) -> np.ndarray:
+    """Square erosion of the last two axes (outside the array counts as False, so a region
+    touching the image's edge gets an edge there)."""
+    return ~dilate(np.pad(~m, [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)], constant_values=True),
+                   r)[..., 1:-1, 1:-1]
+
+
+def visible_radius(seg_hw: Tuple[int, int]) -> int:
+    """Parts of a region narrower than 2r+1 segmentation pixels get no contour: at the
+    strip's scale (about 1 px per pixel of a 112 px segmentation) that is 5 px."""
+    return max(1, int(round(min(seg_hw) / 50)))
+
+
+def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np.ndarray:
+    """(B, sh, sw) unit regions and label masks -> (B, sh, sw) uint8 palette indices.
+
+    The region stays readable from the indices (``IN_REGION``) under the label's outline too,
+    so a test can check what is drawn against what was scored."""
+    out = np.where(regions, FILL, DIM).astype(np.uint8)
+    opened = dilate(erode(regions, radius), radius)
+    large = dilate(opened, radius + 1)
+    ring = dilate(regions, 1) & ~regions & large
+    out[ring] = CONTOUR
+    out[regions & ~large] = SPECK       # too small for a contour: drawn nearly opaque instead
+    if labels.any():
+        edge = labels & ~erode(labels, 1)
+        h, w = labels.shape[-2:]
+        yy, xx = np.mgrid[0:h, 0:w]
+        dash = ((yy + xx) // 3) % 2 == 0
+        out[edge & dash] = np.where(regions, LABEL_IN, LABEL)[edge & dash]
+        out[edge & ~dash] = np.where(regions, LABEL_ALT_IN, LABEL_ALT)[edge & ~dash]
+    return out
+
+
+# ----------------------------------------------------------------------------- dataset access
+
+_WORKER_DS: Any = None
+
+
+def _label_masks(seg, want: Sequence[Tuple[int, bool]], hw: Tuple[int, int]):
+    """{label number: (bool (sh, sw) mask or None, present)} for the wanted labels."""
+    masks = {}
+    image_labels = set(int(v) for v in np.asarray(seg.image_labels).reshape(-1))
+    planes = np.asarray(seg.pixel)
+    for number, image_level in want:
+        if image_level:
+            present = number in image_labels
+            masks[number] = (np.ones(hw, bool) if present else None, present)
+        else:
+            m = (planes == number).any(axis=0) if planes.size else np.zeros(hw, bool)
+            masks[number] = (m if m.any() else None, bool(m.any()))
+    return masks
+
+
+def _load_one(ds: Any, idx: int, want: Sequence[Tuple[int, bool]]):
+    img = np.asarray(ds.load_image(idx))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    rec = ds.records[idx]
+    masks: Dict[int, Tuple[Optional[np.ndarray], Optional[bool]]] = {}
+    if want:
+        try:
+            seg = ds.load_segmentation(idx)
+        except Exception:
+            seg = None
+        masks = ({n: (None, None) for n, _ in want} if seg is None
+                 else _label_masks(seg, want, (rec.sh, rec.sw)))
+    return idx, img, masks
+
+
+def _load_batch(jobs):
+    return [_load_one(_WORKER_DS, idx, want) for idx, want in jobs]
+
+
+def load_images(ds: Any, jobs: Dict[int, List[Tuple[int, bool]]], workers: int, bar: Any = None):
+    """Decode each needed image and the wanted label masks once (forked workers when > 1)."""
+    global _WORKER_DS
+    items = sorted(jobs.items())
+    if workers > 1 and len(items) > 64:
+        import multiprocessing as mp
+        _WORKER_DS = ds
+        try:
+            n = max(1, len(items) // (workers * 8))
+            batches = [items[i:i + n] for i in range(0, len(items), n)]
+            out = []
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+                for part in pool.map(_load_batch, batches):
+                    out.extend(part)
+                    if bar is not None:
+                        bar.update(len(part))
+            return out
+        finally:
+            _WORKER_DS = None
+    out = []
+    for idx, want in items:
+        out.append(_load_one(ds, idx, want))
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+def _save_png(index: np.ndarray, path: Path) -> None:
+    rgb, alpha = palette()
+    im = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index).tobytes())
+    im.putpalette(rgb)
+    tmp = path.with_name(path.name + ".tmp")
+    im.save(tmp, format="PNG", transparency=alpha, compress_level=6)
+    os.replace(tmp, path)
+
+
+def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Atlas:
+    """Where each dataset image sits in the images/ atlases."""
+    files: List[str]
+    cols: int
+    image_hw: Tuple[int, int]
+    slot: Dict[int, Tuple[int, int, int]]      # dataset index -> (atlas, column, row)
+
+
+def write_atlases(images: Dict[int, np.ndarray], report: Path) -> Atlas:
+    order = sorted(images)
+    if not order:
+        return Atlas([], ATLAS_COLS, (0, 0), {})
+    ih, iw = images[order[0]].shape[:2]
+    per = ATLAS_COLS * ATLAS_COLS
+    (report / "images").mkdir(parents=True, exist_ok=True)
+    files, slot = [], {}
+    for a, start in enumerate(range(0, len(order), per)):
+        sheet = np.full((ATLAS_COLS * ih, ATLAS_COLS * iw, 3), 255, np.uint8)
+        for s, idx in enumerate(order[start:start + per]):
+            c, r = s % ATLAS_COLS, s // ATLAS_COLS
+            img = images[idx]
+            if img.shape[:2] != (ih, iw):    # one size per run; a stray size is fitted
+                img = np.asarray(Image.fromarray(img).resize((iw, ih), Image.BILINEAR))
+            sheet[r * ih:(r + 1) * ih, c * iw:(c + 1) * iw] = img
+            slot[idx] = (a, c, r)
+        name = f"images/atlas-{a:03d}.jpg"
+        _save_jpeg(sheet, report / name)
+        files.append(name)
+    return Atlas(files, ATLAS_COLS, (ih, iw), slot)
+
+
+@dataclass
+class Tile:
+    image: int                      # dataset index
+    score: float                    # the unit's maximum activation in the image
+    has_label: Optional[bool]       # the unit's label is present in the image (None: unknown)
+    region_frac: float              # share of the image in the unit's region
+
+
+@dataclass
+class LayerTiles:
+    sheets: List[str]
+    units_per_sheet: int
+    k: int
+    seg_hw: Tuple[int, int]
+    tiles: Dict[int, List[Tile]] = field(default_factory=dict)       # unit -> its top-k tiles
+    heat: Dict[int, str] = field(default_factory=dict)               # unit -> base64 uint8 maps
+    heat_max: Dict[int, float] = field(default_factory=dict)
+    placement: Optional[list] = None
+    note: str = ""
+
+
+def _heat(maps: np.ndarray) -> Tuple[str, float]:
+    """(k, h, w) native maps -> base64 of uint8 maps scaled by their common maximum."""
+    top = float(np.nanmax(maps)) if maps.size else 0.0
+    scale = 255.0 / top if top > 0 else 0.0
+    q = np.clip(np.nan_to_num(maps) * scale + 0.5, 0, 255).astype(np.uint8)
+    return base64.b64encode(q.tobytes()).decode("ascii"), top
+
+
+def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tuple]],
+                       mode: str, top_k: int, report: Path) -> LayerTiles:
+    """The overlay sheets of one layer and each unit's tiles."""
+    result = layer.result
+    rec = ds.records[0]
+    image_hw, seg_hw = (rec.ih, rec.iw), (rec.sh, rec.sw)
+    upsample, note = layer_upsampler(result, mode, image_hw, seg_hw)
+    kk = min(top_k, result.topk_index.shape[1])
+    index = result.topk_index[:, :kk]
+    valid = (index >= 0) & (index < len(ds))
+    radius = visible_radius(seg_hw)
+    out_dir = report / "strips" / layer.dirname
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lt = LayerTiles([], UNITS_PER_SHEET, kk, seg_hw, placement=map_placement(result, mode, image_hw),
+                    note=note)
+    K = layer.size
+    sh, sw = seg_hw
+    for s in range(0, K, UNITS_PER_SHEET):
+        units = list(range(s, min(K, s + UNITS_PER_SHEET)))
+        pairs = [(k, j) for k in units for j in range(kk) if valid[k, j]]
+        sheet = np.zeros((UNITS_PER_SHEET * sh, kk * sw), np.uint8)
+        if pairs and result.topk_maps is not None:
+            rows = np.array([p[0] for p in pairs])
+            cols = np.array([p[1] for p in pairs])
+            regions = unit_regions(result.topk_maps[rows, cols], result.thresholds[rows], upsample)
+            labels = np.zeros_like(regions)
+            present: List[Optional[bool]] = []
+            for n, (k, j) in enumerate(pairs):
+                number = layer.units[k].label_number
+                m, has = (None, None)
+                if number is not None:
+                    m, has = masks.get(int(index[k, j]), {}).get(number, (None, None))
+                if m is not None:
+                    labels[n] = m
+                present.append(has)
+            over = compose_overlays(regions, labels, radius)
+            fracs = regions.reshape(len(pairs), -1).mean(axis=1)
+            for n, (k, j) in enumerate(pairs):
+                r = k - s
+                sheet[r * sh:(r + 1) * sh, j * sw:(j + 1) * sw] = over[n]
+                lt.tiles.setdefault(k, []).append(
+                    Tile(int(index[k, j]), float(result.topk_score[k, j]), present[n], float(fracs[n])))
+        name = f"strips/{layer.dirname}/overlay-{s // UNITS_PER_SHEET:03d}.png"
+        _save_png(sheet, report / name)
+        lt.sheets.append(name)
+    if result.topk_maps is not None:
+        for k in range(K):
+            lt.heat[k], lt.heat_max[k] = _heat(np.asarray(result.topk_maps[k, :kk], np.float32))
+    return lt
+
+
+def wanted_images(layers: Sequence[LayerView], n_images: int, top_k: int,
+                  image_level: Sequence[str] = IMAGE_CATEGORIES) -> Dict[int, List[Tuple[int, bool]]]:
+    """dataset index -> the (label number, image-level) pairs its segmentation must provide."""
+    jobs: Dict[int, List[Tuple[int, bool]]] = {}
+    level = set(image_level)
+    for layer in layers:
+        idx = layer.result.topk_index
+        if idx is None:
+            continue
+        kk = min(top_k, idx.shape[1])
+        for k, u in enumerate(layer.units):
+            for j in range(kk):
+                i = int(idx[k, j])
+                if 0 <= i < n_images:
+                    want = jobs.setdefault(i, [])
+                    key = (u.label_number, u.category in level)
+                    if u.label_number is not None and key not in want:
+                        want.append(key)
+    return jobs
+
+
+def progress_bar(enabled: bool, total: int, desc: str, unit: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
