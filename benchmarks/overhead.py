@@ -34,12 +34,13 @@ def ensure_data(path: Path, images: int) -> Path:
     return path
 
 
-def bare_pass(loaded, ds, layers, batch_size, workers) -> float:
+def bare_pass(loaded, ds, layers, batch_size, workers, device="cpu") -> float:
     """Decode images, normalize, run the model up to the last layer with the same hooks."""
     from netdissect.hooks import LayerCapture
     from netdissect.pipeline import Normalizer, _ImagesAndLabels, make_loader, prepare_model
-    module = prepare_model(loaded, torch.device("cpu"))
-    normalize = Normalizer(loaded.mean, loaded.std, torch.device("cpu"))
+    device = torch.device(device)
+    module = prepare_model(loaded, device)
+    normalize = Normalizer(loaded.mean, loaded.std, device)
     data = _ImagesAndLabels(ds, None, 0, skip_bad=False, with_labels=False)
     start = time.perf_counter()
     with torch.no_grad(), LayerCapture(module, layers) as capture:
@@ -47,6 +48,8 @@ def bare_pass(loaded, ds, layers, batch_size, workers) -> float:
             outputs = capture(normalize(images))
             for out in outputs.values():
                 out.float()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 

@@ -50,7 +50,7 @@ def broden_zip(tmp_path: Path, top: str = "broden1_224", padding: int = 0) -> Pa
 class Server:
     """A local HTTP server of one file with Range support and scripted misbehaviour:
     ``cuts``: for the next responses, how many body bytes to send before dropping the
-    connection; ``ranges``: False to ignore Range (always 200); ``chunk`` / ``delay``: pacing."""
+    connection; ``ranges``: False to ignore Range (always 200); ``pause_at``: stall mid-file."""
 
     def __init__(self, payload: bytes):
         self.payload = payload
@@ -59,7 +59,8 @@ class Server:
         self.ranges = True
         self.status: Optional[int] = None
         self.chunk = 65536
-        self.delay = 0.0
+        self.pause_at: Optional[int] = None       # stop sending after this many bytes ...
+        self.release = threading.Event()          # ... until this is set
         self.requests: List[Optional[str]] = []   # the Range header of each request
         self.sent = 0                             # body bytes sent, all requests
         self.served: List[tuple] = []             # (Range header, body bytes sent) per 200/206
@@ -105,8 +106,9 @@ class Server:
                         self.wfile.flush()
                     except OSError:
                         return
-                    if owner.delay:
-                        time.sleep(owner.delay)
+                    if owner.pause_at is not None and i + len(piece) >= owner.pause_at:
+                        owner.pause_at = None
+                        owner.release.wait(30)    # hold the connection open, mid-file
                 if limit < len(body):
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -298,9 +300,9 @@ def test_offline_gives_one_line_naming_the_url_and_zip(tmp_path):
 
 
 def test_kill_mid_download_resumes_from_the_part_file(tmp_path):
-    archive = broden_zip(tmp_path, padding=96 * 1024)
+    archive = broden_zip(tmp_path, padding=64 * 1024)
     server = Server(archive.read_bytes())
-    server.chunk, server.delay = 2048, 0.01       # about half a second for the whole file
+    server.chunk, server.pause_at = 1024, 16384   # the server stalls mid-file: kill it there
     out = tmp_path / "broden"
     part = tmp_path / "broden.zip.part"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -310,15 +312,15 @@ def test_kill_mid_download_resumes_from_the_part_file(tmp_path):
                                  "--url", server.url, "--out", str(out), "--quiet"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while (not part.exists() or part.stat().st_size < 8192) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        while (not part.exists() or part.stat().st_size < 16384) and time.monotonic() < deadline:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        server.release.set()
         kept = part.stat().st_size
-        assert 8192 <= kept < len(server.payload), kept
+        assert kept == 16384 < len(server.payload)
         assert not out.exists()
 
-        server.delay = 0.0
         server.requests.clear()
         cli = run_cli("data", "broden", "--url", server.url, "--out", out, "--quiet")
         assert cli.returncode == 0, cli.stderr
@@ -329,6 +331,7 @@ def test_kill_mid_download_resumes_from_the_part_file(tmp_path):
         assert (out / "README.txt").read_bytes() == (tmp_path / "fixture" / "README.txt").read_bytes()
         assert leftovers(out) == ["broden"]
     finally:
+        server.release.set()
         server.close()
 
 
@@ -358,7 +361,7 @@ def test_complete_part_killed_before_it_was_marked(server, tmp_path):
 
 
 def test_one_download_at_a_time_and_stale_extraction_is_replaced(server, archive, tmp_path):
-    import fcntl
+    fcntl = pytest.importorskip("fcntl")
     part = tmp_path / "broden.zip.part"
     with open(part, "ab") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -123,6 +123,9 @@ def cmd_dissect(args) -> int:
                      checkpoint=args.checkpoint, mean=args.mean, std=args.std,
                      progress=not args.quiet, force=args.force, seed=args.seed,
                      verify_content=args.verify_content, **dissect_params(args))
+    from .distributed import is_primary
+    if not is_primary():  # a sharded run (torchrun): rank 0 reports
+        return 0
     if not args.no_report:
         _render_report(result.out, args.top_k, args.quiet)
     print_summary(result)

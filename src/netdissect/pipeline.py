@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import kernel
+from . import distributed, kernel
 from .broden import BrodenDataset, open_dataset
 from .errors import ActivationError, DatasetError, NetDissectError, RunError
 from .hooks import LayerCapture, check_activation_shape
@@ -234,9 +234,10 @@ def _collate(items):
             [it[2] for it in good], bad)
 
 
-def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0):
-    if start:
-        dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0,
+                stop: Optional[int] = None):
+    if start or (stop is not None and stop != len(dataset)):
+        dataset = torch.utils.data.Subset(dataset, range(start, len(dataset) if stop is None else stop))
     from .runs import worker_init
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                        num_workers=workers, collate_fn=_collate,
@@ -338,30 +339,59 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     resolve_device(config.device)  # a bad device fails before the run directory is touched
     if checkpoint_every < 0:
         raise NetDissectError(f"--checkpoint-every must be 0 (never) or more; got {checkpoint_every}")
-    if out is None:
-        return _run_engine(loaded, ds, config, None, progress)
-    files = {"stats": ds.file_stats()}
-    if verify_content:
-        files["hashes"] = ds.content_hashes()
-    run = runs.RunDirectory(out, manifest(loaded, ds, config, files), force=force,
-                            checkpoint_every=checkpoint_every)
-    run.dataset_files = files
-    try:
-        result = None if force else runs.reuse_finished(run, config)
-        if result is None:
-            result = _run_engine(loaded, ds, config, run, progress)
-            result.manifest = run.manifest
-            runs.atomic_write_json(run.path / runs.DATASET_FILES, files)
-            runs.write_results(run.path, result)
-            run.finish()
-            result.out = run.path
-        return result
-    finally:
-        run.release()
+    with distributed.session(config.device) as group:  # torchrun: one shard per process
+        if out is None:
+            return _run_engine(loaded, ds, config, None, progress, group)
+        files = {"stats": ds.file_stats()}
+        if verify_content:
+            files["hashes"] = ds.content_hashes()
+        manifest_ = manifest(loaded, ds, config, files)
+        if group is None:
+            run = runs.RunDirectory(out, manifest_, force=force, checkpoint_every=checkpoint_every)
+        else:
+            run = _sharded_run_directory(group, out, manifest_, force, checkpoint_every)
+        run.dataset_files = files
+        try:
+            if group is None:
+                result = None if force else runs.reuse_finished(run, config)
+            else:
+                result = None if force else group.on_primary(lambda: runs.reuse_finished(run, config))
+            if result is None:
+                result = _run_engine(loaded, ds, config, run, progress, group)
+                result.manifest = run.manifest
+
+                def write():
+                    runs.atomic_write_json(run.path / runs.DATASET_FILES, files)
+                    runs.write_results(run.path, result)
+                if group is None:
+                    write()
+                else:  # rank 0 writes; every rank keeps its checkpoint until the results are there
+                    group.on_primary(write)
+                run.finish()
+                result.out = run.path
+            return result
+        finally:
+            run.release()
 
 
-def _run_engine(loaded, ds, config, run, progress) -> "DissectionResult":
-    engine = _Engine(loaded, ds, config, run, progress)
+def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_every: int):
+    """Rank 0 locks (and with --force clears) the run directory; then the others join it."""
+    from . import runs
+    opened = {}
+
+    def open_primary():
+        opened["run"] = runs.RunDirectory(out, manifest_, force=force, checkpoint_every=checkpoint_every,
+                                          rank=0, world=group.world)
+
+    group.on_primary(open_primary)
+    if group.primary:
+        return opened["run"]
+    return runs.RunDirectory(out, manifest_, checkpoint_every=checkpoint_every, rank=group.rank,
+                             world=group.world)
+
+
+def _run_engine(loaded, ds, config, run, progress, group=None) -> "DissectionResult":
+    engine = _Engine(loaded, ds, config, run, progress, group)
     try:
         return engine.run()
     finally:
@@ -394,13 +424,17 @@ class _Vocabulary:
 class _Engine:
     """One dissection: the pass, the thresholds, the tally, the labels."""
 
-    def __init__(self, loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig, run, progress: bool):
+    def __init__(self, loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig, run, progress: bool,
+                 group: Optional[distributed.Group] = None):
         self.loaded = loaded
         self.ds = ds
         self.config = config
         self.run_dir = run
-        self.progress = progress
-        self.device = resolve_device(config.device)
+        self.group = group  # a sharded run: this process streams self.shard only
+        self.shard = range(len(ds)) if group is None else \
+            distributed.shard_range(len(ds), config.batch_size, group.rank, group.world)
+        self.progress = progress and (group is None or group.primary)
+        self.device = distributed.local_device(resolve_device(config.device), group)
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
         self._tempdir = None
@@ -413,7 +447,8 @@ class _Engine:
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
-        warnings.warn(message, stacklevel=3)
+        if self.group is None or self.group.primary:
+            warnings.warn(message, stacklevel=3)
 
     def run(self) -> DissectionResult:
         start = time.time()
@@ -432,8 +467,15 @@ class _Engine:
         data = _ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip")
 
         # 1. one pass: quantiles, top images, candidate maps, encoded labels
-        self._stream_pass(module, normalize, data, streams, store)
+        self._all_ranks(self._stream_pass, module, normalize, data, streams, store)
+        if self.group is not None:
+            self._merge_ranks(streams)
+        self._check_skipped()
         n_images = len(ds) - len(self.skipped)
+        # layers beyond the memory budget: a second pass finds their exact thresholds and maps
+        sketched = {name: stream for name, stream in streams.items() if stream.sketch}
+        if sketched:
+            self._all_ranks(self._second_pass, module, normalize, data, sketched)
         # 2. thresholds
         thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
         # 3. tally intersections and unions at those thresholds
@@ -445,17 +487,19 @@ class _Engine:
                                         config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store)
             for chunk in stream.pairs.final_pairs(tallies[name].thr):
                 tallies[name].add(chunk)
-        sketched = {name: tallies[name] for name, stream in streams.items() if stream.sketch}
-        if sketched:
-            self._second_pass(module, normalize, data, sketched)
+        if self.group is not None:  # integer counts: their sum over the shards is exact
+            for tally in tallies.values():
+                self.group.sum_(tally.tally.inter)
+                self.group.sum_(tally.tally.active)
+            store.concept_pixels = self.group.sum_(torch.from_numpy(store.concept_pixels)).numpy()
         # 4. IoU and labels
         concept_pixels = torch.from_numpy(store.concept_pixels)
         concept_category = torch.from_numpy(vocab.concept_category)
         layers = {}
         for name, stream in streams.items():
             if stream.sketch:
-                self.warnings.append(f"layer {name!r}: thresholds from a quantile sketch, relative rank "
-                                     f"error <= {stream.quantile.rank_error():.2e} (probability 1 - 1e-6)")
+                self.warnings.append(f"layer {name!r}: thresholds from the two-pass radix quantile sketch "
+                                     f"(exact: relative rank error {stream.quantile.rank_error():.0f})")
             layers[name] = LayerResult(
                 name=name, thresholds=thresholds[name],
                 iou=tallies[name].tally.iou(concept_pixels, concept_category).numpy().astype(np.float32),
@@ -505,7 +549,7 @@ class _Engine:
                            "the ReLU of a ResNet block); its first call is dissected"
                            + (f": for the block's output dissect {parent!r}" if parent else ""))
         budget = int(config.memory_budget_mb * 2 ** 20)
-        needed = len(ds) * pixels * 2 + budget // 2 + sum(
+        needed = len(self.shard) * pixels * 2 + budget // 2 + sum(
             k * config.top_k * h * w * 2 for k, h, w in shapes.values())
         if self.run_dir is not None:
             _check_free_space(self.run_dir.path, needed)
@@ -521,13 +565,14 @@ class _Engine:
             need = exact_memory_bytes(k, len(ds) * h * w, config.level)
             sketch = need > budget
             if sketch:
-                self._warn(f"layer {name!r}: the exact threshold needs {need / 2**20:.0f} MiB "
+                self._warn(f"layer {name!r}: the one-pass exact threshold needs {need / 2**20:.0f} MiB "
                            f"(> --memory-budget {config.memory_budget_mb} MiB); using a quantile sketch "
-                           "(rank error in summary.json) and a second pass over the data")
+                           "of 65,536 bins per unit and a second pass over the data (still exact)")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (4 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
-        store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, scratch)
+        store = SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
+                                  offset=self.shard.start)
         return streams, store
 
     def _probe_image(self) -> np.ndarray:
@@ -549,7 +594,7 @@ class _Engine:
         """The forward pass over the dataset, resumed from a checkpoint when there is one."""
         from . import runs
         ds, config = self.ds, self.config
-        done = 0
+        done = self.shard.start
         checkpoint = self.run_dir.load_checkpoint() if self.run_dir is not None else None
         if checkpoint is not None:
             done = checkpoint["done"]
@@ -557,7 +602,7 @@ class _Engine:
                 stream.load_state_dict(checkpoint["layers"][name])
             store.load_state_dict(checkpoint["store"])
             self.skipped = checkpoint["skipped"]
-        bar = _progress(len(ds), done, "dissect", self.progress)
+        bar = _progress(len(self.shard), done - self.shard.start, "dissect", self.progress)
         state = {"done": done}
 
         def save_checkpoint():
@@ -567,7 +612,7 @@ class _Engine:
         with torch.no_grad(), LayerCapture(module, config.layers, layouts=self.layouts) as capture, \
                 interrupt or contextlib.nullcontext():
             for indices, images, encoded, bad in make_loader(data, config.batch_size, self._workers(),
-                                                             start=done):
+                                                             start=done, stop=self.shard.stop):
                 for i, message in bad:
                     self.skipped.append({"image": ds.records[i].image, "line": ds.records[i].line,
                                          "error": message})
@@ -584,31 +629,55 @@ class _Engine:
                     interrupt.check(save_checkpoint)
         bar.close()
         if self.run_dir is not None and self.run_dir.checkpoint_every and \
-                (len(ds) - done) >= self.run_dir.checkpoint_every * config.batch_size:
+                (self.shard.stop - done) >= self.run_dir.checkpoint_every * config.batch_size:
             save_checkpoint()  # a failure in the tally does not cost a long pass
         store.flush()
+
+    def _all_ranks(self, step, *args) -> None:
+        """Run one step of the dissection; in a sharded run, an error on any rank stops all."""
+        if self.group is None:
+            return step(*args)
+        try:
+            step(*args)
+        except NetDissectError as exc:
+            self.group.agree(exc)
+        self.group.agree(None)
+
+    def _merge_ranks(self, streams) -> None:
+        """A sharded run after the pass: every rank gets the whole dataset's thresholds state,
+        top images and skipped images (in image order, as one process lists them)."""
+        for stream in streams.values():
+            stream.merge_ranks(self.group)
+        self.skipped = [s for part in self.group.gather_objects(self.skipped) for s in part]
+
+    def _check_skipped(self) -> None:
+        ds = self.ds
         if self.skipped:
             self._warn(f"{len(self.skipped)} image(s) could not be read and were skipped "
                        f"(first: {self.skipped[0]['image']}); they are listed in summary.json")
         if len(self.skipped) == len(ds):
             raise DatasetError("every image was skipped: nothing to dissect", ds.root)
 
-    def _second_pass(self, module, normalize, data, tallies) -> None:
-        """Sketch mode only: the thresholds were not known during the pass, so the layers kept
-        no maps; a second forward pass feeds each batch's pairs above threshold to the tally."""
+    def _second_pass(self, module, normalize, data, streams) -> None:
+        """Layers beyond the memory budget: the first pass located each unit's threshold within
+        one of 65,536 bins; a second forward pass resolves it exactly and keeps the maps that
+        reach that bin for the tally."""
         data.with_labels = False
-        bar = _progress(len(self.ds), 0, "second pass", self.progress)
-        with torch.no_grad(), LayerCapture(module, list(tallies), layouts=self.layouts) as capture:
-            for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers()):
+        for stream in streams.values():
+            stream.quantile.start_second_pass()
+        bar = _progress(len(self.shard), 0, "second pass", self.progress)
+        with torch.no_grad(), LayerCapture(module, list(streams), layouts=self.layouts) as capture:
+            for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers(),
+                                                       start=self.shard.start, stop=self.shard.stop):
                 if images is not None:
                     outputs = capture(normalize(images))
-                    for name, tally in tallies.items():
-                        acts = float32_activations(name, outputs[name], indices, self.ds)
-                        maxima = acts.amax(dim=(2, 3))
-                        b, u = torch.nonzero(maxima > tally.thr.to(acts.device)[None, :], as_tuple=True)
-                        tally.add({"unit": u.cpu(), "image": indices[b.cpu()], "maps": acts[b, u].cpu()})
+                    for name, stream in streams.items():
+                        stream.refine(float32_activations(name, outputs[name], indices, self.ds), indices)
                 bar.update(len(indices) + len(bad))
         bar.close()
+        if self.group is not None:
+            for stream in streams.values():
+                stream.quantile.merge_ranks(self.group)
 
 
 def _check_free_space(directory: Path, needed: int) -> None:

@@ -56,6 +56,15 @@ class ExactTopQuantile:
             merged = torch.topk(merged, self.keep, dim=1, sorted=False).values
         self.values = merged
 
+    def merge_ranks(self, group) -> None:
+        """The state of the whole dataset from every rank's: the largest ``keep`` values of the
+        union of the ranks' kept values are the largest of all values (exact)."""
+        values = group.gather(self.values, dim=1)
+        self.count = sum(group.gather_objects(self.count))
+        if values.shape[1] > self.keep:
+            values = torch.topk(values, self.keep, dim=1, sorted=False).values
+        self.values = values.to(self.values.device)
+
     def lower_bound(self) -> torch.Tensor:
         """(K,) a value the final threshold cannot fall below; -inf until enough is seen."""
         if self.values.shape[1] < self.keep:
@@ -90,4 +99,139 @@ class ExactTopQuantile:
         if state["keep"] != self.keep or state["level"] != self.level:
             raise ValueError("saved quantile state was made with other parameters")
         self.values = state["values"].to(self.values.device)
+        self.count = int(state["count"])
+
+
+# ------------------------------------------------------------------ two passes, little memory
+
+BITS = 16                 # each pass resolves 16 of the 32 bits of a float32's order key
+BINS = 1 << BITS
+
+
+def order_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 bit patterns ordered like the floats: key = bits + 2**31 (>= 0), ~bits (< 0).
+
+    Returned as int32 with the top bit flipped back (so that the arithmetic stays in int32):
+    the high and low halves below are taken from it. -0.0 is counted as +0.0.
+    """
+    bits = (values + 0.0).contiguous().view(torch.int32)
+    return torch.where(bits >= 0, bits, ~bits ^ torch.iinfo(torch.int32).min)
+
+
+def _halves(values: torch.Tensor):
+    key = order_keys(values)  # as uint32, key ^ 0x80000000; the high half is shifted back below
+    high = ((key >> BITS) & (BINS - 1)) ^ (BINS >> 1)
+    return high, key & (BINS - 1)
+
+
+def key_to_float(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """The float32 whose order key has these high and low halves."""
+    key = (high.to(torch.int64) << BITS) | low.to(torch.int64)      # unsigned order key
+    bits = torch.where(key >= 2 ** 31, key - 2 ** 31, -1 - key).to(torch.int32)
+    return bits.view(torch.float32)
+
+
+class RadixQuantile:
+    """The exact quantile of every unit in two passes, in K x 65,536 counts of memory.
+
+    For layers whose exact one-pass state (``ExactTopQuantile``) does not fit the budget. Pass 1
+    counts each unit's values by the high 16 bits of their order key; that finds the bin holding
+    the value at rank ``lo`` (and ``lo + 1``). Pass 2 counts the values of that bin by their low
+    16 bits (and keeps the smallest value of the ``lo + 1`` bin when it is another one), which
+    gives both values exactly; the threshold is then interpolated as numpy.quantile does. Counts
+    are integers: shards merge by summing them, in any order, to the same bits.
+    """
+
+    def __init__(self, units: int, expected_n: int, level: float = 0.995, device="cpu"):
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"quantile level must be in (0, 1), got {level}")
+        self.units = units
+        self.level = level
+        self.dtype = torch.int32 if expected_n < 2 ** 31 else torch.int64
+        self.counts = torch.zeros(units, BINS, dtype=self.dtype, device=device)
+        self.count = 0
+        self.low_counts = None    # pass 2
+        self.next_min = None
+
+    def _offsets(self, bins: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self.units, device=bins.device, dtype=torch.int32)[:, None] * BINS + bins
+
+    def add(self, values: torch.Tensor) -> None:
+        """Pass 1. values: (K, m) float32."""
+        self.count += values.shape[1]
+        high, _ = _halves(values)
+        flat = self._offsets(high).reshape(-1)
+        self.counts.view(-1).index_add_(0, flat, torch.ones(1, dtype=self.dtype,
+                                                            device=flat.device).expand(flat.numel()))
+
+    def lower_bound(self) -> torch.Tensor:
+        """(K,) after pass 1: the smallest float of the threshold's bin (a value below it cannot
+        be active); -inf during pass 1."""
+        if self.low_counts is None:
+            return torch.full((self.units,), -math.inf, device=self.counts.device)
+        return key_to_float(self.bin_lo, torch.zeros_like(self.bin_lo))
+
+    def start_second_pass(self) -> None:
+        """Find the bins of ranks lo and lo + 1 from the pass-1 counts (merged over shards)."""
+        if self.count == 0:
+            raise ValueError("no values were added")
+        self.lo = math.floor(self.level * (self.count - 1))
+        cum = torch.cumsum(self.counts, dim=1, dtype=torch.int64)
+        target = torch.tensor([[self.lo, min(self.lo + 1, self.count - 1)]], device=cum.device)
+        where = torch.searchsorted(cum, target.expand(self.units, 2).contiguous(), right=True)
+        self.bin_lo, self.bin_hi = where[:, 0], where[:, 1]
+        before = torch.where(self.bin_lo > 0, cum.gather(1, (self.bin_lo - 1).clamp(min=0)[:, None])[:, 0],
+                             torch.zeros_like(self.bin_lo))
+        self.rank_in_bin = self.lo - before        # rank of v_lo among the values of its bin
+        self.counts = None                          # pass 1's memory goes
+        self.low_counts = torch.zeros(self.units, BINS, dtype=self.dtype, device=cum.device)
+        self.next_min = torch.full((self.units,), math.inf, device=cum.device)
+
+    def refine(self, values: torch.Tensor) -> None:
+        """Pass 2. values: (K, m) float32, the same values as pass 1 (any batches, any order)."""
+        high, low = _halves(values)
+        in_lo = high == self.bin_lo[:, None].to(high.dtype)
+        flat = self._offsets(low)[in_lo]
+        self.low_counts.view(-1).index_add_(0, flat, torch.ones(1, dtype=self.dtype,
+                                                                device=flat.device).expand(flat.numel()))
+        in_hi = high == self.bin_hi[:, None].to(high.dtype)
+        smallest = torch.where(in_hi, values, torch.full_like(values, math.inf)).amin(dim=1)
+        self.next_min = torch.minimum(self.next_min, smallest + 0.0)
+
+    def merge_ranks(self, group) -> None:
+        """Sum the counts of every shard (pass 1, or pass 2 with the smallest values)."""
+        if self.low_counts is None:
+            self.count = sum(group.gather_objects(self.count))
+            self.counts = group.sum_(self.counts.cpu()).to(self.counts.device)
+        else:
+            self.low_counts = group.sum_(self.low_counts.cpu()).to(self.low_counts.device)
+            self.next_min = group.gather(self.next_min[None]).amin(dim=0).to(self.next_min.device)
+
+    def threshold(self, n: int | None = None) -> np.ndarray:
+        """(K,) float32 after both passes: numpy.quantile(values, level) per unit."""
+        cum = torch.cumsum(self.low_counts, dim=1, dtype=torch.int64)
+        low = torch.searchsorted(cum, self.rank_in_bin[:, None].contiguous(), right=True)[:, 0]
+        v_lo = key_to_float(self.bin_lo, low)
+        # v_hi: the next value up, in the same bin while it holds more, else the next bin's smallest
+        low_hi = torch.searchsorted(cum, (self.rank_in_bin + 1)[:, None].contiguous(), right=True)[:, 0]
+        same_bin = (self.bin_hi == self.bin_lo) & (low_hi < BINS)
+        v_hi = torch.where(same_bin, key_to_float(self.bin_lo, low_hi.clamp(max=BINS - 1)), self.next_min)
+        if self.lo + 1 > self.count - 1:
+            v_hi = v_lo
+        gamma = self.level * (self.count - 1) - self.lo
+        pair = np.stack([v_lo.cpu().numpy(), v_hi.cpu().numpy()], axis=1)
+        return np.quantile(pair, gamma, axis=1).astype(np.float32)
+
+    def rank_error(self) -> float:
+        return 0.0
+
+    def state_dict(self) -> dict:
+        if self.low_counts is not None:
+            raise ValueError("the second pass is not checkpointed")
+        return {"counts": self.counts.cpu(), "count": self.count, "level": self.level}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["level"] != self.level or tuple(state["counts"].shape) != tuple(self.counts.shape):
+            raise ValueError("saved quantile state was made with other parameters")
+        self.counts = state["counts"].to(self.counts.device, self.dtype)
         self.count = int(state["count"])

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -75,8 +76,15 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def atomic_save_npz(path: Path, **arrays) -> None:
+    """numpy.savez_compressed's format with a fixed timestamp: the same arrays give the same
+    bytes, so two runs (or a sharded and a plain one) compare with a byte comparison."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -107,9 +115,12 @@ class RunDirectory:
     """
 
     def __init__(self, path, manifest: dict, force: bool = False, checkpoint_every: int = 50,
-                 log=None):
+                 log=None, rank: int = 0, world: int = 1):
         self.path = Path(path)
         self.manifest = manifest
+        # a sharded run: rank 0 claims, locks and writes the results; every rank keeps its own
+        # checkpoint and scratch files, so that a rerun with the same ranks resumes each shard
+        self.rank, self.world = rank, world
         self.force = force
         self.checkpoint_every = checkpoint_every
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -117,23 +128,47 @@ class RunDirectory:
         self._resume: Optional[dict] = None
         self.dataset_files: Optional[dict] = None  # this run's {"stats": ..., "hashes": ...}
         self._prepared = False
+        self._lock = None
+        if rank > 0:
+            return  # rank 0 claimed and locked the directory (and cleared it with force) before this rank came
         claim_directory(self.path, MARKER, "run", "--out")
         self._lock = _RunLock(self.path / LOCK)
+        if force and world > 1:
+            self.clear()  # before the other ranks set up their scratch files
 
     def release(self) -> None:
         """Let other processes write here again (also happens when this process dies)."""
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
 
     @property
     def scratch(self) -> Path:
-        path = self.path / SCRATCH
+        path = self.path / SCRATCH if self.world == 1 else self.path / SCRATCH / f"rank{self.rank}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.world == 1:
+            return self.path / CHECKPOINT
+        return self.path / CHECKPOINT.replace(".", f".rank{self.rank}.", 1)
+
+    @property
+    def shard(self) -> dict:
+        return {"rank": self.rank, "world": self.world}
+
     def clear(self) -> None:
-        """Forget the checkpoint and scratch files (results are replaced when the run ends)."""
-        (self.path / CHECKPOINT).unlink(missing_ok=True)
-        shutil.rmtree(self.path / SCRATCH, ignore_errors=True)
+        """Forget the checkpoint and scratch files (results are replaced when the run ends).
+
+        Rank 0 (or a single process) clears every rank's; another rank only its own."""
+        if self.rank == 0:
+            for path in self.path.glob(CHECKPOINT.replace(".", ".rank*.", 1)):
+                path.unlink(missing_ok=True)
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
+            shutil.rmtree(self.path / SCRATCH, ignore_errors=True)
+        else:
+            self.checkpoint_path.unlink(missing_ok=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def prepare(self) -> None:
         """Read the checkpoint to resume from, or drop a stale one, before the scratch files
@@ -145,12 +180,15 @@ class RunDirectory:
         if legacy.exists():
             self.log(f"netdissect: ignoring {legacy} (a pickled checkpoint of an older version is "
                      "never loaded); starting over")
+        # a single process clears everything; a rank of a sharded run only its own files
+        clear = self.clear if self.world == 1 else self._clear_own
         if self.force:
-            self.clear()
+            if self.world == 1:
+                self.clear()
             return
-        path = self.path / CHECKPOINT
+        path = self.checkpoint_path
         if not path.exists():
-            self.clear()  # scratch files without a checkpoint cannot be resumed
+            clear()  # scratch files without a checkpoint cannot be resumed
             return
         from . import statefile
         try:
@@ -159,14 +197,20 @@ class RunDirectory:
                 raise statefile.StateFileError("no 'done' count")
         except statefile.StateFileError as exc:
             self.log(f"netdissect: ignoring unreadable checkpoint {path} ({exc}); starting over")
-            self.clear()
+            clear()
             return
         changed = input_changes(state.get("manifest", {}), self.manifest, ignore=("labeling",))
+        if state.get("shard", {"rank": 0, "world": 1}) != self.shard:
+            changed.append("number of processes")
         if changed:
             self.log(f"netdissect: inputs changed since the checkpoint ({', '.join(changed)}): starting over")
-            self.clear()
+            clear()
             return
         self._resume = state
+
+    def _clear_own(self) -> None:
+        self.checkpoint_path.unlink(missing_ok=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def finished_manifest(self) -> Optional[dict]:
         """The manifest of a finished run in this directory, if any."""
@@ -193,10 +237,10 @@ class RunDirectory:
         from . import statefile
         for stream in streams.values():
             stream.pairs.spill()  # the buffers go to scratch files; the checkpoint names them
-        state = {"manifest": self.manifest, "done": done,
+        state = {"manifest": self.manifest, "shard": self.shard, "done": done,
                  "layers": {name: s.state_dict() for name, s in streams.items()},
                  "store": store.state_dict(), "skipped": list(skipped)}
-        statefile.save(self.path / CHECKPOINT, state)
+        statefile.save(self.checkpoint_path, state)
 
     def finish(self) -> None:
         self.clear()

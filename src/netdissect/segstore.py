@@ -16,8 +16,10 @@ from .tally import EncodedSegmentation
 
 class SegmentationStore:
     def __init__(self, n_images: int, pixels: int, n_concepts: int, labeled: np.ndarray,
-                 directory: Optional[Path]):
+                 directory: Optional[Path], offset: int = 0):
+        # a sharded run stores only its own images: global image i is row i - offset
         self.n_images = n_images
+        self.offset = offset
         self.pixels = pixels
         self.id_dtype = np.uint16 if pixels <= 65536 else np.int32
         self.labeled = labeled                               # (N, G) bool
@@ -35,6 +37,7 @@ class SegmentationStore:
 
     def add(self, indices: Sequence[int], encoded: Sequence[EncodedSegmentation]) -> None:
         for i, enc in zip(indices, encoded):
+            i -= self.offset
             self.ids[i] = enc.combo_ids
             self.tables[i] = enc.table
             self.image_concepts[i] = enc.image_concepts
@@ -46,7 +49,8 @@ class SegmentationStore:
 
     def gather(self, images: torch.Tensor):
         """Arrays of the given (sorted, distinct) images for IoUTally.add."""
-        idx = images.numpy()
+        labeled = torch.from_numpy(self.labeled[images.numpy()])
+        idx = images.numpy() - self.offset
         combo_ids = torch.from_numpy(np.asarray(self.ids[idx]).astype(np.int32))
         tables = [self.tables[i] for i in idx]
         max_combos = max(t.shape[0] for t in tables)
@@ -60,7 +64,7 @@ class SegmentationStore:
         for j, c in enumerate(concepts):
             image_concepts[j, :len(c)] = c
         return (combo_ids, torch.from_numpy(padded), torch.from_numpy(image_concepts),
-                torch.from_numpy(self.labeled[idx]))
+                labeled)
 
     def state_dict(self) -> dict:
         self.flush()

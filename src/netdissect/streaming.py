@@ -19,12 +19,16 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 
-from .quantile import ExactTopQuantile
+from .quantile import ExactTopQuantile, RadixQuantile
 from .runs import safe_name
 
 
 class TopKImages:
-    """For each unit, the k images with the largest maximum activation, and their maps."""
+    """For each unit, the k images with the largest maximum activation, and their maps.
+
+    Ties go to the lower image index, so the kept images are a function of the dataset alone,
+    not of the order of the batches: shards merged give what one process keeps.
+    """
 
     def __init__(self, units: int, k: int, map_shape: Tuple[int, int], device="cpu"):
         self.k = k
@@ -36,8 +40,8 @@ class TopKImages:
         """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
         k = self.k
         scores = torch.cat([self.score, maxima.t()], dim=1)               # (K, k + B)
-        top = torch.topk(scores, k, dim=1)
-        slots = top.indices
+        index = torch.cat([self.index, images[None, :].expand(scores.shape[0], -1)], dim=1)
+        slots = best_slots(scores, index, k)
         units = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(slots)
         from_batch = slots >= k
         old = torch.where(from_batch, torch.zeros_like(slots), slots)
@@ -45,8 +49,17 @@ class TopKImages:
         u, s = torch.nonzero(from_batch, as_tuple=True)
         b = slots[u, s] - k
         new_maps[u, s] = acts[b, u]
-        index = torch.where(from_batch, images[(slots - k).clamp(min=0)], self.index[units, old])
-        self.score, self.index, self.maps = top.values, index, new_maps
+        self.score, self.index, self.maps = scores.gather(1, slots), index.gather(1, slots), new_maps
+
+    def merge_ranks(self, group) -> None:
+        """The top k over every rank's images (a sharded run)."""
+        score, index = group.gather(self.score, dim=1), group.gather(self.index, dim=1)
+        maps = group.gather(self.maps, dim=1)
+        slots = best_slots(score, index, self.k)
+        units = torch.arange(score.shape[0])[:, None].expand_as(slots)
+        device = self.score.device
+        self.score, self.index = score.gather(1, slots).to(device), index.gather(1, slots).to(device)
+        self.maps = maps[units, slots].to(device)
 
     def state_dict(self) -> dict:
         return {"score": self.score.cpu(), "index": self.index.cpu(), "maps": self.maps.cpu()}
@@ -55,6 +68,13 @@ class TopKImages:
         device = self.score.device
         self.score, self.index, self.maps = (state["score"].to(device), state["index"].to(device),
                                              state["maps"].to(device))
+
+
+def best_slots(score: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, k) positions of the k best entries per row: score descending, then index ascending."""
+    by_index = torch.sort(index, dim=1, stable=True).indices
+    by_score = torch.sort(score.gather(1, by_index), dim=1, descending=True, stable=True).indices
+    return by_index.gather(1, by_score[:, :k])
 
 
 class PairBuffer:
@@ -149,35 +169,6 @@ def _chunk_bytes(chunk: dict) -> int:
     return sum(v.numel() * v.element_size() for v in chunk.values())
 
 
-class SketchQuantile:
-    """The quantile sketch behind ExactTopQuantile's interface, for layers too large for exact."""
-
-    def __init__(self, units: int, level: float, device="cpu"):
-        from .sketch import UnitQuantileSketch
-        self.level = level
-        self.sketch = UnitQuantileSketch(units, device=device)
-
-    @property
-    def count(self) -> int:
-        return self.sketch.count
-
-    def add(self, values: torch.Tensor) -> None:
-        self.sketch.add(values)
-
-    def threshold(self, n=None):
-        return self.sketch.quantile(self.level).cpu().numpy().astype("float32")
-
-    def rank_error(self) -> float:
-        return self.sketch.rank_error_bound()
-
-    def state_dict(self) -> dict:
-        return self.sketch.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        from .sketch import UnitQuantileSketch
-        self.sketch = UnitQuantileSketch.from_state_dict(state)
-
-
 class LayerStream:
     """Everything one layer accumulates during the pass."""
 
@@ -190,7 +181,7 @@ class LayerStream:
         self.sketch = sketch
         h, w = map_shape
         if sketch:
-            self.quantile = SketchQuantile(units, level, device=device)
+            self.quantile = RadixQuantile(units, expected_n_images * h * w, level, device=device)
         else:
             self.quantile = ExactTopQuantile(units, expected_n_images * h * w, level, device=device)
         self.topk = TopKImages(units, top_k, map_shape, device=device)
@@ -202,7 +193,15 @@ class LayerStream:
         self.topk.add(maxima, acts, images.to(acts.device))
         self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
         if self.sketch:
-            return  # no lower bound to filter with: the tally takes a second pass
+            return  # no lower bound to filter with: the maps are kept in the second pass
+        self._keep_candidates(acts, maxima, images)
+
+    def refine(self, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """The second pass of a sketched layer: resolve the thresholds, keep the candidates."""
+        self.quantile.refine(acts.transpose(0, 1).reshape(self.units, -1))
+        self._keep_candidates(acts, acts.amax(dim=(2, 3)), images)
+
+    def _keep_candidates(self, acts: torch.Tensor, maxima: torch.Tensor, images: torch.Tensor) -> None:
         bound = self.quantile.lower_bound()
         b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
         self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
@@ -211,6 +210,12 @@ class LayerStream:
             if self.pairs.bytes > self.pairs.budget // 2:
                 self.pairs.spill()
                 release_free_memory()
+
+    def merge_ranks(self, group) -> None:
+        """Fold the other ranks' thresholds state and top images into this one's (the candidate
+        maps stay on their rank: each tallies its own)."""
+        self.quantile.merge_ranks(group)
+        self.topk.merge_ranks(group)
 
     def state_dict(self) -> dict:
         return {"quantile": self.quantile.state_dict(), "topk": self.topk.state_dict(),

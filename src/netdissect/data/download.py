@@ -475,7 +475,7 @@ def _check_out(out: Path) -> None:
         if not out.is_dir():
             raise NetDissectError(f"{out} exists and is not a directory; choose another --out")
         if any(out.iterdir()):
-            what = ("already holds a dataset (validate it with `netdissect check " f"{out}`)"
+            what = (f"already holds a dataset (validate it with `netdissect check {out}`)"
                     if (out / "index.csv").exists() else "exists and is not empty")
             raise NetDissectError(f"{out} {what}; choose another --out, or remove it to "
                                   "download again")
@@ -534,10 +534,13 @@ def fetch_broden(out: Union[str, Path], version: str = "broden1_224", url: Optio
                            "afresh)") from None
     notes = []
     if part is not None:
-        if keep_zip and not out.with_name(out.name + ".zip").exists():
-            os.replace(part, out.with_name(out.name + ".zip"))
-            notes.append(f"the zip is kept as {out.with_name(out.name + '.zip')}")
+        kept = out.with_name(out.name + ".zip")
+        if keep_zip and not kept.exists():
+            os.replace(part, kept)
+            notes.append(f"the zip is kept as {kept}")
         else:
+            if keep_zip:
+                notes.append(f"the zip is not kept: {kept} already exists")
             part.unlink(missing_ok=True)
         _state_path(part).unlink(missing_ok=True)
     if left_out:

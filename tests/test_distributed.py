@@ -1,0 +1,160 @@
+"""Sharded runs (torchrun, gloo on CPU) write the same bytes as one process, and resume per rank."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import netdissect
+from engine_data import TinyNet, make_dataset
+from netdissect.distributed import shard_range
+
+TESTS = Path(__file__).parent
+LAYERS = ["relu1", "relu2", "conv3"]
+# files whose every byte must agree (summary.json and config.json differ by the timing and date)
+SAME_BYTES = ["thresholds.npy", "iou.npz", "topk.npz", "units.csv"]
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    # 27 images in batches of 4: 7 batches, split 3/4 over 2 ranks and 2/2/3 over 3
+    return make_dataset(tmp_path_factory.mktemp("dist") / "data", n_images=27, size=32, seed=11)
+
+
+def env(tag: str = "") -> dict:
+    return dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                NETDISSECT_TEST_TAG=tag, OMP_NUM_THREADS="1")
+
+
+def dissect_args(dataset, out, model="engine_data:tiny_net", batch=4, *extra):
+    args = ["dissect", "--model", model, "--dataset", str(dataset), "--out", str(out),
+            "--batch-size", str(batch), "--workers", "0", "--quiet", "--no-report",
+            "--min-category-images", "0", "--iou-threshold", "0.01"]
+    for layer in LAYERS:
+        args += ["--layer", layer]
+    return args + list(extra)
+
+
+def torchrun(nproc: int, args, tag: str = "", **kwargs):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               str(nproc), "-m", "netdissect"] + args
+    return subprocess.Popen(command, env=env(tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def finished(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def single(dataset, out, model="engine_data:tiny_net", **params):
+    params = {"batch_size": 4, "workers": 0, "progress": False, "min_category_images": 0,
+              "iou_threshold": 0.01, **params}
+    return netdissect.dissect(model, LAYERS, dataset, out=out, **params)
+
+
+def assert_same_bytes(a: Path, b: Path) -> None:
+    for layer in LAYERS:
+        for name in SAME_BYTES:
+            assert (a / layer / name).read_bytes() == (b / layer / name).read_bytes(), f"{layer}/{name}"
+    import json
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    sa.pop("seconds"), sb.pop("seconds")
+    assert sa == sb
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (a, b))
+    ca.pop("written"), cb.pop("written")
+    assert ca == cb
+
+
+def test_shards_are_whole_batches_and_cover_the_images_once():
+    for n, batch, world in [(27, 4, 2), (27, 4, 3), (5, 4, 3), (100, 7, 4), (1, 1, 2)]:
+        shards = [shard_range(n, batch, r, world) for r in range(world)]
+        assert [i for s in shards for i in s] == list(range(n))
+        assert all(s.start % batch == 0 for s in shards)
+        sizes = [len(s) for s in shards]
+        assert max(sizes) - min(sizes) <= batch
+
+
+def test_torchrun_two_processes_write_the_bytes_of_one(dataset, tmp_path):
+    """The command of the README, with --limit (uneven shards: 3 and 2 batches, the last short)."""
+    proc = torchrun(2, dissect_args(dataset, tmp_path / "two", "engine_data:tiny_net", 4, "--limit", "19"))
+    reference = single(dataset, tmp_path / "one", limit=19)
+    out, _ = finished(proc)
+    assert "Unique detectors" in out and out.count("Unique detectors") == 1  # rank 0 prints
+    assert_same_bytes(tmp_path / "one", tmp_path / "two")
+    assert not list((tmp_path / "two").glob("checkpoint*")) and not (tmp_path / "two" / ".scratch").exists()
+    assert reference.images == 19
+
+
+@pytest.mark.parametrize("nproc, upsample, budget", [(3, "rf", 0.0001), (3, "bilinear", 0.02)])
+def test_three_processes_both_upsamplings_and_the_sketch(dataset, tmp_path, nproc, upsample, budget):
+    """Uneven shards (2/2/3 batches); a tiny budget: every layer sketched (0.0001 MiB) or the
+    candidate maps spilled to disk (0.02 MiB)."""
+    args = dissect_args(dataset, tmp_path / "many", "engine_data:tiny_net", 4, "--upsample", upsample,
+                        "--memory-budget", str(budget))
+    proc = torchrun(nproc, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = single(dataset, tmp_path / "one", upsample=upsample, memory_budget_mb=budget)
+    finished(proc)
+    assert_same_bytes(tmp_path / "one", tmp_path / "many")
+    if budget < 0.001:  # the sketch mode is exact: the thresholds of the one-pass exact state
+        assert sum("radix" in w for w in result.warnings) == len(LAYERS)
+        exact = single(dataset, None, upsample=upsample)
+        for layer in LAYERS:
+            np.testing.assert_array_equal(result[layer].thresholds, exact[layer].thresholds)
+            np.testing.assert_array_equal(result[layer].iou, exact[layer].iou)
+
+
+def _worker_pids(tag: str):
+    """{rank: pid} of the torchrun workers started with NETDISSECT_TEST_TAG=tag."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"NETDISSECT_TEST_TAG={tag}".encode() in environ:
+            for item in environ:
+                if item.startswith(b"RANK="):
+                    found[int(item[5:])] = int(entry.name)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find a rank's process")
+def test_a_killed_rank_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL one rank part-way: torchrun stops the other (which checkpoints on SIGTERM); the
+    same command again resumes both shards and writes the bytes of an uninterrupted run."""
+    data = make_dataset(tmp_path / "data", n_images=40, size=32, seed=5)
+    out = tmp_path / "run"
+    args = dissect_args(data, out, "engine_data:slow_tiny_net", 2, "--checkpoint-every", "1")
+    tag = uuid.uuid4().hex
+    proc = torchrun(2, args, tag=tag, start_new_session=True)
+    checkpoint = out / "checkpoint.rank1.npz"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert checkpoint.exists(), "rank 1 never checkpointed"
+    os.kill(_worker_pids(tag)[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (out / "summary.json").exists()
+    assert checkpoint.exists()
+    _, err = finished(torchrun(2, args))
+    assert err.count("resuming from checkpoint") >= 1
+    single(data, tmp_path / "one", "engine_data:slow_tiny_net", batch_size=2)
+    assert_same_bytes(tmp_path / "one", out)
