@@ -42,6 +42,8 @@ def test_attention_and_head_tensors_are_refused_naming_their_layout():
         decide_layout("blocks.0.attn.q_norm", shapes_of(lambda h, w: (1, 3, n(h, w), 64)), HW)
     with pytest.raises(LayerError, match="no dimension follows the input size"):
         decide_layout("head", shapes_of(lambda h, w: (1, 10)), HW)
+    pooled = decide_layout("avgpool", shapes_of(lambda h, w: (1, 8, 7, 7)), HW)  # adaptive pooling: a map still
+    assert (pooled.kind, pooled.source) == ("nchw", "fixed size")
 
 
 def test_one_size_models_use_the_patch_grid_or_the_image_aspect():

@@ -236,6 +236,23 @@ def test_rerender_without_the_dataset_says_why(run_dir: Path, tmp_path: Path):
     assert all("x" not in u for u in data["units"])
 
 
+def test_paper_strips_on_request(run_dir: Path, tmp_path: Path):
+    """netdissect report OUT --strips: OUT/<layer>/unit_<n>.jpg, the images with their overlays."""
+    from netdissect.cli import main
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report"))
+    assert main(["report", str(copy), "--top-k", "4", "--strips", "--quiet"]) == 0
+    name, units, _ = DEFAULT_LAYERS[0]
+    strips = sorted((copy / name).glob("unit_*.jpg"))
+    assert len(strips) == units
+    run = load_run(copy)
+    best = max(run.layers[0].units, key=lambda u: u.iou)
+    im = np.asarray(Image.open(copy / name / f"unit_{best.unit}.jpg").convert("RGB")).astype(int)
+    assert im.shape[:2] == (128, 4 * 128 + 3 * 3)
+    magenta = np.abs(im - np.array([232, 28, 170])).sum(-1) < 90
+    assert magenta.sum() > 50, "the unit's contour is drawn"
+
+
 def test_missing_config_is_a_clear_error(tmp_path: Path):
     with pytest.raises(RunError, match="config.json"):
         render_report(tmp_path)

@@ -157,3 +157,47 @@ def test_cli_layers_marks_transformer_layers():
     assert "tokens (1 prefix + 2x2 grid" in lines["blocks.6.mlp.fc1"]
     assert "cannot be dissected" in lines["blocks.0.attn.q_norm"] and "heads x tokens" in lines["blocks.0.attn.q_norm"]
     assert "nhwc" in lines["patch_embed"]
+
+
+@pytest.mark.parametrize("name, size, prefix, grid", [
+    ("deit_tiny_distilled_patch16_224", 32, 2, (2, 2)),       # class + distillation token
+    ("vit_small_patch14_reg4_dinov2", 56, 5, (4, 4)),         # class + 4 registers
+    ("eva02_tiny_patch14_224", 56, 1, (4, 4)),
+    ("vit_base_patch16_clip_224", 32, 1, (2, 2)),             # a CLIP visual tower
+])
+def test_prefix_tokens_of_timm_families(name, size, prefix, grid):
+    from netdissect.hooks import layer_layout
+    from netdissect.layouts import decide_layout, probe_sizes
+    module = timm.create_model(name, pretrained=False, dynamic_img_size=True, depth=2).eval()
+    found = layer_layout(module, "blocks.1", (size, size))
+    assert (found.kind, found.prefix, found.grid, found.source) == ("tokens", prefix, grid, "model")
+    # the probes alone (no model hints) find the same prefix and grid
+    shapes = []
+    for h, w in probe_sizes((size, size)):
+        with torch.no_grad():
+            shapes.append(tuple(module.forward_features(torch.zeros(1, 3, h, w)).shape))
+    probed = decide_layout("forward_features", shapes, (size, size))
+    assert (probed.prefix, probed.grid, probed.source) == (prefix, grid, "probes")
+
+
+def test_a_model_of_another_input_size_is_a_clear_error(data64):
+    from netdissect.errors import LayerError
+    module = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
+                                                 hidden_dim=48, mlp_dim=64)
+    with pytest.raises(LayerError, match="fails on a 64x64 input.*data resize"):
+        dissect(module, "encoder.layers.encoder_layer_0", data64)
+
+
+@pytest.mark.parametrize("name, layer, index, kw", [
+    ("vit_tiny_patch16_224", "blocks.1", 1, dict(depth=2)),
+    ("swin_tiny_patch4_window7_224", "layers.1", 1, dict(depths=(1, 1, 1, 1), embed_dim=32, num_heads=(1, 2, 2, 2))),
+])
+def test_maps_equal_timms_own_forward_intermediates(name, layer, index, kw):
+    from netdissect.hooks import LayerCapture
+    module = timm.create_model(name, pretrained=False, dynamic_img_size=True, **kw).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad(), LayerCapture(module, [layer]) as capture:
+        maps = capture(x)[layer]
+    with torch.no_grad():
+        theirs = module.forward_intermediates(x, indices=[index], output_fmt="NCHW", intermediates_only=True)[0]
+    torch.testing.assert_close(maps, theirs)

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="render the HTML report of a run directory")
     p.add_argument("run")
     p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--strips", action="store_true",
+                   help="also write OUT/<layer>/unit_<n>.jpg: each unit's images with its regions, for papers")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -105,7 +107,8 @@ def cmd_layers(args) -> int:
     width = max((len(r.name) for r in rows), default=10)
     shapes = [" x ".join(str(s) for s in r.shape) if r.shape else "-" for r in rows]
     shape_w = max((len(s) for s in shapes), default=10)
-    print(f"{'layer':<{width}}  {'type':<24} {'output shape (batch of 1)':<{shape_w}}  dissected as")
+    type_w = max((len(r.type) for r in rows), default=4)
+    print(f"{'layer':<{width}}  {'type':<{type_w}}  {'output shape (batch of 1)':<{shape_w}}  dissected as")
     # timm names the stages it offers as features (feature_info): the usual layers to dissect
     features = {f.get("module") for f in getattr(loaded.module, "feature_info", None) or []
                 if isinstance(f, dict)}
@@ -113,7 +116,7 @@ def cmd_layers(args) -> int:
         mark = r.layout if r.layout else f"cannot be dissected: {r.why}"
         if r.layout and r.name in features:
             mark += "  [timm feature stage]"
-        print(f"{r.name:<{width}}  {r.type:<24} {shape:<{shape_w}}  {mark}")
+        print(f"{r.name:<{width}}  {r.type:<{type_w}}  {shape:<{shape_w}}  {mark}")
     return 0
 
 
@@ -132,13 +135,13 @@ def cmd_dissect(args) -> int:
     return 0
 
 
-def _render_report(out, top_k: int, quiet: bool) -> Optional[Path]:
+def _render_report(out, top_k: int, quiet: bool, strips: bool = False) -> Optional[Path]:
     try:
         from .report import render_report
     except ImportError:
         print("netdissect: the report module is not available; skipping the report", file=sys.stderr)
         return None
-    return render_report(out, top_k=top_k, progress=not quiet)
+    return render_report(out, top_k=top_k, progress=not quiet, paper_strips=strips)
 
 
 def print_summary(result) -> None:
@@ -186,7 +189,7 @@ def cmd_check(args) -> int:
 def cmd_report(args) -> int:
     from .runs import read_json
     read_json(Path(args.run) / "summary.json")  # a clear error when the run is not finished
-    path = _render_report(args.run, args.top_k, args.quiet)
+    path = _render_report(args.run, args.top_k, args.quiet, args.strips)
     if path is not None:
         print(f"report: {Path(path).resolve().as_uri()}")
     return 0

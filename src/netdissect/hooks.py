@@ -208,7 +208,9 @@ def list_layers(model: nn.Module, input_size: Tuple[int, int] = (224, 224),
                 shapes = [tuple(tensor.shape)] + [_element_shape(o.get(name), suffix) for o in per_size[1:]]
                 try:
                     found = decide_layout(spec, shapes, tuple(input_size), layout, hints)
-                    rows.append(LayerInfo(spec, kind, shapes[0], layout=found.describe()))
+                    note = {"assumed": "  (assumed: the model takes one input size)",
+                            "fixed size": "  (a fixed grid: does not follow the input size)"}.get(found.source, "")
+                    rows.append(LayerInfo(spec, kind, shapes[0], layout=found.describe() + note))
                 except LayerError as exc:
                     rows.append(LayerInfo(spec, kind, shapes[0], why=getattr(exc, "reason", str(exc))))
         return rows

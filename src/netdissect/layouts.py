@@ -119,7 +119,7 @@ class Layout:
     prefix: int = 0
     stride: Optional[Tuple[float, float]] = None
     grid: Optional[Tuple[int, int]] = None       # at the size it was decided for
-    source: str = "probes"
+    source: str = "probes"  # probes | model | override | assumed (one input size) | fixed size
 
     @property
     def channel_dim(self) -> int:
@@ -263,6 +263,9 @@ def decide_layout(spec: str, shapes: Sequence[Optional[Tuple[int, ...]]], image_
             return Layout("nhwc")
         if rank == 3 and follows_h == {1} and follows_w == {1}:
             return _token_layout(spec, a, b, c, image_hw, hints, source="probes")
+        if rank == 4 and not follows_h and not follows_w and a[2] <= image_hw[0] and a[3] <= image_hw[1]:
+            # a fixed grid over the image (adaptive pooling): maps still, as before
+            return Layout("nchw", source="fixed size")
         _refuse(spec, shape_text, _not_maps(rank, follows_h, follows_w))
     # the model accepts one input size only: its patch grid, else the CNN convention
     if hints is not None:
@@ -367,9 +370,13 @@ def resolve_layouts(run_raw: Runner, layers: Sequence[str], image_hw: Tuple[int,
                 outputs = run_raw(x)
         except LayerError:
             raise
-        except Exception:
+        except Exception as exc:
             if i == 0:
-                raise
+                raise LayerError(
+                    f"the model fails on a {size[0]}x{size[1]} input ({exc.__class__.__name__}: "
+                    f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); it may accept only the "
+                    "size it was built or exported for (torchvision ViT: 224): dissect a dataset of that "
+                    "size (`netdissect data resize SRC --size N --out DIR`)") from None
             outputs = {}
         for layer in layers:
             out = outputs.get(layer)

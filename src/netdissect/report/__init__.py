@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -31,7 +32,8 @@ from .html import (category_bars, common, concept_sections, heat_data, iou_scale
                    layer_page, quantile_text, render, search_index, atlas_data, tiles_layout,
                    unit_tiles, _categories)
 from .runview import IMAGE_CATEGORIES, RunView, load_run
-from .tiles import LayerTiles, load_images, progress_bar, render_layer_tiles, wanted_images, write_atlases
+from .tiles import (LayerTiles, load_images, progress_bar, render_layer_tiles, wanted_images,
+                    write_atlases, write_paper_strips)
 
 __all__ = ["render_report"]
 
@@ -44,6 +46,20 @@ def _version() -> str:
         return version("netdissect")
     except Exception:
         return "unknown"
+
+
+class _Clock:
+    """Seconds per stage, into the caller's dict (or nowhere)."""
+
+    def __init__(self, into: Optional[Dict[str, float]]):
+        self.into = into
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[stage] = self.into.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 def _open_dataset(run: RunView) -> Tuple[Any, str]:
@@ -120,11 +136,15 @@ def _flat_params(cfg: Any, prefix: str = "") -> List[Tuple[str, str]]:
 
 
 def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bool = False,
-                  *, workers: Optional[int] = None) -> Path:
+                  *, workers: Optional[int] = None, timings: Optional[Dict[str, float]] = None,
+                  paper_strips: bool = False) -> Path:
     """Render OUT/report/ from run directory OUT; return the path of OUT/report/index.html.
 
     top_k: images per unit (at most the k stored in topk.npz). workers: processes decoding
-    images (default: up to 4, never more than the CPUs)."""
+    images (default: up to 4, never more than the CPUs). timings: filled with the seconds each
+    stage took (benchmarks/report_cost.py). paper_strips: also write OUT/<layer>/unit_<n>.jpg,
+    each unit's images with its regions side by side, for papers."""
+    clock = _Clock(timings)
     root = Path(run_dir)
     if top_k < 1:
         raise RunError(f"top_k must be at least 1, got {top_k}")
@@ -132,6 +152,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
     dataset, dataset_note = _open_dataset(run)
+    clock.lap("reading the run")
     if dataset_note:
         run.report_warnings.append(dataset_note)
     image_level = list(getattr(dataset, "image_categories", None) or IMAGE_CATEGORIES)
@@ -149,6 +170,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
         for layer in run.layers:
             _copy(root / layer.dirname / "units.csv", stage / "data" / layer.dirname / "units.csv")
         figs, cross = _figures_of(run, root, stage)
+        clock.lap("figures")
 
         tiles: Dict[str, Optional[LayerTiles]] = {l.name: None for l in run.layers}
         atlas = None
@@ -169,19 +191,25 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
             loaded = load_images(dataset, jobs, workers, bar)
             if bar is not None:
                 bar.close()
-            atlas = write_atlases({i: img for i, img, _ in loaded}, stage)
+            clock.lap("decoding images")
+            images = {i: img for i, img, _ in loaded}
+            atlas = write_atlases(images, stage)
             masks = {i: m for i, _, m in loaded}
             del loaded
+            clock.lap("image atlases")
             for layer in run.layers:
                 if layer.result.topk_index is None:
                     layer_notes[layer.name].append("the run kept no top images (topk.npz missing)")
                     continue
-                lt = render_layer_tiles(layer, dataset, masks, run.upsample, top_k, stage)
+                lt = render_layer_tiles(layer, dataset, masks, run.upsample, top_k, stage, workers)
                 if lt.note:
                     run.report_warnings.append(lt.note)
                 tiles[layer.name] = lt
+                if paper_strips:
+                    write_paper_strips(layer, lt, images, stage, root / layer.dirname)
                 if progress:
                     print(f"report: {layer.name}: {layer.size} units", file=sys.stderr)
+            clock.lap("unit overlays")
         else:
             for layer in run.layers:
                 layer_notes[layer.name].append("no images: " + (dataset_note or "the dataset is empty"))
@@ -248,6 +276,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                   "categories": _categories(colors), "units": search_index(run), "thr": run.iou_threshold}),
             encoding="utf-8")
 
+        clock.lap("pages")
         final = root / "report"
         old = None
         if final.exists():

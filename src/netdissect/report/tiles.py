@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .colors import (DIM_RGBA, LABEL_DARK_RGB, LABEL_REGION_RGB, SPECK_ALPHA, UNIT_FILL_ALPHA,
@@ -71,15 +72,18 @@ def _shift_or(m: np.ndarray, r: int, axis: int) -> np.ndarray:
 
 
 def dilate(m: np.ndarray, r: int) -> np.ndarray:
-    """Square dilation of the last two axes (outside the array counts as False)."""
+    """Square dilation (side 2r+1) of the last two axes; outside the array counts as False.
+    (Shifted ORs, separable: faster here than torch's max_pool2d on CPU.)"""
     return _shift_or(_shift_or(m, r, m.ndim - 2), r, m.ndim - 1) if r > 0 else m.copy()
 
 
 def erode(m: np.ndarray, r: int) -> np.ndarray:
-    """Square erosion of the last two axes (outside the array counts as False, so a region
-    touching the image's edge gets an edge there)."""
-    return ~dilate(np.pad(~m, [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)], constant_values=True),
-                   r)[..., 1:-1, 1:-1]
+    """Square erosion of the last two axes; outside the array counts as False, so a region
+    touching the image's edge gets an edge there."""
+    if r <= 0:
+        return m.copy()
+    pad = [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)]
+    return ~dilate(np.pad(~m, pad, constant_values=True), r)[..., 1:-1, 1:-1]
 
 
 def visible_radius(seg_hw: Tuple[int, int]) -> int:
@@ -94,8 +98,9 @@ def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np
     The region stays readable from the indices (``IN_REGION``) under the label's outline too,
     so a test can check what is drawn against what was scored."""
     out = np.where(regions, FILL, DIM).astype(np.uint8)
-    opened = dilate(erode(regions, radius), radius)
-    large = dilate(opened, radius + 1)
+    # near a part that survives an opening of radius r (erode by r, dilate by r), i.e. within
+    # r + 1 of it: one dilation by 2r + 1 of the eroded region
+    large = dilate(erode(regions, radius), 2 * radius + 1)
     ring = dilate(regions, 1) & ~regions & large
     out[ring] = CONTOUR
     out[regions & ~large] = SPECK       # too small for a contour: drawn nearly opaque instead
@@ -103,9 +108,10 @@ def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np
         edge = labels & ~erode(labels, 1)
         h, w = labels.shape[-2:]
         yy, xx = np.mgrid[0:h, 0:w]
-        dash = ((yy + xx) // 3) % 2 == 0
-        out[edge & dash] = np.where(regions, LABEL_IN, LABEL)[edge & dash]
-        out[edge & ~dash] = np.where(regions, LABEL_ALT_IN, LABEL_ALT)[edge & ~dash]
+        dash = np.broadcast_to(((yy + xx) // 3) % 2 == 0, edge.shape)
+        # four indices: dash or gap colour, inside or outside the unit's region
+        out[edge] = np.where(dash, np.where(regions, LABEL_IN, LABEL),
+                             np.where(regions, LABEL_ALT_IN, LABEL_ALT))[edge]
     return out
 
 
@@ -255,31 +261,27 @@ def _heat(maps: np.ndarray) -> Tuple[str, float]:
     return base64.b64encode(q.tobytes()).decode("ascii"), top
 
 
-def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tuple]],
-                       mode: str, top_k: int, report: Path) -> LayerTiles:
-    """The overlay sheets of one layer and each unit's tiles."""
-    result = layer.result
-    rec = ds.records[0]
-    image_hw, seg_hw = (rec.ih, rec.iw), (rec.sh, rec.sw)
-    upsample, note = layer_upsampler(result, mode, image_hw, seg_hw)
-    kk = min(top_k, result.topk_index.shape[1])
-    index = result.topk_index[:, :kk]
-    valid = (index >= 0) & (index < len(ds))
-    radius = visible_radius(seg_hw)
-    out_dir = report / "strips" / layer.dirname
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lt = LayerTiles([], UNITS_PER_SHEET, kk, seg_hw, placement=map_placement(result, mode, image_hw),
-                    note=note)
-    K = layer.size
-    sh, sw = seg_hw
-    for s in range(0, K, UNITS_PER_SHEET):
-        units = list(range(s, min(K, s + UNITS_PER_SHEET)))
+_SHEETS_JOB: Any = None
+
+
+def _render_sheets(starts: Sequence[int]) -> List[Tuple[int, Dict[int, List[Tile]]]]:
+    """Overlay sheets of the units from each start (UNITS_PER_SHEET each), written to files."""
+    job = _SHEETS_JOB
+    if job["forked"]:
+        torch.set_num_threads(1)      # as in DataLoader workers: a forked child runs one thread
+    layer, result, masks, index, valid = job["layer"], job["layer"].result, job["masks"], job["index"], job["valid"]
+    sh, sw = job["seg_hw"]
+    kk = index.shape[1]
+    out = []
+    for s in starts:
+        units = list(range(s, min(layer.size, s + UNITS_PER_SHEET)))
         pairs = [(k, j) for k in units for j in range(kk) if valid[k, j]]
         sheet = np.zeros((UNITS_PER_SHEET * sh, kk * sw), np.uint8)
+        tiles: Dict[int, List[Tile]] = {}
         if pairs and result.topk_maps is not None:
             rows = np.array([p[0] for p in pairs])
             cols = np.array([p[1] for p in pairs])
-            regions = unit_regions(result.topk_maps[rows, cols], result.thresholds[rows], upsample)
+            regions = unit_regions(result.topk_maps[rows, cols], result.thresholds[rows], job["upsample"])
             labels = np.zeros_like(regions)
             present: List[Optional[bool]] = []
             for n, (k, j) in enumerate(pairs):
@@ -290,20 +292,92 @@ def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tup
                 if m is not None:
                     labels[n] = m
                 present.append(has)
-            over = compose_overlays(regions, labels, radius)
+            over = compose_overlays(regions, labels, job["radius"])
             fracs = regions.reshape(len(pairs), -1).mean(axis=1)
             for n, (k, j) in enumerate(pairs):
                 r = k - s
                 sheet[r * sh:(r + 1) * sh, j * sw:(j + 1) * sw] = over[n]
-                lt.tiles.setdefault(k, []).append(
+                tiles.setdefault(k, []).append(
                     Tile(int(index[k, j]), float(result.topk_score[k, j]), present[n], float(fracs[n])))
-        name = f"strips/{layer.dirname}/overlay-{s // UNITS_PER_SHEET:03d}.png"
-        _save_png(sheet, report / name)
-        lt.sheets.append(name)
+        _save_png(sheet, job["report"] / sheet_name(layer, s))
+        out.append((s, tiles))
+    return out
+
+
+def sheet_name(layer: LayerView, start: int) -> str:
+    return f"strips/{layer.dirname}/overlay-{start // UNITS_PER_SHEET:03d}.png"
+
+
+def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tuple]],
+                       mode: str, top_k: int, report: Path, workers: int = 1) -> LayerTiles:
+    """The overlay sheets of one layer (in forked workers when workers > 1) and each unit's tiles."""
+    global _SHEETS_JOB
+    result = layer.result
+    rec = ds.records[0]
+    image_hw, seg_hw = (rec.ih, rec.iw), (rec.sh, rec.sw)
+    upsample, note = layer_upsampler(result, mode, image_hw, seg_hw)
+    kk = min(top_k, result.topk_index.shape[1])
+    index = result.topk_index[:, :kk]
+    (report / "strips" / layer.dirname).mkdir(parents=True, exist_ok=True)
+    lt = LayerTiles([], UNITS_PER_SHEET, kk, seg_hw, placement=map_placement(result, mode, image_hw),
+                    note=note)
+    starts = list(range(0, layer.size, UNITS_PER_SHEET))
+    _SHEETS_JOB = {"layer": layer, "masks": masks, "index": index, "valid": (index >= 0) & (index < len(ds)),
+                   "seg_hw": seg_hw, "upsample": upsample, "radius": visible_radius(seg_hw),
+                   "report": report, "forked": False}
+    try:
+        if workers > 1 and len(starts) >= 4 * workers:
+            import multiprocessing as mp
+            _SHEETS_JOB["forked"] = True
+            n = -(-len(starts) // (workers * 3))
+            chunks = [starts[i:i + n] for i in range(0, len(starts), n)]
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+                done = [part for parts in pool.map(_render_sheets, chunks) for part in parts]
+        else:
+            done = _render_sheets(starts)
+    finally:
+        _SHEETS_JOB = None
+    for s, tiles in sorted(done, key=lambda t: t[0]):
+        lt.sheets.append(sheet_name(layer, s))
+        lt.tiles.update(tiles)
     if result.topk_maps is not None:
-        for k in range(K):
+        for k in range(layer.size):
             lt.heat[k], lt.heat_max[k] = _heat(np.asarray(result.topk_maps[k, :kk], np.float32))
     return lt
+
+
+def write_paper_strips(layer: LayerView, lt: LayerTiles, images: Dict[int, np.ndarray], report: Path,
+                       out_dir: Path, cell: int = 128, gap: int = 3) -> int:
+    """OUT/<layer>/unit_<n>.jpg: each unit's images with its overlay, side by side (for papers;
+    the report itself never uses them). Returns the number written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sh, sw = lt.seg_hw
+    written = 0
+    for si, name in enumerate(lt.sheets):
+        with Image.open(report / name) as im:
+            sheet = im.convert("RGBA")
+        for k in range(si * lt.units_per_sheet, min(layer.size, (si + 1) * lt.units_per_sheet)):
+            tiles = lt.tiles.get(k, [])
+            if not tiles:
+                continue
+            cells = []
+            r = k - si * lt.units_per_sheet
+            for j, t in enumerate(tiles):
+                raw = Image.fromarray(images[t.image]).convert("RGBA")
+                size = (max(1, round(cell * raw.width / raw.height)), cell)
+                over = sheet.crop((j * sw, r * sh, (j + 1) * sw, (r + 1) * sh)).resize(size, Image.NEAREST)
+                cells.append(Image.alpha_composite(raw.resize(size, Image.BILINEAR), over).convert("RGB"))
+            strip = Image.new("RGB", (sum(c.width for c in cells) + gap * (len(cells) - 1), cell), "white")
+            x = 0
+            for c in cells:
+                strip.paste(c, (x, 0))
+                x += c.width + gap
+            path = out_dir / f"unit_{layer.units[k].unit}.jpg"
+            tmp = path.with_name(path.name + ".tmp")
+            strip.save(tmp, format="JPEG", quality=90)
+            os.replace(tmp, path)
+            written += 1
+    return written
 
 
 def wanted_images(layers: Sequence[LayerView], n_images: int, top_k: int,

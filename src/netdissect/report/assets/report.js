@@ -109,10 +109,10 @@
     var imageLevel = {};
     (D.imageLevel || []).forEach(function (c) { imageLevel[c] = true; });
     var ctl = { cat: $('f-cat'), q: $('f-q'), runners: $('f-runners'), min: $('f-min'), max: $('f-max'),
-      det: $('f-det'), sort: $('f-sort'), per: $('f-per'), view: $('f-view'), reset: $('f-reset') };
+      det: $('f-det'), sort: $('f-sort'), per: $('f-per'), view: $('f-view'), size: $('f-size'), reset: $('f-reset') };
     var cardsEl = $('cards'), tpl = $('card-template');
     var page = 0, current = [];
-    var TILE = 120;
+    var TILE = parseInt(ctl.size.value, 10) || 120;
 
     function readFilters() {
       var mn = parseFloat(ctl.min.value), mx = parseFloat(ctl.max.value);
@@ -364,6 +364,7 @@
     ['cat', 'det', 'sort', 'per', 'runners'].forEach(function (k) { ctl[k].addEventListener('change', update); });
     ['q', 'min', 'max'].forEach(function (k) { ctl[k].addEventListener('input', update); });
     ctl.view.addEventListener('change', function () { document.body.classList.toggle('raw', ctl.view.value === 'raw'); });
+    ctl.size.addEventListener('change', function () { TILE = parseInt(ctl.size.value, 10) || 120; render(); });
     ctl.reset.addEventListener('click', function () { resetControls(); update(); });
     window.addEventListener('hashchange', fromHash);
 

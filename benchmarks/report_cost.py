@@ -1,0 +1,74 @@
+"""Cost of rendering the report against the dissection it shows, and the report's size.
+
+    python benchmarks/report_cost.py [--images 1000] [--layers features.18] [--repeats 1]
+
+Dissects MobileNetV2 (ImageNet weights) at --layers (default features.18: 1,280 units) over
+--images synthetic 224 px images without a report, then renders the report of that run, both
+in this one process, and prints both times, the ratio (target: <= 0.10), where the report's
+time goes, and the report's size, file count and hard links (target: < 25 MB, < 400 files,
+none). Best of --repeats for each.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import ensure_data  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--data", type=Path, default=Path("runs/bench-data"))
+    parser.add_argument("--layers", nargs="+", default=["features.18"])
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    import torch
+    from netdissect.broden import BrodenDataset
+    from netdissect.models import load_model
+    from netdissect.pipeline import dissect
+    from netdissect.report import render_report
+
+    data = ensure_data(args.data, args.images)
+    ds = BrodenDataset(data, limit=args.images)
+    loaded = load_model("torchvision:mobilenet_v2", weights="IMAGENET1K_V1")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MobileNetV2 "
+          f"{', '.join(args.layers)} over {len(ds)} images")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        dis, rep, parts = [], [], None
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            result = dissect(loaded, args.layers, ds, out=out, batch_size=args.batch_size,
+                             workers=args.workers, progress=False, force=True)
+            dis.append(time.perf_counter() - start)
+            timings: dict = {}
+            start = time.perf_counter()
+            render_report(out, timings=timings)
+            rep.append(time.perf_counter() - start)
+            if parts is None or rep[-1] == min(rep):
+                parts = timings
+        d, r = min(dis), min(rep)
+        units = sum(layer.units for layer in result.layers.values())
+        print(f"dissection ({units} units, no report): {d:7.1f} s")
+        print(f"report rendering:                     {r:7.1f} s")
+        print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+        print(f"ratio report / dissection (target <= 0.10): {r / d:5.3f}")
+        files = [p for p in (out / "report").rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        links = sum(1 for p in files if p.stat().st_nlink > 1 or p.is_symlink())
+        print(f"report: {size / 1e6:.1f} MB in {len(files)} files, {links} links "
+              "(targets: < 25 MB, < 400 files, no links)")
+
+
+if __name__ == "__main__":
+    main()
