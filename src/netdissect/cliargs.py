@@ -67,6 +67,15 @@ def dissect_params(args) -> dict:
                 layout=getattr(args, "layout", "auto"))
 
 
+def add_formula_args(p, default_length: int = 3) -> None:
+    """Compositional explanations (netdissect.formulas): formula length and beam width."""
+    p.add_argument("--formula-length", type=int, default=default_length, metavar="L",
+                   help="search each unit's best formula of up to L concepts joined by AND, OR, AND NOT "
+                        + (f"(default {default_length})" if default_length else
+                           "(default: no formulas; 3 is the usual choice)"))
+    p.add_argument("--beam", type=int, default=10, help="beam width of the formula search (default 10)")
+
+
 # --------------------------------------------------------------------------- validation
 
 import argparse  # noqa: E402  (below the option definitions they validate)
@@ -139,6 +148,8 @@ RULES = {
     "retries": _count(0, 100),
     "backoff": _real(0, 3600, False, False),
     "timeout": _real(0, 86400, True, False),
+    "formula_length": _count(0, 20),
+    "beam": _count(1, 10_000),
 }
 
 
