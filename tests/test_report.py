@@ -353,3 +353,11 @@ def test_demo_shaped_report_stays_within_its_size_budget(tmp_path: Path):
     demo_bytes = image_bytes / images * 1000 + rest
     assert demo_bytes < 25e6, f"{demo_bytes / 1e6:.1f} MB"
     assert all(p.stat().st_nlink == 1 for p in files)
+
+
+def test_experiment_page_escapes_its_tables(tmp_path: Path):
+    from netdissect.report.experiments import write_experiment_page
+    (tmp_path / "numbers.csv").write_text('name,value\n<b onclick="x()">unit</b>,1\n')
+    page = write_experiment_page(tmp_path, "A <title>", "desc & more").read_text(encoding="utf-8")
+    assert "<b onclick" not in page and "&lt;b onclick=" in page
+    assert "<title>A &lt;title&gt;</title>" in page and "desc &amp; more" in page
