@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .cliargs import add_dissect_args, add_layout_arg, add_model_args, dissect_params
+from .cliargs import add_dissect_args, add_formula_args, add_layout_arg, add_model_args, dissect_params
 from .errors import NetDissectError
 
 DEMO_LAYERS = ("features.3", "features.7", "features.14", "features.18")
@@ -26,9 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", action="append", required=True, dest="layers",
                    help="dotted module name; repeat for several layers (one pass over the data)")
     add_dissect_args(p)
+    add_formula_args(p, default_length=0)
     p.add_argument("--out", required=True, help="run directory to write (resumed if interrupted)")
     p.add_argument("--no-report", action="store_true", help="do not render the HTML report")
     p.set_defaults(func=cmd_dissect)
+
+    p = sub.add_parser("formulas", help="search each unit's best formula of concepts (AND, OR, AND NOT) "
+                                        "in a finished run directory")
+    p.add_argument("run", help="a run directory written by `netdissect dissect`")
+    p.add_argument("--layer", action="append", dest="layers", help="layer to search (default: every layer)")
+    add_formula_args(p)
+    p.add_argument("--force", action="store_true", help="search again even when done with the same settings")
+    p.add_argument("--top-k", type=int, default=8, help="top images per unit in the re-rendered report")
+    p.add_argument("--no-report", action="store_true", help="do not re-render the HTML report")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_formulas)
 
     p = sub.add_parser("layers", help="list a model's layers with their output shapes")
     add_model_args(p)
@@ -77,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    add_formula_args(p)
     p.set_defaults(func=cmd_demo)
 
     try:
@@ -118,14 +131,45 @@ def cmd_dissect(args) -> int:
     from .pipeline import dissect
     result = dissect(args.model, args.layers, args.dataset, out=args.out, weights=args.weights,
                      checkpoint=args.checkpoint, mean=args.mean, std=args.std,
-                     progress=not args.quiet, force=args.force, **dissect_params(args))
+                     progress=not args.quiet, force=args.force, formula_length=args.formula_length,
+                     beam=args.beam, **dissect_params(args))
     from .distributed import is_primary
     if not is_primary():  # a sharded run (torchrun): rank 0 reports
         return 0
     if not args.no_report:
         _render_report(result.out, args.top_k, args.quiet)
     print_summary(result)
+    print_formulas(result)
     return 0
+
+
+def cmd_formulas(args) -> int:
+    from .formulas import explain_run
+    result = explain_run(args.run, layers=args.layers, length=args.formula_length, beam=args.beam,
+                         progress=not args.quiet, force=args.force)
+    if not args.no_report:
+        _render_report(args.run, args.top_k, args.quiet)
+    print_formulas(result, args.layers)
+    return 0
+
+
+def print_formulas(result, layers=None, examples: int = 3) -> None:
+    """Per layer: mean IoU of the labels and of the formulas, and the best formulas."""
+    import numpy as np
+    rows = [(n, l) for n, l in result.layers.items() if l.formulas is not None and (not layers or n in layers)]
+    if not rows:
+        return
+    print()
+    print("Formulas (best of AND / OR / AND NOT over concepts; IoU as the dissection's):")
+    for name, layer in rows:
+        f = layer.formulas
+        s = f.summary(layer.iou_threshold)
+        print(f"{name}: length <= {f.length}, beam {f.beam}: mean IoU {s['mean_single_iou']:.4f} (label) -> "
+              f"{s['mean_iou']:.4f} (formula), {s['units_improved']}/{f.units} units improved, "
+              f"{s['detectors']} above {layer.iou_threshold} ({f.seconds:.1f} s)")
+        for k in np.argsort(-f.iou, kind="stable")[:examples]:
+            print(f"  unit {k}: {f.text(k)}  IoU {f.iou[k]:.4f} (label {layer.concept_names[f.single[k]]} "
+                  f"{f.single_iou[k]:.4f})")
 
 
 def _render_report(out, top_k: int, quiet: bool, strips: bool = False) -> Optional[Path]:
@@ -199,10 +243,12 @@ def cmd_demo(args) -> int:
                            overwrite=True)
     result = dissect("torchvision:mobilenet_v2", list(DEMO_LAYERS), data, out=args.out,
                      weights="IMAGENET1K_V1", progress=not args.quiet, force=args.force,
-                     batch_size=args.batch_size, workers=args.workers, limit=args.images)
+                     batch_size=args.batch_size, workers=args.workers, limit=args.images,
+                     formula_length=args.formula_length, beam=args.beam)
     if not args.no_report:
         _render_report(result.out, 8, args.quiet)
     print_summary(result)
+    print_formulas(result)
     return 0
 
 

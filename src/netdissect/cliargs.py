@@ -65,3 +65,12 @@ def dissect_params(args) -> dict:
                 min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb,
                 on_bad_image=args.on_bad_image, checkpoint_every=args.checkpoint_every,
                 layout=getattr(args, "layout", "auto"))
+
+
+def add_formula_args(p, default_length: int = 3) -> None:
+    """Compositional explanations (netdissect.formulas): formula length and beam width."""
+    p.add_argument("--formula-length", type=int, default=default_length, metavar="L",
+                   help="search each unit's best formula of up to L concepts joined by AND, OR, AND NOT "
+                        + (f"(default {default_length})" if default_length else
+                           "(default: no formulas; 3 is the usual choice)"))
+    p.add_argument("--beam", type=int, default=10, help="beam width of the formula search (default 10)")

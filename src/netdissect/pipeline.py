@@ -28,6 +28,7 @@ from torch import nn
 
 from . import distributed, kernel
 from .broden import BrodenDataset, open_dataset
+from .combinations import CombinationIndex, UnitCombinationCounts
 from .errors import ActivationError, DatasetError, NetDissectError, RunError
 from .hooks import LayerCapture, check_activation_shape
 from .models import LoadedModel, load_model
@@ -97,6 +98,8 @@ class LayerResult:
     topk_index: Optional[np.ndarray] = None   # (K, k) image indices
     topk_score: Optional[np.ndarray] = None   # (K, k)
     topk_maps: Optional[np.ndarray] = None    # (K, k, h, w)
+    combinations: Optional[object] = None     # combinations.LayerCombinations, for formulas
+    formulas: Optional[object] = None         # formulas.LayerFormulas, when searched
     layout: Optional[dict] = None             # how the layer's output was read as maps (layouts.py)
     receptive_field: Optional[ReceptiveField] = None   # rf mode: how maps were placed (the report redraws them)
 
@@ -294,12 +297,14 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             weights: Optional[str] = "default", checkpoint: Optional[str] = None,
             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
             progress: bool = True, force: bool = False, checkpoint_every: int = 50,
-            **params) -> DissectionResult:
+            formula_length: int = 0, beam: int = 10, **params) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a Broden-format ``dataset``.
 
     ``params`` are the fields of DissectConfig (quantile, iou_threshold, upsample, categories,
     split, limit, top_k, batch_size, workers, device, ...). With ``out`` the run directory is
     written (see README, "Result files") and an interrupted run resumes from its checkpoint.
+    ``formula_length`` > 0 also searches each unit's best formula of concepts (netdissect.formulas)
+    with beam width ``beam``, from the same tally (a finished run is searched from its files).
     """
     from . import runs  # run directory handling (manifest, checkpoints, atomic results)
 
@@ -316,9 +321,16 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=config.split, categories=config.categories, limit=config.limit)
+    from .formulas import add_formulas, write_gain_figure
     with distributed.session(config.device) as group:  # torchrun: one shard per process
+        if formula_length and group is not None:
+            raise NetDissectError("--formula-length: a sharded (torchrun) run does not collect the label "
+                                  "combination counts that formulas need; dissect in one process")
         if out is None:
-            return _run_engine(loaded, ds, config, None, progress, group)
+            result = _run_engine(loaded, ds, config, None, progress, group)
+            if formula_length:
+                add_formulas(result, formula_length, beam, progress=progress)
+            return result
         if group is None:
             run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force,
                                     checkpoint_every=checkpoint_every)
@@ -331,12 +343,18 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
                 result = None if force else group.on_primary(lambda: runs.reuse_finished(run, config))
             if result is None:
                 result = _run_engine(loaded, ds, config, run, progress, group)
+                if formula_length:
+                    add_formulas(result, formula_length, beam, progress=progress)
                 if group is None:
                     runs.write_results(run.path, result)
                 else:  # rank 0 writes; every rank keeps its checkpoint until the results are there
                     group.on_primary(lambda: runs.write_results(run.path, result))
                 run.finish()
                 result.out = run.path
+            elif formula_length and add_formulas(result, formula_length, beam, progress=progress, out=run.path):
+                runs.write_results(run.path, result)
+            if formula_length:
+                write_gain_figure(run.path, runs.read_json(run.path / "summary.json"))
             return result
         finally:
             run.release()
@@ -446,13 +464,16 @@ class _Engine:
             self._all_ranks(self._second_pass, module, normalize, data, sketched)
         # 2. thresholds
         thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
-        # 3. tally intersections and unions at those thresholds
+        # 3. tally intersections and unions at those thresholds (and, for formulas, each
+        #    unit's active pixels per dataset-wide label combination)
+        index = CombinationIndex.from_store(store) if self.group is None else None  # not sharded
         tallies, fields = {}, {}
         for name, stream in streams.items():
             field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
             fields[name] = field_
             tallies[name] = _LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
-                                        config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store)
+                                        config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store,
+                                        combinations=index)
             for chunk in stream.pairs.final_pairs(tallies[name].thr):
                 tallies[name].add(chunk)
         if self.group is not None:  # integer counts: their sum over the shards is exact
@@ -477,7 +498,9 @@ class _Engine:
                 topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
                 topk_maps=stream.topk.maps.cpu().numpy(),
                 layout=self.layouts[name].to_dict() if name in self.layouts else None,
-                receptive_field=fields[name])
+                receptive_field=fields[name],
+                combinations=None if tallies[name].combinations is None else
+                tallies[name].combinations.result(vocab.concepts, vocab.categories))
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
                                 manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
@@ -642,8 +665,9 @@ class _LayerTally:
     """The final IoU tally of one layer, fed chunks of (unit, image) pairs with their maps."""
 
     def __init__(self, stream, thresholds, n_concepts, n_categories, mode, native, size, field,
-                 image, store):
+                 image, store, combinations=None):
         self.tally = IoUTally(stream.units, n_concepts, n_categories)
+        self.combinations = None if combinations is None else UnitCombinationCounts(stream.units, combinations)
         self.thr = torch.from_numpy(thresholds)
         self.size = size
         self.store = store
@@ -664,6 +688,8 @@ class _LayerTally:
                 per_combo, act = combination_counts(masks.reshape(masks.shape[0], -1), local, combo_ids,
                                                     tables.shape[1])
             self.tally.add_counts(per_combo, act, part["unit"], local, tables, image_concepts, labeled)
+            if self.combinations is not None:
+                self.combinations.add(per_combo, part["unit"], images_u[local])
 
 
 def _pairs_per_chunk(pixels: int, budget_bytes: int = 256 * 2 ** 20) -> int:

@@ -338,10 +338,17 @@ def write_results(out: Path, result) -> None:
             atomic_save_npz(d / "topk.npz", image_index=layer.topk_index.astype(np.int64),
                             score=layer.topk_score.astype(np.float32),
                             maps=layer.topk_maps.astype(np.float16))
+        if getattr(layer, "combinations", None) is not None:
+            layer.combinations.save(d / "combinations.npz")
+        if getattr(layer, "formulas", None) is not None:
+            layer.formulas.save(d / "formulas.npz")
         atomic_write_text(d / "units.csv", units_csv(layer))
     summary = result.summary()
     for name in summary["layers"]:
         summary["layers"][name]["directory"] = safe_name(name)
+        formulas = getattr(result.layers[name], "formulas", None)
+        if formulas is not None:
+            summary["layers"][name]["formulas"] = formulas.summary(result.layers[name].iou_threshold)
     atomic_write_json(out / "summary.json", summary)
 
 
@@ -351,6 +358,10 @@ def units_csv(layer) -> str:
     header = ["unit", "label", "category", "iou"]
     for cat in layer.categories:
         header += [f"{cat}_label", f"{cat}_iou"]
+    formulas = getattr(layer, "formulas", None)
+    if formulas is not None:  # compositional explanations (netdissect.formulas)
+        header += ["formula", "formula_length", "formula_iou", "formula_gain"]
+        f_iou, f_gain = formulas.iou, formulas.gain
     writer.writerow(header)
     per_cat = {cat: layer.best_in_category(cat) for cat in layer.categories}
     for unit, (label, category, iou) in enumerate(layer.unit_labels()):
@@ -358,6 +369,9 @@ def units_csv(layer) -> str:
         for cat in layer.categories:
             idx, val = per_cat[cat]
             row += [layer.concept_names[idx[unit]] if idx[unit] >= 0 else "", f"{val[unit]:.6f}"]
+        if formulas is not None:
+            tokens = formulas.unit_tokens(unit)
+            row += [formulas.text(unit), (len(tokens) + 1) // 2, f"{f_iou[unit]:.6f}", f"{f_gain[unit]:.6f}"]
         writer.writerow(row)
     return buf.getvalue()
 
@@ -372,6 +386,10 @@ def load_layer(out, layer: str):
     d = out / summary["layers"][layer].get("directory", safe_name(layer))
     iou = np.load(d / "iou.npz")
     topk = np.load(d / "topk.npz") if (d / "topk.npz").exists() else None
+    formulas = None
+    if (d / "formulas.npz").exists():
+        from .formulas import LayerFormulas
+        formulas = LayerFormulas.load(d / "formulas.npz")
     return LayerResult(
         name=layer, thresholds=np.load(d / "thresholds.npy"), iou=iou["iou"],
         concepts=iou["label_numbers"], concept_names=[str(s) for s in iou["labels"]],
@@ -380,7 +398,8 @@ def load_layer(out, layer: str):
         map_shape=tuple(summary["layers"][layer]["map_shape"]),
         topk_index=None if topk is None else topk["image_index"],
         topk_score=None if topk is None else topk["score"],
-        topk_maps=None if topk is None else topk["maps"].astype(np.float32),
+        topk_maps=None if topk is None else topk["maps"].astype(np.float32), formulas=formulas,
+        layout=summary["layers"][layer].get("layout"),  # kept when a reloaded run is rewritten
         receptive_field=_receptive_field(summary["layers"][layer].get("receptive_field")))
 
 

@@ -26,6 +26,7 @@ class SegmentationStore:
         self.concept_pixels = np.zeros(n_concepts, dtype=np.int64)
         self.tables: List[Optional[np.ndarray]] = [None] * n_images
         self.image_concepts: List[Optional[np.ndarray]] = [None] * n_images
+        self.combo_pixels: List[Optional[np.ndarray]] = [None] * n_images  # for formulas
         self.path = None
         shape = (max(n_images, 1), pixels)
         if directory is not None:
@@ -41,6 +42,7 @@ class SegmentationStore:
             self.ids[i] = enc.combo_ids
             self.tables[i] = enc.table
             self.image_concepts[i] = enc.image_concepts
+            self.combo_pixels[i] = enc.combo_pixels
             self.concept_pixels += enc.concept_pixels
 
     def flush(self) -> None:
@@ -69,9 +71,18 @@ class SegmentationStore:
     def state_dict(self) -> dict:
         self.flush()
         return {"concept_pixels": self.concept_pixels.copy(), "tables": list(self.tables),
-                "image_concepts": list(self.image_concepts)}
+                "image_concepts": list(self.image_concepts), "combo_pixels": list(self.combo_pixels)}
 
     def load_state_dict(self, state: dict) -> None:
         self.concept_pixels = state["concept_pixels"].copy()
         self.tables = list(state["tables"])
         self.image_concepts = list(state["image_concepts"])
+        # checkpoints of earlier versions lack it: counted again from the ids when needed
+        self.combo_pixels = list(state.get("combo_pixels", [None] * self.n_images))
+
+    def pixels_per_combination(self, i: int) -> np.ndarray:
+        """(n_combos,) pixels of each of image i's combinations."""
+        if self.combo_pixels[i] is None:
+            self.combo_pixels[i] = np.bincount(np.asarray(self.ids[i]).astype(np.int64),
+                                               minlength=self.tables[i].shape[0]).astype(np.int64)
+        return self.combo_pixels[i]

@@ -13,6 +13,7 @@ where active[k, g] counts unit k's active pixels over images in which category g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ class EncodedSegmentation:
     table: np.ndarray            # (n_combos, M) int32 concept indices, NO_CONCEPT where none
     image_concepts: np.ndarray   # (I,) int32 concept indices of image-level labels
     concept_pixels: np.ndarray   # (C,) int64 pixels of each concept in this image
+    combo_pixels: Optional[np.ndarray] = None  # (n_combos,) int64 pixels of each combination
 
 
 def encode_segmentation(planes: np.ndarray, image_labels: np.ndarray, concept_of_label: np.ndarray,
@@ -43,7 +45,7 @@ def encode_segmentation(planes: np.ndarray, image_labels: np.ndarray, concept_of
     concept_pixels[image_concepts] += pixels
     if m == 0:
         return EncodedSegmentation(np.zeros(pixels, dtype=id_dtype), np.zeros((1, 0), dtype=np.int32),
-                                   image_concepts, concept_pixels)
+                                   image_concepts, concept_pixels, np.array([pixels], dtype=np.int64))
     flat = concept_of_label[planes.reshape(m, -1)]          # (M, P) concept indices
     bits = int(n_concepts + 1).bit_length()
     if m * bits <= 63:  # one integer key per pixel: all planes packed side by side
@@ -67,7 +69,7 @@ def encode_segmentation(planes: np.ndarray, image_labels: np.ndarray, concept_of
     valid = table >= 0
     np.add.at(concept_pixels, table[valid], np.broadcast_to(counts[:, None], table.shape)[valid])
     return EncodedSegmentation(combo_ids.reshape(-1).astype(id_dtype), table, image_concepts,
-                               concept_pixels)
+                               concept_pixels, counts.astype(np.int64))
 
 
 class IoUTally:

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from ..errors import NetDissectError, RunError
 from . import figures as _figures
 from .experiments import copy_experiment_pages
-from .html import (category_bars, common, concept_sections, heat_data, iou_scale, layer_data,
+from .html import (category_bars, common, concept_sections, formula_info, heat_data, iou_scale, layer_data,
                    layer_page, quantile_text, render, search_index, atlas_data, tiles_layout,
                    unit_tiles, category_data)
 from .runview import IMAGE_CATEGORIES, RunView, load_run
@@ -231,7 +231,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                 fig_concepts=figs[layer.name]["concepts"],
                 cat_options=[(c, sum(1 for u in layer.units if u.category == c)) for c in cats_present],
                 data=layer_data(run, layer, tiles[layer.name], atlas, names, colors, scale, image_level, top_k, with_section),
-                heat=heat_data(tiles[layer.name]))
+                heat=heat_data(tiles[layer.name]), formulas=formula_info(layer))
             (stage / layer_page(layer)).write_text(page, encoding="utf-8")
 
         by_cat: Dict[str, list] = {}
@@ -254,6 +254,11 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
             "concepts.html", **common(run, "concepts", version), page_kind="concepts",
             sections=sections, by_cat=by_cat, cats=cats, data=concepts_data), encoding="utf-8")
 
+        formula_fig = None   # written by netdissect.formulas next to the other figures
+        if (root / "figures" / "formula_gain.svg").exists():
+            for p in (root / "figures").glob("formula_gain.*"):
+                _copy(p, stage / "figures" / p.name)
+            formula_fig = "figures/formula_gain.svg"
         experiments = copy_experiment_pages(root, stage)
         counts = run.category_image_counts
         cmax = max(counts.values()) if counts else 1
@@ -269,7 +274,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
             "overview.html", **ctx, page_kind="overview", model=model,
             warnings=list(run.warnings) + list(run.report_warnings),
             bars={l.name: category_bars(l, run.categories, colors) for l in run.layers},
-            figs=figs, cross_fig=cross, experiments=experiments,
+            figs=figs, cross_fig=cross, formula_fig=formula_fig, experiments=experiments,
             counts=[(c, counts[c], 100.0 * counts[c] / cmax if cmax else 0) for c in order if c in counts],
             dataset_info=info, dataset_note=dataset_note, params=_flat_params(run.config),
             data={"page": "overview", "layers": [{"name": l.name, "page": layer_page(l)} for l in run.layers],

@@ -116,7 +116,8 @@ def tiles_layout(tiles: Optional[LayerTiles]) -> Dict[str, Any]:
     if tiles is None:
         return {}
     return {"sheets": tiles.sheets, "per": tiles.units_per_sheet, "k": tiles.k,
-            "sh": tiles.seg_hw[0], "sw": tiles.seg_hw[1], "placement": tiles.placement}
+            "sh": tiles.seg_hw[0], "sw": tiles.seg_hw[1], "placement": tiles.placement,
+            "fsheets": tiles.formula_sheets}
 
 
 def unit_tiles(tiles: Optional[LayerTiles], k: int) -> List[list]:
@@ -146,6 +147,11 @@ def layer_data(run: RunView, layer: LayerView, tiles: Optional[LayerTiles], atla
                              "b": [[cat, lab, _num(v), int((lab, cat) in concepts)]
                                    for cat, (lab, v) in u.per_category.items()],
                              "t": _num(layer.result.thresholds[u.unit], 5)}
+        formulas = getattr(layer.result, "formulas", None)
+        if formulas is not None:   # compositional explanation (netdissect.formulas)
+            d["f"] = formulas.text(u.unit)
+            d["fi"] = _num(formulas.iou[u.unit])
+            d["fo"] = sorted(set(formulas.operators(u.unit)))
         x = unit_tiles(tiles, u.unit)
         if x:
             d["x"] = x
@@ -162,7 +168,19 @@ def layer_data(run: RunView, layer: LayerView, tiles: Optional[LayerTiles], atla
                      else [int(v) for v in layer.result.map_shape]),
         "stats": {"units": stats["units"], "detectors": stats["detectors"],
                   "unique": stats["unique_detectors"]},
+        "formulas": formula_info(layer),
     }
+
+
+def formula_info(layer: LayerView) -> Optional[Dict[str, Any]]:
+    """The layer's formula search settings and means, when it has formulas."""
+    f = getattr(layer.result, "formulas", None)
+    if f is None:
+        return None
+    s = f.summary(layer.result.iou_threshold)
+    return {"length": s["length"], "beam": s["beam"], "meanSingle": s["mean_single_iou"],
+            "mean": s["mean_iou"], "improved": s["units_improved"], "detectors": s["detectors"],
+            "operators": s["units_with_operator"]}
 
 
 def heat_data(tiles: Optional[LayerTiles]) -> Dict[str, str]:

@@ -252,6 +252,7 @@ class LayerTiles:
     heat_shape: Optional[list] = None                                # (h, w) of the heat maps
     placement: Optional[list] = None
     note: str = ""
+    formula_sheets: List[str] = field(default_factory=list)         # overlays with the formula's region
 
 
 HEAT_MAX_SIDE = 32      # heat maps of larger native maps are averaged down (page weight)
@@ -283,11 +284,13 @@ def _render_sheets(starts: Sequence[int]) -> List[Tuple[int, Dict[int, List[Tile
     layer, result, masks, index, valid = job["layer"], job["layer"].result, job["masks"], job["index"], job["valid"]
     sh, sw = job["seg_hw"]
     kk = index.shape[1]
+    formulas = getattr(result, "formulas", None)
     out = []
     for s in starts:
         units = list(range(s, min(layer.size, s + UNITS_PER_SHEET)))
         pairs = [(k, j) for k in units for j in range(kk) if valid[k, j]]
         sheet = np.zeros((UNITS_PER_SHEET * sh, kk * sw), np.uint8)
+        f_sheet = sheet.copy()
         tiles: Dict[int, List[Tile]] = {}
         if pairs and result.topk_maps is not None:
             rows = np.array([p[0] for p in pairs])
@@ -305,18 +308,27 @@ def _render_sheets(starts: Sequence[int]) -> List[Tuple[int, Dict[int, List[Tile
                 present.append(has)
             over = compose_overlays(regions, labels, job["radius"])
             fracs = regions.reshape(len(pairs), -1).mean(axis=1)
+            if formulas is not None:   # the same overlay with the unit's formula in place of its label
+                shapes = np.stack([_formula_region(formulas.unit_tokens(k), masks.get(int(index[k, j]), {}),
+                                                   result.concepts, (sh, sw)) for k, j in pairs])
+                f_over = compose_overlays(regions, shapes, job["radius"])
             for n, (k, j) in enumerate(pairs):
                 r = k - s
                 sheet[r * sh:(r + 1) * sh, j * sw:(j + 1) * sw] = over[n]
+                if formulas is not None:
+                    f_sheet[r * sh:(r + 1) * sh, j * sw:(j + 1) * sw] = f_over[n]
                 tiles.setdefault(k, []).append(
                     Tile(int(index[k, j]), float(result.topk_score[k, j]), present[n], float(fracs[n])))
         _save_png(sheet, job["report"] / sheet_name(layer, s))
+        if formulas is not None:
+            _save_png(f_sheet, job["report"] / sheet_name(layer, s, "formula"))
         out.append((s, tiles))
     return out
 
 
-def sheet_name(layer: LayerView, start: int) -> str:
-    return f"strips/{layer.dirname}/overlay-{start // UNITS_PER_SHEET:03d}.png"
+def sheet_name(layer: LayerView, start: int, kind: str = "overlay") -> str:
+    """kind: overlay (the label outlined), formula (the unit's formula outlined)."""
+    return f"strips/{layer.dirname}/{kind}-{start // UNITS_PER_SHEET:03d}.png"
 
 
 def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tuple]],
@@ -350,6 +362,8 @@ def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tup
         _SHEETS_JOB = None
     for s, tiles in sorted(done, key=lambda t: t[0]):
         lt.sheets.append(sheet_name(layer, s))
+        if getattr(result, "formulas", None) is not None:
+            lt.formula_sheets.append(sheet_name(layer, s, "formula"))
         lt.tiles.update(tiles)
     if result.topk_maps is not None:
         for k in range(layer.size):
@@ -411,7 +425,34 @@ def wanted_images(layers: Sequence[LayerView], n_images: int, top_k: int,
                     key = (u.label_number, u.category in level)
                     if u.label_number is not None and key not in want:
                         want.append(key)
+                    for key in _formula_labels(layer.result, k, level):
+                        if key not in want:
+                            want.append(key)
     return jobs
+
+
+def _formula_labels(result, k: int, level) -> List[Tuple[int, bool]]:
+    """(label number, image-level) of each concept in unit k's formula (none without formulas)."""
+    formulas = getattr(result, "formulas", None)
+    if formulas is None:
+        return []
+    return [(int(result.concepts[c]), result.concept_categories[c] in level)
+            for c in formulas.unit_tokens(k)[0::2]]
+
+
+def _formula_region(tokens, image_masks: Dict[int, tuple], numbers, hw) -> np.ndarray:
+    """A formula's region in one image from its concepts' masks (netdissect.formulas semantics)."""
+    from ..formulas import AND, OR
+
+    def concept(c: int) -> np.ndarray:
+        m = image_masks.get(int(numbers[c]), (None, None))[0]
+        return m if m is not None else np.zeros(hw, bool)
+
+    region = concept(tokens[0])
+    for op, c in zip(tokens[1::2], tokens[2::2]):
+        other = concept(c)
+        region = region | other if op == OR else (region & other if op == AND else region & ~other)
+    return region
 
 
 def progress_bar(enabled: bool, total: int, desc: str, unit: str):

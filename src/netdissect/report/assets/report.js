@@ -64,6 +64,8 @@
     if (layout && layout.sheets) {
       var sheet = Math.floor(unit / layout.per);
       box.appendChild(sprite('ovl', layout.sheets[sheet], t[1], unit % layout.per, layout.k, layout.per));
+      if (layout.fsheets && layout.fsheets.length)   /* the same overlay, outlining the unit's formula */
+        box.appendChild(sprite('fovl', layout.fsheets[sheet], t[1], unit % layout.per, layout.k, layout.per));
     }
     var has = t[3] === true ? 'label present' : (t[3] === false ? 'label absent' : '');
     var frac = t[4] === null || t[4] === undefined ? '' : 'unit region ' + (100 * t[4]).toFixed(1) + '% of the image';
@@ -109,7 +111,7 @@
     var imageLevel = {};
     (D.imageLevel || []).forEach(function (c) { imageLevel[c] = true; });
     var ctl = { cat: $('f-cat'), q: $('f-q'), runners: $('f-runners'), min: $('f-min'), max: $('f-max'),
-      det: $('f-det'), sort: $('f-sort'), per: $('f-per'), view: $('f-view'), size: $('f-size'), reset: $('f-reset') };
+      det: $('f-det'), sort: $('f-sort'), per: $('f-per'), view: $('f-view'), size: $('f-size'), reset: $('f-reset'), op: $('f-op') };
     var cardsEl = $('cards'), tpl = $('card-template');
     var page = 0, current = [];
     var TILE = parseInt(ctl.size.value, 10) || 120;
@@ -118,7 +120,7 @@
       var mn = parseFloat(ctl.min.value), mx = parseFloat(ctl.max.value);
       return { cat: ctl.cat.value, q: ctl.q.value.trim().toLowerCase(), runners: ctl.runners.checked,
         min: isNaN(mn) ? null : mn, max: isNaN(mx) ? null : mx, det: ctl.det.checked,
-        sort: ctl.sort.value, per: parseInt(ctl.per.value, 10) || 50 };
+        sort: ctl.sort.value, per: parseInt(ctl.per.value, 10) || 50, op: ctl.op ? ctl.op.value : '' };
     }
     function labelMatch(u, q, runners) {
       var exact = q.charAt(0) === '=', s = exact ? q.slice(1) : q;
@@ -129,6 +131,10 @@
     function matches(u, f) {
       if (f.cat && u.c !== f.cat) return false;
       if (f.det && !u.d) return false;
+      if (f.op) {   /* formulas: units whose formula uses an operator, or is a single concept */
+        var ops = u.fo || [];
+        if (f.op === 'single' ? ops.length > 0 : ops.indexOf(f.op) < 0) return false;
+      }
       if (f.min !== null && !(u.i >= f.min)) return false;
       if (f.max !== null && !(u.i <= f.max)) return false;
       if (f.q) {
@@ -184,6 +190,14 @@
         item.appendChild(x[3] ? conceptLink(x[0], x[1], x[0] + ' ' + fmt(x[2])) : document.createTextNode(x[0] + ' ' + fmt(x[2])));
         n.appendChild(item);
       });
+    };
+    parts.formula = function (n, u) {
+      if (!u.f) { n.remove(); return; }
+      var gain = (u.fi || 0) - (u.i || 0);
+      n.appendChild(document.createTextNode('formula: '));
+      n.appendChild(el('code', { text: u.f }));
+      n.appendChild(el('span', { cls: 'gain', text: ' IoU ' + fmt(u.fi) + ' (+' + fmt(gain) + ')',
+        title: 'IoU of the formula; in parentheses its gain over the label' }));
     };
     parts.threshold = function (n, u) {
       n.textContent = 'threshold T = ' + Number(u.t).toPrecision(4);
@@ -265,6 +279,7 @@
     function resetControls() {
       ctl.cat.value = ''; ctl.q.value = ''; ctl.min.value = ''; ctl.max.value = '';
       ctl.det.checked = false; ctl.runners.checked = false; ctl.sort.value = 'iou-desc';
+      if (ctl.op) ctl.op.value = '';
     }
     function showUnit(n) {
       compute();
@@ -296,6 +311,7 @@
       info.appendChild(el('p', {}, ['IoU ', el('b', { text: fmt(u.i) }), ' \u00b7 ',
         el('span', { cls: 'verdict ' + (u.d ? 'yes' : 'no'), text: u.d ? 'detector (IoU > ' + D.thr + ')' : 'not a detector (IoU \u2264 ' + D.thr + ')' })]));
       info.appendChild(el('p', { cls: 'thrval', text: 'threshold T = ' + Number(u.t).toPrecision(4) }));
+      if (u.f) info.appendChild(el('p', { cls: 'formula' }, ['formula: ', el('code', { text: u.f }), ' \u00b7 IoU ', el('b', { text: fmt(u.fi) })]));
       var rows = (u.b || []).map(function (b) {
         return el('tr', {}, [el('th', { scope: 'row' }, [badge(b[0])]),
           el('td', {}, [b[3] ? conceptLink(b[1], b[0]) : document.createTextNode(b[1] || '\u2013')]),
@@ -353,6 +369,7 @@
           else if (k === 'q') ctl.q.value = v;
           else if (k === 'det') ctl.det.checked = v === '1';
           else if (k === 'runners') ctl.runners.checked = v === '1';
+          else if (k === 'op' && ctl.op) ctl.op.value = v;
         });
         update();
         Array.prototype.forEach.call(document.querySelectorAll('.catbar'), function (b) {
@@ -361,9 +378,12 @@
       }
     }
 
-    ['cat', 'det', 'sort', 'per', 'runners'].forEach(function (k) { ctl[k].addEventListener('change', update); });
+    ['cat', 'det', 'sort', 'per', 'runners', 'op'].forEach(function (k) { if (ctl[k]) ctl[k].addEventListener('change', update); });
     ['q', 'min', 'max'].forEach(function (k) { ctl[k].addEventListener('input', update); });
-    ctl.view.addEventListener('change', function () { document.body.classList.toggle('raw', ctl.view.value === 'raw'); });
+    ctl.view.addEventListener('change', function () {
+      document.body.classList.toggle('raw', ctl.view.value === 'raw');
+      document.body.classList.toggle('formula', ctl.view.value === 'formula');
+    });
     ctl.size.addEventListener('change', function () { TILE = parseInt(ctl.size.value, 10) || 120; render(); });
     ctl.reset.addEventListener('click', function () { resetControls(); update(); });
     window.addEventListener('hashchange', fromHash);
@@ -383,6 +403,7 @@
       if ('max' in f) ctl.max.value = f.max === null ? '' : f.max;
       if ('det' in f) ctl.det.checked = !!f.det;
       if ('sort' in f) ctl.sort.value = f.sort;
+      if ('op' in f && ctl.op) ctl.op.value = f.op;
       update();
       return { matching: R.matching, shown: R.shown };
     };

@@ -1,0 +1,248 @@
+"""Compositional explanations: the combination-count engine against dense masks, by hand, end to end."""
+from __future__ import annotations
+
+import csv
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import netdissect
+from netdissect import combinations as combinations_mod
+from netdissect.broden import BrodenDataset
+from netdissect.cli import main
+from netdissect.combinations import LayerCombinations
+from netdissect.errors import NetDissectError, RunError
+from netdissect.formulas import (AND, AND_NOT, OR, FormulaSearch, LayerFormulas, explain_layer,
+                                 formula_text, parse_formula)
+from netdissect.models import IMAGENET_MEAN, IMAGENET_STD
+
+from engine_data import TinyNet, make_dataset
+from formulas_dense import DenseConcepts, all_formulas, dense_beam_search, unit_masks
+
+LAYERS = ["relu1", "relu2", "conv3"]
+
+
+@pytest.fixture(scope="module")
+def dissected(tmp_path_factory):
+    """A dissection of TinyNet (some images without part labels; 'door' is an object that also
+    appears in part planes; texture only on every other image), with its dense reference masks."""
+    root = make_dataset(tmp_path_factory.mktemp("formulas") / "data", n_images=12)
+    model = TinyNet()
+    with pytest.warns(UserWarning):
+        result = netdissect.dissect(model, LAYERS, root, progress=False, workers=0, quantile=0.05)
+    ds = BrodenDataset(root)
+    dense = DenseConcepts(ds)
+    masks = {name: unit_masks(model, ds, name, result[name].thresholds, IMAGENET_MEAN, IMAGENET_STD)
+             for name in LAYERS}
+    return result, ds, dense, masks
+
+
+def _searcher(layer, length=3, beam=5):
+    cats = list(layer.combinations.categories)
+    return FormulaSearch(layer.combinations, np.array([cats.index(c) for c in layer.concept_categories]),
+                         length=length, beam=beam)
+
+
+def test_single_concepts_equal_the_dissection(dissected):
+    result = dissected[0]
+    for name in LAYERS:
+        layer = result[name]
+        search = _searcher(layer)
+        for k in range(layer.units):
+            ious = [Fraction(*search.score(k, (c,))) if search.score(k, (c,))[1] else 0
+                    for c in range(len(layer.concepts))]
+            np.testing.assert_array_equal(np.array([float(v) for v in ious], dtype=np.float32), layer.iou[k])
+        formulas = explain_layer(layer, length=3, beam=5)
+        np.testing.assert_array_equal(formulas.single, layer.best)
+        np.testing.assert_array_equal(formulas.single_iou.astype(np.float32), layer.best_iou)
+        assert (formulas.gain >= 0).all()
+
+
+def test_every_formula_counts_as_dense_masks(dissected):
+    """|M AND F| and the union of every formula of up to 2 concepts (a sample of length 3),
+    against dense masks with the documented semantics."""
+    result, _, dense, masks = dissected
+    formulas = all_formulas(dense.n_concepts, 2)
+    rng = np.random.default_rng(0)
+    longer = all_formulas(dense.n_concepts, 3)[len(formulas):]
+    formulas += [longer[i] for i in rng.choice(len(longer), 300, replace=False)]
+    for name in LAYERS:
+        search = _searcher(result[name])
+        for k in range(result[name].units):
+            for tokens in formulas:
+                assert search.score(k, tokens) == dense.counts(masks[name][k], tokens), (name, k, tokens)
+
+
+def test_beam_search_equals_dense_beam_search(dissected):
+    result, _, dense, masks = dissected
+    for name in LAYERS:
+        layer = result[name]
+        search = _searcher(layer, length=3, beam=4)
+        for k in range(layer.units):
+            beam = []
+            best = search.search_unit(k, final_beam=beam)
+            ref_best, ref_beam = dense_beam_search(dense, masks[name][k], length=3, beam=4)
+            assert [e.tokens for e in best] == [t for t, _ in ref_best], (name, k)
+            assert [Fraction(e.inter, e.union) if e.union else 0 for e in best] == [r for _, r in ref_best]
+            assert [e.tokens for e in beam] == ref_beam
+
+
+def test_hand_computed_example():
+    """Two categories (object: bit 0, part: bit 1); concepts a, b (object), p (part).
+    Combinations: {a} and {b} and {a, p} in images labeling both; {} and {a} in images labeling
+    objects only. The unit fires on 6 pixels of {a}, 5 of {a, p}, 4 of {} (object-only images)."""
+    combos = LayerCombinations(
+        table=np.array([[0, -1], [1, -1], [0, 2], [-1, -1], [0, -1]], dtype=np.int32),
+        pattern=np.array([3, 3, 3, 1, 1]), pixels=np.array([10, 10, 5, 20, 5]),
+        unit_indptr=np.array([0, 3]), unit_combo=np.array([0, 2, 3], dtype=np.int32),
+        unit_count=np.array([6, 5, 4]), label_numbers=np.array([1, 2, 3]), categories=["object", "part"])
+    search = FormulaSearch(combos, np.array([0, 0, 1]), length=2, beam=3)
+    # a: inter 6 + 5; its domain (object-labeled images) holds all 15 active pixels; |a| = 20
+    assert search.score(0, (0,)) == (11, 15 + 20 - 11)
+    # p: only the images labeling parts count: 11 active pixels; |p| = 5
+    assert search.score(0, (2,)) == (5, 11)
+    # a AND NOT p: 6 of 15 pixels; NOT p asks nothing of the part category: domain stays object
+    assert search.score(0, (0, AND_NOT, 2)) == (6, 15 + 15 - 6)
+    # p AND a: the domain grows to every image labeling object or part
+    assert search.score(0, (2, AND, 0)) == (5, 15 + 5 - 5)
+    # a OR b: 11 of the unit's pixels, |a OR b| = 30
+    assert search.score(0, (0, OR, 1)) == (11, 15 + 30 - 11)
+    beam = []
+    best = search.search_unit(0, final_beam=beam)
+    assert best[0].tokens == (0,) and Fraction(best[0].inter, best[0].union) == Fraction(11, 24)
+    assert best[1].tokens == (2, OR, 0) or Fraction(best[1].inter, best[1].union) >= Fraction(11, 24)
+    masks = [search.truth(e.tokens).tobytes() + search.domain_images(e.domain) for e in beam]
+    assert len(set(masks)) == len(masks)  # no two beam entries share a mask and a domain
+
+
+def test_duplicates_take_no_beam_slot_and_ties_prefer_short():
+    """c never meets a: a AND NOT c has a's mask and domain, so it must not fill a slot, and at
+    equal IoU the shorter formula wins."""
+    combos = LayerCombinations(
+        table=np.array([[0], [1], [2]], dtype=np.int32), pattern=np.array([1, 1, 1]),
+        pixels=np.array([4, 4, 4]), unit_indptr=np.array([0, 1]), unit_combo=np.array([0], dtype=np.int32),
+        unit_count=np.array([4]), label_numbers=np.array([1, 2, 3]), categories=["object"])
+    search = FormulaSearch(combos, np.array([0, 0, 0]), length=2, beam=3)
+    beam = []
+    best = search.search_unit(0, final_beam=beam)
+    assert best[-1].tokens == (0,)
+    assert (0, AND_NOT, 1) not in [e.tokens for e in beam] and (0, AND_NOT, 2) not in [e.tokens for e in beam]
+
+
+def test_formula_text_round_trip():
+    names = ["water", "river", "blue-c", "sky blue"]
+    tokens = (0, OR, 1, AND_NOT, 2)
+    assert formula_text(tokens, names) == "(water OR river) AND NOT blue-c"
+    assert formula_text((0, AND, 3, AND_NOT, 1), names) == "water AND sky blue AND NOT river"
+    assert formula_text((0, AND, 1, OR, 3), names) == "(water AND river) OR sky blue"
+    for t in [tokens, (3,), (0, AND, 3, AND_NOT, 1), (3, OR, 0, OR, 1)]:
+        assert parse_formula(formula_text(t, names), names) == t
+    with pytest.raises(NetDissectError, match="unknown concept"):
+        parse_formula("water AND lake", names)
+
+
+def test_sparse_collection_equals_dense(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "data", n_images=8, seed=3)
+    kw = dict(progress=False, workers=0, quantile=0.05, min_category_images=0)
+    dense = netdissect.dissect(TinyNet(), ["relu2"], root, **kw)["relu2"].combinations
+    monkeypatch.setattr(combinations_mod, "DENSE_LIMIT", 16)
+    sparse = netdissect.dissect(TinyNet(), ["relu2"], root, **kw)["relu2"].combinations
+    for key in ("table", "pattern", "pixels", "unit_indptr", "unit_combo", "unit_count"):
+        np.testing.assert_array_equal(getattr(dense, key), getattr(sparse, key))
+
+
+def _read_units(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_dissect_then_formulas(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = make_dataset(tmp_path / "data", n_images=10, seed=1)
+    out = tmp_path / "run"
+    args = ["dissect", "--model", "engine_data:tiny_net", "--layer", "relu2", "--layer", "conv3",
+            "--dataset", str(root), "--out", str(out), "--quantile", "0.05", "--workers", "0", "--quiet",
+            "--no-report", "--min-category-images", "0"]
+    assert main(args) == 0
+    plain = _read_units(out / "relu2" / "units.csv")
+    assert "formula" not in plain[0] and (out / "relu2" / "combinations.npz").exists()
+    before = json.loads((out / "summary.json").read_text())
+    # later, from the run directory alone
+    assert main(["formulas", str(out), "--formula-length", "2", "--beam", "3", "--quiet", "--no-report"]) == 0
+    rows = _read_units(out / "relu2" / "units.csv")
+    assert [r["label"] for r in rows] == [r["label"] for r in plain]
+    assert list(rows[0])[:len(plain[0])] == list(plain[0])   # existing columns unchanged, in order
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("relu2", "conv3"):
+        f = summary["layers"][name]["formulas"]
+        assert (f["length"], f["beam"]) == (2, 3)
+        assert {k: v for k, v in summary["layers"][name].items() if k != "formulas"} == before["layers"][name]
+    formulas = LayerFormulas.load(out / "relu2" / "formulas.npz")
+    for k, r in enumerate(rows):
+        assert r["formula"] == formulas.text(k)
+        assert float(r["formula_iou"]) >= float(r["iou"]) - 1e-6
+        assert abs(float(r["formula_gain"]) - (float(r["formula_iou"]) - float(r["iou"]))) < 2e-6
+    assert (out / "figures" / "formula_gain.svg").exists()
+    # the same search with the dissection (the finished run is reused: no forward pass)
+    assert main(args + ["--formula-length", "3", "--beam", "3"]) == 0
+    assert json.loads((out / "summary.json").read_text())["layers"]["conv3"]["formulas"]["length"] == 3
+    # a relabel keeps the formulas
+    assert main(args + ["--iou-threshold", "0.03"]) == 0
+    assert "formula" in _read_units(out / "conv3" / "units.csv")[0]
+    # bad input: one-line errors
+    assert main(["formulas", str(out), "--formula-length", "0", "--quiet"]) == 1
+    assert main(["formulas", str(out), "--layer", "nope", "--quiet"]) == 1
+    (out / "conv3" / "combinations.npz").unlink()
+    with pytest.raises(RunError, match="combinations.npz: not found"):
+        from netdissect.formulas import explain_run
+        explain_run(out, layers=["conv3"], length=2, beam=3, progress=False, force=True)
+
+
+def test_sketch_mode_second_pass_collects_too(tmp_path):
+    """Beyond the memory budget the tally runs in a second pass: the counts come from it, and
+    single concepts still equal the dissection."""
+    root = make_dataset(tmp_path / "data", n_images=8, seed=5)
+    with pytest.warns(UserWarning, match="quantile sketch"):
+        layer = netdissect.dissect(TinyNet(), ["relu2"], root, progress=False, workers=0, quantile=0.05,
+                                   min_category_images=0, memory_budget_mb=0.001)["relu2"]
+    formulas = explain_layer(layer, length=2, beam=3)
+    np.testing.assert_array_equal(formulas.single, layer.best)
+    np.testing.assert_array_equal(formulas.single_iou.astype(np.float32), layer.best_iou)
+
+
+def test_index_from_an_old_checkpoint_counts_pixels_from_the_ids(tmp_path):
+    """A checkpoint written before the per-combination pixel counts existed still gives the same index."""
+    from netdissect.broden import BrodenDataset
+    from netdissect.combinations import CombinationIndex
+    from netdissect.pipeline import _Vocabulary
+    from netdissect.segstore import SegmentationStore
+    from netdissect.tally import encode_segmentation
+    ds = BrodenDataset(make_dataset(tmp_path / "data", n_images=6, seed=2))
+    vocab = _Vocabulary.of(ds)
+    pixels = ds.records[0].sh * ds.records[0].sw
+    store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, tmp_path)
+    encoded = []
+    for i in range(len(ds)):
+        seg = ds.load_segmentation(i)
+        encoded.append(encode_segmentation(seg.pixel, seg.image_labels, vocab.concept_of_label, len(vocab.concepts)))
+    store.add(range(len(ds)), encoded)
+    state = store.state_dict()
+    del state["combo_pixels"]
+    again = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, tmp_path)
+    again.load_state_dict(state)
+    a, b = CombinationIndex.from_store(store), CombinationIndex.from_store(again)
+    for key in ("table", "pattern", "pixels", "lookup", "offset", "n_local"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    assert a.pixels.sum() == len(ds) * pixels
+
+
+def test_formula_mask_of_one_image_equals_the_dense_mask(dissected):
+    from netdissect.formulas import formula_mask
+    _, ds, dense, _ = dissected
+    for tokens in [(0,), (2, OR, 5), (3, AND, 7), (4, AND_NOT, 0, OR, 9), (8, AND, 6)]:
+        for x in range(len(ds)):
+            seg = ds.load_segmentation(x)
+            got = formula_mask(tokens, seg.pixel, seg.image_labels, ds.concepts)
+            np.testing.assert_array_equal(got.reshape(-1), dense.mask(tokens)[x])
