@@ -211,3 +211,20 @@ def test_rotation_of_a_token_layer_rotates_its_maps():
     torch.testing.assert_close(out["rotated.alpha_0"], maps)
     torch.testing.assert_close(out["rotated.alpha_1"],
                                torch.einsum("kj,bjhw->bkhw", torch.tensor(q, dtype=torch.float32), maps))
+
+
+def test_cli_layout_override_is_used_and_recorded(tmp_path):
+    import json
+    from test_cli import run_cli
+    root = make_planted_dataset(tmp_path / "d", n_images=4)
+    out = tmp_path / "run"
+    run_cli("dissect", "--model", "test_layouts:TinyViT", "--layer", "blocks.0:0", "--layout", "tokens",
+            "--dataset", root, "--out", out, "--workers", 0, "--no-report", "--quiet", "--mean", 0, 0, 0,
+            "--std", 1, 1, 1, "--min-category-images", 0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["layout"] == "tokens"
+    assert config["layouts"]["blocks.0:0"]["source"] == "override"
+    assert config["layouts"]["blocks.0:0"]["prefix"] == 2
+    proc = run_cli("layers", "--model", "test_layouts:TinyViT", "--size", 32, 32, "--layout", "nchw")
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("blocks.0:0 "))
+    assert "cannot be dissected" in line and "--layout nchw needs 4 dimensions" in line

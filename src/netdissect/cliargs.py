@@ -8,10 +8,12 @@ from __future__ import annotations
 
 def add_model_args(p, weights_default: str = "default", checkpoint: bool = True) -> None:
     p.add_argument("--model", required=True,
-                   help="torchvision:NAME | timm:NAME | path/to/torchscript.pt | package.module:factory")
+                   help="torchvision:NAME | timm:NAME | path/to/program.pt2 (torch.export) | "
+                        "path/to/torchscript.pt | package.module:factory")
     p.add_argument("--weights", default=weights_default,
                    help="torchvision weights enum name (e.g. IMAGENET1K_V1), 'default', or 'none' for "
-                        f"random init (default: {weights_default})")
+                        f"random init (default: {weights_default}); for timm also a pretrained tag or a "
+                        "local weights file (model.safetensors)")
     if checkpoint:
         p.add_argument("--checkpoint", help="a state_dict file to load into the model")
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),

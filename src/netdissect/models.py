@@ -268,9 +268,10 @@ def _timm_local_weights(timm, name: str) -> Optional[Path]:
         return _cached_weight_file(url)
     if not _hub_reachable():
         where = (f"https://huggingface.co/{hub_id}/resolve/main/{filenames[0]}" if hub_id else url)
+        filename = filenames[0] if hub_id else where.rsplit("/", 1)[-1]
         raise ModelError(
             f"the pretrained weights of timm:{name} are not on this machine and the hub cannot be reached. "
-            f"Fetch {where} on a machine with internet and pass --weights path/to/{filenames[0] if hub_id else where.rsplit('/', 1)[-1]} "
+            f"Fetch {where} on a machine with internet and pass --weights path/to/{filename} "
             f"(or put it at $NETDISSECT_WEIGHTS_DIR/{(hub_id or 'ID').replace('/', '--')}/{filenames[0]}, or run "
             f"`huggingface-cli download {hub_id}` there and copy the cache), or pass --weights none for random init")
     return None

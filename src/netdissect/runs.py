@@ -160,7 +160,8 @@ class RunDirectory:
             shutil.rmtree(self.path / SCRATCH, ignore_errors=True)
         else:
             self.checkpoint_path.unlink(missing_ok=True)
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            # not self.scratch: that creates the directory again when rank 0 removed it already
+            shutil.rmtree(self.path / SCRATCH / f"rank{self.rank}", ignore_errors=True)
 
     def finished_manifest(self) -> Optional[dict]:
         """The manifest of a finished run in this directory, if any."""
