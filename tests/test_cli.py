@@ -65,7 +65,7 @@ def test_dissect_end_to_end(synthetic, tmp_path):
     assert len(manifest["model"]["weights_digest"]) == 16
     assert manifest["dataset"]["index_digest"]
     assert config["config"]["layers"] == ["relu1", "conv3"]
-    assert not (out / "checkpoint.pt").exists() and not (out / ".scratch").exists()
+    assert not (out / "checkpoint.npz").exists() and not (out / ".scratch").exists()
 
 
 def test_layers_lists_names_and_shapes():

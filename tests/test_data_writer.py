@@ -117,8 +117,14 @@ def test_output_is_replaced_only_when_asked(tmp_path):
     with pytest.raises(NetDissectError, match="not empty"):
         build_broden(out, items(2), PARAMS, size=16)
     assert (out / "mine.txt").read_text() == "keep"
-    build_broden(out, items(2), PARAMS, size=16, overwrite=True)
-    assert not (out / "mine.txt").exists() and (out / "index.csv").exists()
+    # issue 8: --overwrite never replaces a folder netdissect did not make
+    with pytest.raises(NetDissectError, match="not made by netdissect"):
+        build_broden(out, items(2), PARAMS, size=16, overwrite=True)
+    assert (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    build_broden(out, items(2), PARAMS, size=16)
+    build_broden(out, items(2), PARAMS, size=16, overwrite=True)  # its own dataset: replaced
+    assert (out / "index.csv").exists() and (out / ".netdissect-dataset").exists()
     foreign = tmp_path / ".other.build"
     foreign.mkdir()
     with pytest.raises(NetDissectError, match="not a build work directory"):

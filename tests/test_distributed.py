@@ -144,7 +144,7 @@ def test_a_killed_rank_resumes_from_its_checkpoint(tmp_path):
     args = dissect_args(data, out, "engine_data:slow_tiny_net", 2, "--checkpoint-every", "1")
     tag = uuid.uuid4().hex
     proc = torchrun(2, args, tag=tag, start_new_session=True)
-    checkpoint = out / "checkpoint.rank1.pt"
+    checkpoint = out / "checkpoint.rank1.npz"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

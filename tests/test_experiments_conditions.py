@@ -105,11 +105,11 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=stop_after_epoch_2)
-    assert (tmp_path / "cut" / "resume.pt").exists() and not (tmp_path / "cut" / "final.pth").exists()
+    assert (tmp_path / "cut" / "resume.npz").exists() and not (tmp_path / "cut" / "final.pth").exists()
     messages = []
     resumed = train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=messages.append)
     assert "resuming after epoch 2" in messages[0] and len(messages) == 2
     assert resumed["history"] == whole["history"]
     a, b = torch.load(tmp_path / "whole" / "final.pth"), torch.load(tmp_path / "cut" / "final.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (tmp_path / "cut" / "resume.pt").exists()
+    assert not (tmp_path / "cut" / "resume.npz").exists()

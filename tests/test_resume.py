@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import netdissect
+from netdissect import statefile
 from engine_data import TinyNet, make_dataset
 
 TESTS = Path(__file__).parent
@@ -66,10 +67,10 @@ def assert_same_run(a: dict, b: dict) -> None:
 def wait_for_checkpoint(proc, out: Path, min_done: int, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ck = out / "checkpoint.pt"
+        ck = out / "checkpoint.npz"
         if ck.exists():
             try:
-                if torch.load(ck, weights_only=False)["done"] >= min_done:
+                if statefile.load(ck)["done"] >= min_done:
                     return
             except Exception:
                 pass  # being replaced right now
@@ -101,7 +102,7 @@ def test_killed_run_resumes_to_identical_results(dataset, tmp_path, uninterrupte
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint after" in resumed.stderr
     assert_same_run(read_run(out), uninterrupted)
-    assert not (out / "checkpoint.pt").exists()
+    assert not (out / "checkpoint.npz").exists()
 
 
 def test_spilled_pairs_give_the_same_numbers_as_in_memory(dataset):

@@ -268,8 +268,14 @@ def test_refuses_to_overwrite(tmp_path):
     with pytest.raises(NetDissectError, match="not empty"):
         S.generate_synthetic(out, images=2, size=16, workers=1)
     assert (out / "keep.txt").read_text() == "mine"
-    S.generate_synthetic(out, images=2, size=16, workers=1, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "index.csv").is_file()
+    # issue 8: even --overwrite never replaces a folder netdissect did not make
+    with pytest.raises(NetDissectError, match="not made by netdissect"):
+        S.generate_synthetic(out, images=2, size=16, workers=1, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    S.generate_synthetic(out, images=2, size=16, workers=1)
+    S.generate_synthetic(out, images=2, size=16, workers=1, overwrite=True)  # its own dataset: replaced
+    assert (out / "index.csv").is_file() and (out / S.DATASET_MARKER).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"], "no temporary leftovers"
     empty = tmp_path / "empty"
     empty.mkdir()

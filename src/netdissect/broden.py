@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -546,6 +547,12 @@ def _record_error(message: str, path: Path, record: ImageRecord, todo: str) -> D
     return err
 
 
+def _without_addresses(message: str, name: str) -> str:
+    """PIL names the buffer it read ('<_io.BytesIO object at 0x7f...>'): the address differs
+    on every run, which would make summary.json differ too; name the file instead."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", name, message)
+
+
 def _decode_image(root: Path, record: ImageRecord) -> np.ndarray:
     path = root / "images" / record.image
     try:
@@ -561,7 +568,8 @@ def _decode_image(root: Path, record: ImageRecord) -> np.ndarray:
             rgb = img if img.mode == "RGB" else img.convert("RGB")
             array = np.array(rgb, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise _record_error(f"image cannot be decoded ({exc.__class__.__name__}: {exc}); the "
+        raise _record_error(f"image cannot be decoded ({exc.__class__.__name__}: "
+                            f"{_without_addresses(str(exc), path.name)}); the "
                             "file is corrupt or truncated", path, record, _REEXTRACT)
     if size != (record.iw, record.ih) or array.shape != (record.ih, record.iw, 3):
         raise _record_error(f"image is {size[1]}x{size[0]} (h x w) but index.csv says "
@@ -719,6 +727,61 @@ class BrodenDataset:
         return self._digest
 
 
+    def files(self) -> List[str]:
+        """The image and mask files of the selection, relative to ``images/``, in index order."""
+        names: List[str] = []
+        for record in self.records:
+            names.append(record.image)
+            for cat in self.pixel_categories:
+                names.extend(record.masks.get(cat, ()))
+        return names
+
+    def file_stats(self) -> Dict[str, List[int]]:
+        """{file: [size, mtime_ns]} of every image and mask file of the selection: a cheap way
+        to notice files replaced under an unchanged index.csv (a missing file: [-1, -1])."""
+        stats: Dict[str, List[int]] = {}
+        base = self.root / "images"
+        for name in self.files():
+            try:
+                st = os.stat(base / name)
+                stats[name] = [int(st.st_size), int(st.st_mtime_ns)]
+            except OSError:
+                stats[name] = [-1, -1]
+        return stats
+
+    def content_hashes(self) -> Dict[str, str]:
+        """{file: sha256 of its bytes} of every image and mask file (--verify-content)."""
+        hashes: Dict[str, str] = {}
+        base = self.root / "images"
+        for name in self.files():
+            digest = hashlib.sha256()
+            try:
+                with open(base / name, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                hashes[name] = digest.hexdigest()
+            except OSError:
+                hashes[name] = "missing"
+        return hashes
+
+
+def digest_of(table: Dict[str, object]) -> str:
+    """One sha256 over a {file: stats or hash} table (sorted, so the order does not matter)."""
+    h = hashlib.sha256()
+    for name in sorted(table):
+        h.update(name.encode() + b"\0" + json.dumps(table[name]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def changed_files(old: Dict[str, object], new: Dict[str, object], limit: int = 3) -> str:
+    """'images/a.jpg, images/b.png and 3 more' naming the files whose entry differs."""
+    names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+    if not names:
+        return ""
+    shown = ", ".join(f"images/{n}" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _index_digest(root: Path) -> str:
     digest = hashlib.sha256()
     names = ["index.csv", "category.csv", "label.csv"]
@@ -816,6 +879,18 @@ def _check_record(root: Path, record: ImageRecord, table: _LabelTable):
     return problems, files, seen
 
 
+def _duplicate_names(root: Path, labels: Sequence[Label]) -> List[DatasetError]:
+    """Two label numbers with one name: the report and units.csv could not tell them apart."""
+    numbers: Dict[str, List[int]] = {}
+    for label in labels:
+        if label.number != 0 and label.name:
+            numbers.setdefault(label.name, []).append(label.number)
+    return [DatasetError(f"label name {name!r} is used by label numbers "
+                         f"{', '.join(map(str, nums))}; give each label its own name "
+                         "(e.g. append the category)", root / "label.csv")
+            for name, nums in numbers.items() if len(nums) > 1]
+
+
 def check_dataset(root: Union[str, os.PathLike], workers: int = 8,
                   progress: bool = False) -> CheckReport:
     """Validate a Broden-format dataset end to end and collect every problem.
@@ -840,6 +915,7 @@ def check_dataset(root: Union[str, os.PathLike], workers: int = 8,
         problems.append(DatasetError(
             f"c_{cat}.csv is missing; primary categories fall back to label.csv's category "
             "field: re-extract the dataset", path / f"c_{cat}.csv"))
+    problems += _duplicate_names(path, tables.labels)
     records = tables.records
     if not records:
         problems.append(DatasetError("empty dataset: index.csv has no usable image rows",

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .cliargs import add_dissect_args, add_formula_args, add_layout_arg, add_model_args, dissect_params
+from .cliargs import (OneLineParser, add_dissect_args, add_formula_args, add_layout_arg, add_model_args,
+                      dissect_params, validate_args)
 from .errors import NetDissectError
 
 DEMO_LAYERS = ("features.3", "features.7", "features.14", "features.18")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="netdissect",
         description="Network Dissection: label the units of a CNN layer with visual concepts.")
     parser.add_argument("--version", action="version", version=f"netdissect {__version__}")
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_formula_args(p, default_length=0)
     p.add_argument("--out", required=True, help="run directory to write (resumed if interrupted)")
     p.add_argument("--no-report", action="store_true", help="do not render the HTML report")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the model's construction: the random init of --weights none (default 0)")
+    p.add_argument("--verify-content", action="store_true",
+                   help="hash every image and mask file to decide whether a finished run is still "
+                        "valid (default: their size and modification time)")
     p.set_defaults(func=cmd_dissect)
 
     p = sub.add_parser("formulas", help="search each unit's best formula of concepts (AND, OR, AND NOT) "
@@ -131,7 +137,8 @@ def cmd_dissect(args) -> int:
     from .pipeline import dissect
     result = dissect(args.model, args.layers, args.dataset, out=args.out, weights=args.weights,
                      checkpoint=args.checkpoint, mean=args.mean, std=args.std,
-                     progress=not args.quiet, force=args.force, formula_length=args.formula_length,
+                     progress=not args.quiet, force=args.force, seed=args.seed,
+                     verify_content=args.verify_content, formula_length=args.formula_length,
                      beam=args.beam, **dissect_params(args))
     from .distributed import is_primary
     if not is_primary():  # a sharded run (torchrun): rank 0 reports
@@ -235,9 +242,12 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     """MobileNetV2 (ImageNet weights, offline) at four depths on a generated synthetic set."""
     from .pipeline import dissect
-    from .synthetic import generate_synthetic
+    from .runs import check_directory
+    from .synthetic import check_output_dir, generate_synthetic
     data = Path(args.data)
+    check_directory(Path(args.out))  # before generating data: a bad --out fails at once
     if not (data / "index.csv").exists():
+        check_output_dir(data, overwrite=True)  # a folder netdissect did not make is never replaced
         print(f"netdissect: generating {args.images} synthetic images in {data} ...", file=sys.stderr)
         generate_synthetic(data, images=args.images, size=224, seed=0, progress=not args.quiet,
                            overwrite=True)
@@ -258,15 +268,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    validate_args(args, parser)
     warnings.simplefilter("ignore", UserWarning)  # our warnings are printed with the summary
     try:
         return int(args.func(args) or 0)
     except NetDissectError as exc:
-        print(f"netdissect: error: {exc}", file=sys.stderr)
+        print(f"netdissect: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, permission, a path that is a file: one line, naming it
+        from .errors import WriteError
+        print(f"netdissect: error: {_one_line(WriteError.of(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print(f"\nnetdissect: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")).strip()
 
 
 if __name__ == "__main__":

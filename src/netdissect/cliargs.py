@@ -76,3 +76,107 @@ def add_formula_args(p, default_length: int = 3) -> None:
                         + (f"(default {default_length})" if default_length else
                            "(default: no formulas; 3 is the usual choice)"))
     p.add_argument("--beam", type=int, default=10, help="beam width of the formula search (default 10)")
+
+
+# --------------------------------------------------------------------------- validation
+
+import argparse  # noqa: E402  (below the option definitions they validate)
+import math  # noqa: E402
+import sys  # noqa: E402
+
+_BIG = 10 ** 7  # no option needs more: larger counts are typos that would run for days
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad command line is one line on stderr (and exit status 2):
+    the error and where to read the usage, not a usage dump above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(lo: int, hi: int = _BIG):
+    def check(name, v):
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            return f"must be an integer in [{lo}, {hi}]"
+    return check
+
+
+def _real(lo: float, hi: float, lo_open: bool, hi_open: bool):
+    def check(name, v):
+        ok = isinstance(v, (int, float)) and math.isfinite(v) and \
+            (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            return f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return check
+
+
+def _each(rule):
+    def check(name, values):
+        for v in values if isinstance(values, (list, tuple)) else [values]:
+            problem = rule(name, v)
+            if problem:
+                return problem
+    return check
+
+
+# One table for every command (dissect, data, check, report, demo and the experiments): an
+# option's destination name means the same thing wherever it appears.
+RULES = {
+    "quantile": _real(0, 1, True, True),
+    "iou_threshold": _real(0, 1, False, True),
+    "top_k": _count(1, 10_000),
+    "batch_size": _count(1, 65_536),
+    "limit": _count(1),
+    "workers": _count(0, 256),
+    "min_category_images": _count(0),
+    "memory_budget_mb": _real(0, 1e9, True, False),
+    "checkpoint_every": _count(0),
+    "images": _count(1),
+    "size": _each(_count(1, 8192)),
+    "seed": _count(0, 2 ** 63 - 1),
+    "epochs": _count(1, 100_000),
+    "width": _count(1, 65_536),
+    "threads": _count(1, 1024),
+    "controls": _count(0, 1000),
+    "top": _count(1, _BIG),
+    "random": _count(1, _BIG),
+    "steps": _each(_count(0, 2 ** 62)),
+    "alpha": _each(_real(0, 1, False, False)),
+    "mean": _each(_real(-1e6, 1e6, False, False)),
+    "std": _each(_real(0, 1e6, True, False)),
+    "min_images": _count(0),
+    "quality": _count(1, 100),
+    "retries": _count(0, 100),
+    "backoff": _real(0, 3600, False, False),
+    "timeout": _real(0, 86400, True, False),
+    "formula_length": _count(0, 20),
+    "beam": _count(1, 10_000),
+}
+
+
+def _units_rule(name, v):
+    if isinstance(v, list):  # ablate --units K ...: unit numbers
+        return _each(_count(0, _BIG))(name, v)
+    return _count(1, 100_000)(name, v)  # explain --units N: how many to show
+
+
+RULES["units"] = _units_rule
+
+
+def validate_args(args, parser: argparse.ArgumentParser) -> None:
+    """Check every option value against RULES; the first bad one is a one-line usage error."""
+    for dest, rule in RULES.items():
+        value = getattr(args, dest, None)
+        if value is None or isinstance(value, str) or \
+                (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value)):
+            continue  # a name or a path that happens to share the destination (data --images DIR)
+        problem = rule(dest, value)
+        if problem:
+            option = "--" + dest.replace("_mb", "").replace("_", "-")
+            command = " ".join(filter(None, [parser.prog, getattr(args, "command", None),
+                                             getattr(args, "data_command", None),
+                                             getattr(args, "experiment", None)]))
+            shown = value if not isinstance(value, (list, tuple)) else " ".join(map(str, value))
+            print(f"{command}: error: {option} {problem}; got {shown}", file=sys.stderr)
+            raise SystemExit(2)

@@ -65,8 +65,17 @@ def weights_digest(module: nn.Module) -> str:
 def load_model(spec: Union[str, nn.Module], weights: Optional[str] = "default",
                checkpoint: Optional[Union[str, Path]] = None,
                mean: Optional[Sequence[float]] = None,
-               std: Optional[Sequence[float]] = None) -> LoadedModel:
-    """Resolve a model spec; ``mean``/``std`` (pixels in [0, 1]) override the normalization."""
+               std: Optional[Sequence[float]] = None, seed: Optional[int] = 0) -> LoadedModel:
+    """Resolve a model spec; ``mean``/``std`` (pixels in [0, 1]) override the normalization.
+
+    The model is built under ``torch.manual_seed(seed)`` (the global RNG is restored after),
+    so a random init (``weights='none'``) is the same model on every run and can resume."""
+    if seed is not None and not isinstance(spec, nn.Module):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            loaded = load_model(spec, weights, checkpoint, mean, std, seed=None)
+        loaded.extra["seed"] = seed
+        return loaded
     if isinstance(spec, nn.Module):
         loaded = LoadedModel(spec, IMAGENET_MEAN, IMAGENET_STD, spec=type(spec).__name__)
     elif not isinstance(spec, str) or not spec:

@@ -74,6 +74,12 @@ class DissectConfig:
             raise NetDissectError(f"--on-bad-image must be fail or skip; got {self.on_bad_image!r}")
         if self.top_k < 1:
             raise NetDissectError(f"--top-k must be positive; got {self.top_k}")
+        if self.workers is not None and self.workers < 0:
+            raise NetDissectError(f"--workers must be 0 (load in this process) or more; got {self.workers}")
+        if not self.memory_budget_mb > 0 or self.memory_budget_mb == float("inf"):
+            raise NetDissectError(f"--memory-budget must be a positive number of MiB; got {self.memory_budget_mb}")
+        if self.min_category_images < 0:
+            raise NetDissectError(f"--min-category-images must be 0 or more; got {self.min_category_images}")
         if self.layout not in ("auto", "nchw", "nhwc", "tokens"):
             raise NetDissectError(f"--layout must be auto, nchw, nhwc or tokens; got {self.layout!r}")
 
@@ -235,10 +241,12 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int
                 stop: Optional[int] = None):
     if start or (stop is not None and stop != len(dataset)):
         dataset = torch.utils.data.Subset(dataset, range(start, len(dataset) if stop is None else stop))
+    from .runs import worker_init
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                        num_workers=workers, collate_fn=_collate,
                                        persistent_workers=False,
-                                       prefetch_factor=4 if workers > 0 else None)
+                                       prefetch_factor=4 if workers > 0 else None,
+                                       worker_init_fn=worker_init() if workers > 0 else None)
 
 
 def default_workers() -> int:
@@ -248,9 +256,19 @@ def default_workers() -> int:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NetDissectError("--device cuda was asked but CUDA is not available; use --device cpu or auto")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise NetDissectError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NetDissectError("--device cuda was asked but CUDA is not available; use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise NetDissectError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                                  "device(s), numbered from 0")
+    elif resolved.type != "cpu" and resolved.type != "mps":
+        raise NetDissectError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return resolved
 
 
 class Normalizer:
@@ -297,12 +315,15 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             weights: Optional[str] = "default", checkpoint: Optional[str] = None,
             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
             progress: bool = True, force: bool = False, checkpoint_every: int = 50,
-            formula_length: int = 0, beam: int = 10, **params) -> DissectionResult:
+            seed: int = 0, verify_content: bool = False, formula_length: int = 0, beam: int = 10,
+            **params) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a Broden-format ``dataset``.
 
     ``params`` are the fields of DissectConfig (quantile, iou_threshold, upsample, categories,
     split, limit, top_k, batch_size, workers, device, ...). With ``out`` the run directory is
     written (see README, "Result files") and an interrupted run resumes from its checkpoint.
+    ``seed`` seeds the model's construction (the random init of ``weights='none'``);
+    ``verify_content`` hashes every image and mask file instead of trusting size and mtime.
     ``formula_length`` > 0 also searches each unit's best formula of concepts (netdissect.formulas)
     with beam width ``beam``, from the same tally (a finished run is searched from its files).
     """
@@ -318,9 +339,12 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
         if mean is not None or std is not None:  # an explicit normalization still wins
             loaded = dataclasses.replace(loaded, mean=tuple(mean or loaded.mean), std=tuple(std or loaded.std))
     else:
-        loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std)
+        loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std, seed=seed)
     ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
         dataset, split=config.split, categories=config.categories, limit=config.limit)
+    resolve_device(config.device)  # a bad device fails before the run directory is touched
+    if checkpoint_every < 0:
+        raise NetDissectError(f"--checkpoint-every must be 0 (never) or more; got {checkpoint_every}")
     from .formulas import add_formulas, write_gain_figure
     with distributed.session(config.device) as group:  # torchrun: one shard per process
         if formula_length and group is not None:
@@ -331,11 +355,15 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             if formula_length:
                 add_formulas(result, formula_length, beam, progress=progress)
             return result
+        files = {"stats": ds.file_stats()}
+        if verify_content:
+            files["hashes"] = ds.content_hashes()
+        manifest_ = manifest(loaded, ds, config, files)
         if group is None:
-            run = runs.RunDirectory(out, manifest(loaded, ds, config), force=force,
-                                    checkpoint_every=checkpoint_every)
+            run = runs.RunDirectory(out, manifest_, force=force, checkpoint_every=checkpoint_every)
         else:
-            run = _sharded_run_directory(group, out, manifest(loaded, ds, config), force, checkpoint_every)
+            run = _sharded_run_directory(group, out, manifest_, force, checkpoint_every)
+        run.dataset_files = files
         try:
             if group is None:
                 result = None if force else runs.reuse_finished(run, config)
@@ -345,10 +373,15 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
                 result = _run_engine(loaded, ds, config, run, progress, group)
                 if formula_length:
                     add_formulas(result, formula_length, beam, progress=progress)
-                if group is None:
+                result.manifest = run.manifest
+
+                def write():
+                    runs.atomic_write_json(run.path / runs.DATASET_FILES, files)
                     runs.write_results(run.path, result)
+                if group is None:
+                    write()
                 else:  # rank 0 writes; every rank keeps its checkpoint until the results are there
-                    group.on_primary(lambda: runs.write_results(run.path, result))
+                    group.on_primary(write)
                 run.finish()
                 result.out = run.path
             elif formula_length and add_formulas(result, formula_length, beam, progress=progress, out=run.path):
@@ -503,7 +536,7 @@ class _Engine:
                 tallies[name].combinations.result(vocab.concepts, vocab.categories))
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
-                                manifest=manifest(self.loaded, ds, config), seconds=time.time() - start,
+                                manifest=self.run_dir.manifest if self.run_dir is not None else manifest(self.loaded, ds, config), seconds=time.time() - start,
                                 dataset_path=str(Path(ds.root).resolve()))
 
     def _image_sizes(self) -> Tuple[int, int, int, int]:
@@ -517,10 +550,14 @@ class _Engine:
         return sizes.pop()
 
     def _open_state(self, module, normalize, vocab: _Vocabulary, pixels: int):
-        """Per-layer streams (exact, or sketch beyond the memory budget) and the label store;
-        the layers' shapes come from one real image, so a bad layer fails before the pass."""
+        """Per-layer streams (exact, or sketch beyond the memory budget) and the label store.
+
+        Everything that can fail is checked before the run directory drops a stale checkpoint
+        or sets up scratch files: the layers' shapes (from one real image, so a bad layer fails
+        before the pass) and the free space.
+        """
         ds, config = self.ds, self.config
-        probe = normalize(torch.from_numpy(ds.load_image(0))[None])
+        probe = normalize(torch.from_numpy(self._probe_image())[None])
         with torch.no_grad(), LayerCapture(module, config.layers, stop_early=False,
                                            layout=config.layout) as capture:
             shapes = {name: check_activation_shape(name, out) for name, out in capture(probe).items()}
@@ -535,12 +572,17 @@ class _Engine:
                 self._warn(f"layer {name!r} runs {calls} times per forward pass (a shared module, such as "
                            "the ReLU of a ResNet block); its first call is dissected"
                            + (f": for the block's output dissect {parent!r}" if parent else ""))
+        budget = int(config.memory_budget_mb * 2 ** 20)
+        needed = len(self.shard) * pixels * 2 + budget // 2 + sum(
+            k * config.top_k * h * w * 2 for k, h, w in shapes.values())
         if self.run_dir is not None:
+            _check_free_space(self.run_dir.path, needed)
+            self.run_dir.prepare()
             scratch = self.run_dir.scratch
         else:
             self._tempdir = tempfile.TemporaryDirectory(prefix="netdissect-")
             scratch = Path(self._tempdir.name)
-        budget = int(config.memory_budget_mb * 2 ** 20)
+            _check_free_space(scratch, needed)
         streams = {}
         for name in config.layers:
             k, h, w = shapes[name]
@@ -553,11 +595,21 @@ class _Engine:
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, max(int(budget // (4 * len(config.layers))), 4096),
                                         self.device, sketch=sketch)
-        _check_free_space(scratch, len(self.shard) * pixels * 2 + budget // 2 + sum(
-            s.units * s.topk.k * s.map_shape[0] * s.map_shape[1] * 2 for s in streams.values()))
         store = SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
                                   offset=self.shard.start)
         return streams, store
+
+    def _probe_image(self) -> np.ndarray:
+        """The first readable image; with --on-bad-image skip, unreadable ones before it are
+        passed over here (the pass lists them as skipped)."""
+        ds = self.ds
+        for i in range(len(ds)):
+            try:
+                return ds.load_image(i)
+            except DatasetError:
+                if self.config.on_bad_image != "skip":
+                    raise
+        raise DatasetError("every image was skipped: nothing to dissect", ds.root)
 
     def _workers(self) -> int:
         return default_workers() if self.config.workers is None else self.config.workers
@@ -709,15 +761,26 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True)
 
 
-def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig) -> dict:
+def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig,
+             files: Optional[dict] = None) -> dict:
     """What the numbers were computed from: a changed entry means they must be recomputed."""
     from . import __version__
     labeling = ("iou_threshold", "min_category_images")
     how_it_runs = ("batch_size", "workers", "device", "memory_budget_mb", "layers")
+    from .broden import digest_of
+    model = {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
+             "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)}
+    if loaded.weights is None and loaded.extra.get("seed") is not None:
+        model["seed"] = loaded.extra["seed"]  # a random init: its seed reproduces it
+    dataset = {"index_digest": ds.index_digest(), "images": len(ds)}
+    if files is None:
+        files = {"stats": ds.file_stats()}
+    dataset["files_digest"] = digest_of(files["stats"])
+    if "hashes" in files:
+        dataset["content_digest"] = digest_of(files["hashes"])
     return {
-        "model": {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
-                  "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)},
-        "dataset": {"index_digest": ds.index_digest(), "images": len(ds)},
+        "model": model,
+        "dataset": dataset,
         "layers": list(config.layers),
         "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
                        if k not in how_it_runs + labeling},

@@ -3,16 +3,23 @@
 Every file is written under a temporary name and renamed, so a crash never leaves a file that
 looks complete. ``summary.json`` is written last: its presence marks a finished run. The
 checkpoint records the manifest it was made under and is only resumed when that matches.
+
+Ownership: a directory netdissect creates carries a marker file (``.netdissect-run``), and the
+tool deletes or replaces files only in a directory with that marker, so ``--out`` pointed at a
+user's folder cannot wipe it. Checkpoints hold arrays and JSON (``statefile``), never pickle.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import functools
 import io
 import json
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -21,16 +28,21 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .errors import RunError
+from .errors import RunError, WriteError
 
 try:
     import fcntl
-except ImportError:  # not POSIX: runs are not locked
+except ImportError:  # not POSIX: a pid file stands in for the lock
     fcntl = None
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.npz"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # pickled by older versions: never loaded
 SCRATCH = ".scratch"
 LOCK = ".lock"
+MARKER = ".netdissect-run"
+DATASET_FILES = "dataset-files.json"  # size and mtime (and hash) of each file: says which changed
+
+_HELD_LOCKS: set = set()  # POSIX record locks do not exclude the process that holds them
 
 
 def safe_name(layer: str) -> str:
@@ -48,8 +60,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"{path}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise WriteError.of(exc, path) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -92,46 +107,39 @@ def _json_default(obj):
 
 
 class RunDirectory:
-    """The output directory of a dissection: checked writable before the long work starts."""
+    """The output directory of a dissection: checked writable before the long work starts.
+
+    Opening one deletes nothing: stale checkpoints are dropped by ``prepare()``, which the
+    engine calls only after every check (layers, device, free space) passed, and old results
+    are replaced by ``write_results`` only once the new ones are complete.
+    """
 
     def __init__(self, path, manifest: dict, force: bool = False, checkpoint_every: int = 50,
                  log=None, rank: int = 0, world: int = 1):
         self.path = Path(path)
         self.manifest = manifest
-        # a sharded run: rank 0 holds the lock and writes the results; every rank keeps its own
+        # a sharded run: rank 0 claims, locks and writes the results; every rank keeps its own
         # checkpoint and scratch files, so that a rerun with the same ranks resumes each shard
         self.rank, self.world = rank, world
+        self.force = force
         self.checkpoint_every = checkpoint_every
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self._batches = 0
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as exc:
-            raise RunError(f"{self.path}: output directory is not writable ({exc.strerror or exc}); "
-                           "choose another --out or fix its permissions") from None
+        self._resume: Optional[dict] = None
+        self.dataset_files: Optional[dict] = None  # this run's {"stats": ..., "hashes": ...}
+        self._prepared = False
         self._lock = None
         if rank > 0:
-            return  # rank 0 locked the directory (and cleared it with force) before this rank came
-        self._lock = open(self.path / LOCK, "a")
-        try:
-            if fcntl is not None:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise RunError(f"{self.path}: another netdissect process is writing to this directory; "
-                           "wait for it to finish or choose another --out") from None
-        if force:
-            self.clear()
+            return  # rank 0 claimed and locked the directory (and cleared it with force) before this rank came
+        claim_directory(self.path, MARKER, "run", "--out")
+        self._lock = _RunLock(self.path / LOCK)
+        if force and world > 1:
+            self.clear()  # before the other ranks set up their scratch files
 
     def release(self) -> None:
         """Let other processes write here again (also happens when this process dies)."""
-        if self._lock is not None and not self._lock.closed:
-            if fcntl is not None:
-                fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        if self._lock is not None:
+            self._lock.release()
 
     @property
     def scratch(self) -> Path:
@@ -163,33 +171,63 @@ class RunDirectory:
             # not self.scratch: that creates the directory again when rank 0 removed it already
             shutil.rmtree(self.path / SCRATCH / f"rank{self.rank}", ignore_errors=True)
 
+    def prepare(self) -> None:
+        """Read the checkpoint to resume from, or drop a stale one, before the scratch files
+        of this run are set up (a stale checkpoint's scratch is removed with it)."""
+        if self._prepared:
+            return
+        self._prepared = True
+        legacy = self.path / LEGACY_CHECKPOINT
+        if legacy.exists():
+            self.log(f"netdissect: ignoring {legacy} (a pickled checkpoint of an older version is "
+                     "never loaded); starting over")
+        # a single process clears everything; a rank of a sharded run only its own files
+        clear = self.clear if self.world == 1 else self._clear_own
+        if self.force:
+            if self.world == 1:
+                self.clear()
+            return
+        path = self.checkpoint_path
+        if not path.exists():
+            clear()  # scratch files without a checkpoint cannot be resumed
+            return
+        from . import statefile
+        try:
+            state = statefile.load(path)
+            if not isinstance(state, dict) or not isinstance(state.get("done"), int):
+                raise statefile.StateFileError("no 'done' count")
+        except statefile.StateFileError as exc:
+            self.log(f"netdissect: ignoring unreadable checkpoint {path} ({exc}); starting over")
+            clear()
+            return
+        changed = input_changes(state.get("manifest", {}), self.manifest, ignore=("labeling",))
+        if state.get("shard", {"rank": 0, "world": 1}) != self.shard:
+            changed.append("number of processes")
+        if changed:
+            self.log(f"netdissect: inputs changed since the checkpoint ({', '.join(changed)}): starting over")
+            clear()
+            return
+        self._resume = state
+
+    def _clear_own(self) -> None:
+        self.checkpoint_path.unlink(missing_ok=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
     def finished_manifest(self) -> Optional[dict]:
         """The manifest of a finished run in this directory, if any."""
         if not (self.path / "summary.json").exists():
             return None
         try:
             return json.loads((self.path / "config.json").read_text())["manifest"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def load_checkpoint(self) -> Optional[dict]:
-        path = self.checkpoint_path
-        if not path.exists():
-            return None
-        try:
-            state = torch.load(path, weights_only=False)
-        except Exception as exc:
-            self.log(f"netdissect: ignoring unreadable checkpoint {path} ({exc.__class__.__name__}); starting over")
-            self.clear()
-            return None
-        changed = diff_manifests(state.get("manifest", {}), self.manifest, ignore=("labeling",))
-        if state.get("shard", {"rank": 0, "world": 1}) != self.shard:
-            changed.append("number of processes")
-        if changed:
-            self.log(f"netdissect: inputs changed since the checkpoint ({', '.join(changed)}): starting over")
-            self.clear()
-            return None
-        self.log(f"netdissect: resuming from checkpoint after {state['done']} images")
+        """The state to resume from (read by ``prepare``), or None."""
+        self.prepare()
+        state, self._resume = self._resume, None
+        if state is not None:
+            self.log(f"netdissect: resuming from checkpoint after {state['done']} images")
         return state
 
     def checkpoint_due(self) -> bool:
@@ -197,25 +235,167 @@ class RunDirectory:
         return self.checkpoint_every > 0 and self._batches % self.checkpoint_every == 0
 
     def save_checkpoint(self, done: int, streams: Dict, store, skipped) -> None:
+        from . import statefile
         for stream in streams.values():
             stream.pairs.spill()  # the buffers go to scratch files; the checkpoint names them
         state = {"manifest": self.manifest, "shard": self.shard, "done": done,
                  "layers": {name: s.state_dict() for name, s in streams.items()},
                  "store": store.state_dict(), "skipped": list(skipped)}
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
-
-    def discard_results(self, layers) -> None:
-        """Remove a finished run's results that no longer describe this run's inputs."""
-        (self.path / "summary.json").unlink(missing_ok=True)
-        for name in list(layers) + ["report", "figures"]:
-            target = self.path / (safe_name(name) if name not in ("report", "figures") else name)
-            if target.is_dir() and target.resolve().parent == self.path.resolve():
-                shutil.rmtree(target, ignore_errors=True)
+        statefile.save(self.checkpoint_path, state)
 
     def finish(self) -> None:
         self.clear()
+
+
+def claim_directory(path: Path, marker: str, what: str, option: str) -> None:
+    """Create ``path`` (or adopt it when empty or already ours) and mark it as made by netdissect.
+
+    A non-empty directory without the marker is the user's: refused, so that nothing in it is
+    ever replaced or deleted.
+    """
+    check_directory(path, marker, what, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        if not (path / marker).exists():
+            from . import __version__
+            atomic_write_json(path / marker, {"made_by": "netdissect", "version": __version__,
+                                              "kind": what, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    except OSError as exc:
+        raise RunError(f"{path}: output directory is not writable ({exc.strerror or exc}); "
+                       f"choose another {option} or fix its permissions") from None
+    except WriteError as exc:
+        raise RunError(f"{path}: output directory is not writable ({exc}); "
+                       f"choose another {option} or fix its permissions") from None
+
+
+def check_directory(path: Path, marker: str = MARKER, what: str = "run", option: str = "--out") -> None:
+    """Raise RunError unless ``claim_directory`` may use ``path``; writes nothing (so a command
+    can check its output before long work such as generating a dataset)."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a directory; choose another {option}")
+        if path.is_dir() and not (path / marker).exists() and any(path.iterdir()):
+            raise RunError(f"{path}: not empty and not a netdissect {what} directory (no {marker} "
+                           f"marker), so it is left alone; choose a new or empty {option}")
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise RunError(f"{path}: {parent} is a file, so the directory cannot be made; choose another {option}")
+    except OSError as exc:
+        raise RunError(f"{path}: cannot be used as {option} ({exc.strerror or exc}); choose another") from None
+
+
+def owns(path: Path, marker: str = MARKER) -> bool:
+    """Whether netdissect made ``path`` (it carries the marker)."""
+    return (Path(path) / marker).is_file()
+
+
+class _RunLock:
+    """One writer per run directory.
+
+    A POSIX record lock (``lockf``), not ``flock``: a record lock belongs to the process, so
+    data-loader workers forked from it do not inherit it and a ``kill -9`` of the run frees
+    the directory at once. The holder's pid is written in the file for the message, and on
+    systems without ``fcntl`` the pid file itself is the lock (stale when that pid is gone).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = None
+        self._key = None
+        key = str(path.resolve())
+        if key in _HELD_LOCKS:
+            raise self._busy(os.getpid())
+        if fcntl is not None:
+            f = open(path, "a+")
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip()
+                f.close()
+                raise self._busy(holder) from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            self._file = f
+        else:
+            self._pidfile_lock()
+        self._key = key
+        _HELD_LOCKS.add(key)
+
+    def _pidfile_lock(self) -> None:
+        try:
+            holder = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            holder = 0
+        if holder and holder != os.getpid() and _pid_alive(holder):
+            raise self._busy(holder)
+        self.path.write_text(f"{os.getpid()}\n")
+
+    def _busy(self, holder) -> RunError:
+        who = f" (pid {holder})" if str(holder).strip().isdigit() else ""
+        return RunError(f"{self.path.parent}: another netdissect process{who} is writing to this "
+                        "directory; wait for it to finish or choose another --out")
+
+    def release(self) -> None:
+        if self._key is None:
+            return
+        _HELD_LOCKS.discard(self._key)
+        self._key = None
+        if self._file is not None:
+            try:
+                fcntl.lockf(self._file, fcntl.LOCK_UN)
+            finally:
+                self._file.close()
+        else:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def die_with_parent(parent: int, _worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker exits when the run that forked it dies, so an
+    orphan never keeps decoding images (nor holds files) after a ``kill -9``."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            _watch_parent(parent)
+    else:
+        _watch_parent(parent)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, name="netdissect-parent-watch", daemon=True).start()
+
+
+def worker_init(parent: Optional[int] = None):
+    """The ``worker_init_fn`` for a DataLoader started by this process."""
+    return functools.partial(die_with_parent, os.getpid() if parent is None else parent)
 
 
 def diff_manifests(old: dict, new: dict, prefix: str = "", ignore=()) -> list:
@@ -233,6 +413,31 @@ def diff_manifests(old: dict, new: dict, prefix: str = "", ignore=()) -> list:
     return changed
 
 
+def input_changes(old: dict, new: dict, ignore=()) -> list:
+    """``diff_manifests``, except that a content digest is compared only when this run asked
+    for one (--verify-content), so a later run without it still reuses the result."""
+    changed = diff_manifests(old if isinstance(old, dict) else {}, new, ignore=ignore)
+    if "content_digest" not in new.get("dataset", {}):
+        changed = [c for c in changed if c != "dataset.content_digest"]
+    return changed
+
+
+def _which_files(run: "RunDirectory", change: str) -> str:
+    """' (images/x.jpg changed)' for a changed file digest, from the saved per-file table."""
+    key = {"dataset.files_digest": "stats", "dataset.content_digest": "hashes"}.get(change)
+    if key is None or run.dataset_files is None or key not in run.dataset_files:
+        return ""
+    try:
+        saved = json.loads((run.path / DATASET_FILES).read_text())[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if not isinstance(saved, dict):
+        return ""
+    from .broden import changed_files
+    names = changed_files(saved, run.dataset_files[key])
+    return f" ({names} changed)" if names else ""
+
+
 def reuse_finished(run: "RunDirectory", config):
     """The finished run in ``run``, when it was computed from the same inputs, else None.
 
@@ -243,12 +448,13 @@ def reuse_finished(run: "RunDirectory", config):
     old = run.finished_manifest()
     if old is None:
         return None
-    changed = diff_manifests(old, run.manifest, ignore=("labeling", "layers"))
+    changed = input_changes(old, run.manifest, ignore=("labeling", "layers"))
+    changed = [c + _which_files(run, c) for c in changed]
     missing = [layer for layer in run.manifest["layers"] if layer not in old.get("layers", [])]
     if changed or missing:
         what = changed + ([f"new layers {', '.join(missing)}"] if missing else [])
-        run.log(f"netdissect: {run.path} holds a run of other inputs ({', '.join(what)}): recomputing")
-        run.discard_results(old.get("layers", []))
+        run.log(f"netdissect: {run.path} holds a run of other inputs ({', '.join(what)}): recomputing "
+                "(its results stay until the new ones are complete)")
         return None
     result = load_result(run.path, config)
     relabel = diff_manifests(old.get("labeling", {}), run.manifest["labeling"])
@@ -319,8 +525,12 @@ def write_results(out: Path, result) -> None:
     """Write a DissectionResult to its run directory; summary.json goes last."""
     out = Path(out)
     from dataclasses import asdict
+    previous = _result_directories(out)
     # until the new summary.json lands, the directory must not look finished (old + new files)
     (out / "summary.json").unlink(missing_ok=True)
+    if owns(out):  # the report and figures describe the old numbers: never leave them beside new ones
+        for stale in ("report", "figures"):
+            shutil.rmtree(out / stale, ignore_errors=True)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result.config).items()}
     dataset = {"path": result.dataset_path, "index_digest": result.manifest.get("dataset", {}).get("index_digest"),
                "split": config["split"], "categories": config["categories"], "limit": config["limit"]}
@@ -351,6 +561,20 @@ def write_results(out: Path, result) -> None:
         if formulas is not None:
             summary["layers"][name]["formulas"] = formulas.summary(result.layers[name].iou_threshold)
     atomic_write_json(out / "summary.json", summary)
+    if owns(out):  # the new result is complete: the old one's other layers go
+        for name in previous - {safe_name(n) for n in result.layers}:
+            target = out / name
+            if target.is_dir() and target.resolve().parent == out.resolve():
+                shutil.rmtree(target, ignore_errors=True)
+
+
+def _result_directories(out: Path) -> set:
+    """The layer directories of the finished run in ``out`` (empty when there is none)."""
+    try:
+        layers = json.loads((out / "summary.json").read_text())["layers"]
+        return {str(v.get("directory", safe_name(k))) for k, v in layers.items()} - {"", ".", ".."}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def units_csv(layer) -> str:

@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -1228,25 +1229,49 @@ def write_tables(root: Path, vocabulary: Sequence[Tuple[str, str]], categories: 
                 w.writerow([code, n, vocabulary[n - 1][0], freq[c][n], _fmt(cover[c][n])])
 
 
+DATASET_MARKER = ".netdissect-dataset"  # in every directory a builder made: it may be replaced
+
+
+def check_output_dir(out_dir: Union[str, Path], overwrite: bool = False) -> Path:
+    """Refuse (NetDissectError) an out_dir that a builder must not replace: a file, a non-empty
+    directory without overwrite, or one without the marker of a dataset netdissect made (so
+    ``--overwrite`` or ``demo --data .`` never deletes a user's folder)."""
+    out = Path(out_dir).absolute()
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise NetDissectError(f"{out} exists and is not a directory; choose another output path")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise NetDissectError(f"{out} exists and is not empty; pass overwrite=True "
+                                      "(--overwrite) to replace it, or choose another directory")
+            if not (out / DATASET_MARKER).is_file():
+                raise NetDissectError(f"{out} is not empty and was not made by netdissect (no "
+                                      f"{DATASET_MARKER} marker), so it is never replaced; choose "
+                                      "another directory or empty this one yourself")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NetDissectError(f"{parent} is not a directory, so {out} cannot be made there; "
+                                      "choose another output path")
+            break
+    return out
+
+
 @contextmanager
 def atomic_output_dir(out_dir: Union[str, Path], overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory next to out_dir; on success it replaces out_dir.
 
-    Refuses (NetDissectError) when out_dir exists, is not an empty directory and overwrite
-    is False. On an exception the temporary directory is removed and out_dir is untouched.
+    Refuses (NetDissectError, see ``check_output_dir``) to replace a directory netdissect did
+    not make. The new directory carries the marker. On an exception the temporary directory
+    is removed and out_dir is untouched.
     """
-    out = Path(out_dir).absolute()
-    if out.exists():
-        if not out.is_dir():
-            raise NetDissectError(f"{out} exists and is not a directory; choose another output path")
-        if any(out.iterdir()) and not overwrite:
-            raise NetDissectError(f"{out} exists and is not empty; pass overwrite=True "
-                                  "(--overwrite) to replace it, or choose another directory")
+    out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # unlike mkdtemp, honours the umask (the result is a normal directory)
     try:
         yield tmp
+        (tmp / DATASET_MARKER).write_text(json.dumps({"made_by": "netdissect", "kind": "dataset"}) + "\n")
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
             os.replace(out, trash)

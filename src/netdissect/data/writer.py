@@ -450,12 +450,8 @@ def _progress(iterable, total: int, enabled: bool, desc: str):
 
 
 def _prepare_work(out: Path, params: dict, overwrite: bool, log) -> Path:
-    if out.exists():
-        if not out.is_dir():
-            raise NetDissectError(f"{out} exists and is not a directory; choose another output path")
-        if any(out.iterdir()) and not overwrite:
-            raise NetDissectError(f"{out} exists and is not empty; pass --overwrite to replace it, "
-                                  "or choose another directory")
+    from ..synthetic import check_output_dir
+    check_output_dir(out, overwrite)  # --overwrite replaces only a dataset netdissect made
     work = work_dir_for(out)
     marker = work / "build.json"
     params = json.loads(json.dumps(params, sort_keys=True))
@@ -565,6 +561,8 @@ def build_broden(out: Union[str, Path], items: Sequence[SourceItem], params: dic
                               + report.summary_text())
     shutil.rmtree(records)
     (work / "build.json").unlink()
+    from ..synthetic import DATASET_MARKER
+    (work / DATASET_MARKER).write_text(json.dumps({"made_by": "netdissect", "kind": "dataset"}) + "\n")
     if out.exists():
         trash = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
         os.replace(out, trash)

@@ -214,6 +214,11 @@ def _save_state(path: Path, state) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def statefile_save(path: Path, state) -> None:
+    from .. import statefile
+    statefile.save(path, state)
+
+
 def train_condition(cond: Condition, settings: Settings, data_digest: str, train, val, out: Path,
                     force: bool = False, log=print) -> dict:
     """Train one condition (resuming after its last finished epoch); returns train.json's content."""
@@ -234,13 +239,17 @@ def train_condition(cond: Condition, settings: Settings, data_digest: str, train
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total, pct_start=0.15)
     history: List[dict] = []
     start_epoch, seconds = 0, 0.0
-    resume = out / "resume.pt"
+    resume = out / "resume.npz"  # arrays and JSON (statefile): a planted file is never executed
+    if (out / "resume.pt").exists():
+        log(f"{cond.name}: ignoring {out / 'resume.pt'} (a pickled state of an older version is never loaded)")
     if not force and resume.exists():
+        from .. import statefile
         try:
-            state = torch.load(resume, weights_only=False)
-        except Exception:
+            state = statefile.load(resume)
+        except statefile.StateFileError as exc:
+            log(f"{cond.name}: ignoring unreadable {resume} ({exc}); training from the start")
             state = None
-        if state and state.get("key") == key_digest:
+        if isinstance(state, dict) and state.get("key") == key_digest:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -281,7 +290,7 @@ def train_condition(cond: Condition, settings: Settings, data_digest: str, train
         history.append({"epoch": epoch + 1, "step": step, "loss": loss_sum / len(images),
                         "train_accuracy": correct / len(images), "val_accuracy": val_acc})
         _save_state(ckpt / f"iter_{step:06d}.pth", model.state_dict())
-        _save_state(resume, {"key": key_digest, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        statefile_save(resume, {"key": key_digest, "model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history,
                              "seconds": seconds, "rng": torch.get_rng_state()})
         log(f"{cond.name}: epoch {epoch + 1}/{settings.epochs} loss {loss_sum / len(images):.3f} "
