@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -937,13 +936,8 @@ def check_dataset(root: Union[str, os.PathLike], workers: int = 8,
             if numbers:
                 seen[cat][list(numbers)] = True
 
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=len(records), unit="img", desc="checking", file=sys.stderr)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            bar = None
+    from .progress import progress_bar
+    bar = progress_bar(progress, len(records), "checking", "img")
     files = 0
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         for found, n, labels in pool.map(lambda r: _check_record(path, r, tables.table),
@@ -952,10 +946,8 @@ def check_dataset(root: Union[str, os.PathLike], workers: int = 8,
             files += n
             for cat, numbers in labels.items():
                 seen[cat][numbers] = True
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     report.files_checked = files
     report.labels_seen = {c: int(seen[c].sum()) for c in tables.categories}
     report.problems = [str(p) for p in problems]

@@ -184,7 +184,7 @@ class LayerCombinations:
         return self.unit_combo[s:e].astype(np.int64), self.unit_count[s:e]
 
     def save(self, path: Path) -> None:
-        from .runs import atomic_save_npz
+        from .atomic import atomic_save_npz
         atomic_save_npz(path, table=self.table, pattern=self.pattern, pixels=self.pixels,
                         unit_indptr=self.unit_indptr, unit_combo=self.unit_combo,
                         unit_count=self.unit_count, label_numbers=self.label_numbers,

@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .atomic import atomic_path
 from .combinations import FILE as COMBINATIONS_FILE
 from .combinations import LayerCombinations
 from .errors import NetDissectError, RunError
@@ -443,7 +444,7 @@ class LayerFormulas:
         }
 
     def save(self, path: Path) -> None:
-        from .runs import atomic_save_npz
+        from .atomic import atomic_save_npz
         atomic_save_npz(path, length=np.int64(self.length), beam=np.int64(self.beam), tokens=self.tokens,
                         inter=self.inter, union=self.union, by_length=self.by_length, single=self.single,
                         concept_names=np.asarray(self.concept_names, dtype=str),
@@ -504,10 +505,8 @@ def explain_layer(layer, length: int = 3, beam: int = 10, combos: Optional[Layer
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    import sys
-
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="unit", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    from .progress import progress_bar
+    return progress_bar(enabled, total, desc, "unit")
 
 
 # -------------------------------------------------------------------- runs
@@ -586,12 +585,9 @@ def write_gain_figure(out: Path, summary: dict) -> Optional[Path]:
     ax.set_title(f"Formulas (beam {rows[0][1]['beam']})", fontsize="medium")
     path = Path(out) / "figures" / "formula_gain.svg"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
-    tmp.replace(path)
-    png = path.with_suffix(".png")
-    tmp = png.with_name(png.name + ".tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight", dpi=150)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
+    with atomic_path(path.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=150)
     plt.close(fig)
-    tmp.replace(png)
     return path

@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -199,9 +200,8 @@ def _stage_offline_weights(url: str) -> None:
         return
     target = Path(torch.hub.get_dir()) / "checkpoints" / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _load_timm(name: str, weights: Optional[str]) -> LoadedModel:

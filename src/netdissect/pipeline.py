@@ -756,9 +756,8 @@ def _subchunks(chunks, max_pairs: int):
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled,
-                file=sys.stderr, dynamic_ncols=True)
+    from .progress import progress_bar
+    return progress_bar(enabled, total, desc, "img", initial=initial)
 
 
 def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig,

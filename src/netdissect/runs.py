@@ -21,13 +21,14 @@ import signal
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from .atomic import (atomic_save_npy, atomic_save_npz, atomic_write_bytes,  # noqa: F401  (re-exported)
+                     atomic_write_json, atomic_write_text)
 from .errors import RunError, WriteError
 
 try:
@@ -48,62 +49,6 @@ _HELD_LOCKS: set = set()  # POSIX record locks do not exclude the process that h
 def safe_name(layer: str) -> str:
     """A layer's directory name: its dotted name with unusual characters replaced."""
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in layer) or "_"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise WriteError.of(exc, path) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def atomic_save_npz(path: Path, **arrays) -> None:
-    """numpy.savez_compressed's format with a fixed timestamp: the same arrays give the same
-    bytes, so two runs (or a sharded and a plain one) compare with a byte comparison."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 class RunDirectory:

@@ -57,7 +57,7 @@ def loads(data: bytes) -> Any:
 
 def save(path: Union[str, Path], obj: Any) -> None:
     """Write ``obj`` atomically (temporary name, then rename)."""
-    from .runs import atomic_write_bytes
+    from .atomic import atomic_write_bytes
     atomic_write_bytes(Path(path), dumps(obj))
 
 

@@ -1285,18 +1285,8 @@ def atomic_output_dir(out_dir: Union[str, Path], overwrite: bool = False) -> Ite
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, desc=desc, unit="img")
-    except ImportError:  # pragma: no cover
-        def gen():
-            for i, x in enumerate(iterable, 1):
-                if i % 100 == 0 or i == total:
-                    print(f"{desc}: {i}/{total}", file=sys.stderr)
-                yield x
-        return gen()
+    from .progress import track
+    return track(iterable, total, enabled, desc)
 
 
 def generate_synthetic(out_dir: Union[str, Path], images: int = 1000, size: int = 224,

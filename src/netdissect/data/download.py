@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from ..atomic import atomic_path
 from ..errors import DatasetError, DownloadError, NetDissectError
 
 try:
@@ -111,9 +112,8 @@ def _read_state(part: Path) -> Dict:
 
 def _write_state(part: Path, state: Dict) -> None:
     path = _state_path(part)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
 def _size(path: Path) -> int:
@@ -217,14 +217,8 @@ def _truncate(part: Path) -> None:
 
 
 def _progress_bar(enabled: bool, desc: str, unit: str = "B"):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(desc=desc, unit=unit, unit_scale=unit == "B",
-                unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr, dynamic_ncols=True)
+    from ..progress import progress_bar
+    return progress_bar(enabled, None, desc, unit) if enabled else None
 
 
 def download(url: str, part: Union[str, Path], policy: RetryPolicy = RetryPolicy(),

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_path
 from ..errors import DatasetError, NetDissectError
 from ..labelpng import read_label_png, write_label_png
 
@@ -58,9 +58,8 @@ class ResizeResult:
 
 
 def _atomic_save(target: Path, save) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    save(tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        save(tmp)
 
 
 def _image_format(name: str) -> str:
@@ -203,10 +202,8 @@ def resize_broden(src: Union[str, Path], out: Union[str, Path], size: int,
     if any(r.ih < size or r.iw < size for r in ds.records):
         notes.append(f"some images are smaller than {size} px: upscaling adds no detail")
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(plan), unit="img", desc=f"resizing to {size}", file=sys.stderr)
+    from ..progress import progress_bar
+    bar = progress_bar(progress, len(plan), f"resizing to {size}", "img")
     written = reused = 0
     workers = workers or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=max(1, workers))

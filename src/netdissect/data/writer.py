@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_path
 from ..errors import NetDissectError
 from ..labelpng import MAX_LABEL, write_label_png
 from .colors import color_codes, color_label_names
@@ -171,9 +172,8 @@ def _record_id(key: str) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def process_item(work: Path, item: SourceItem, size: Optional[int], colors: bool) -> dict:
@@ -443,10 +443,8 @@ def work_dir_for(out: Path) -> Path:
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr)
+    from ..progress import track
+    return track(iterable, total, enabled, desc)
 
 
 def _prepare_work(out: Path, params: dict, overwrite: bool, log) -> Path:

@@ -155,7 +155,8 @@ def evaluate(loaded, layer: str, labeled, conditions: Dict[str, Sequence[int]], 
 def run_ablation(loaded, layer: str, dataset, out=None, run=None, *, category=None, label=None, top=None,
                  random=None, units=None, seed: int = 0, controls: int = 3, split=None, limit=None,
                  size: int = 224, batch_size: int = 32, device: str = "auto") -> dict:
-    from ..runs import atomic_write_json, load_layer
+    from ..atomic import atomic_write_json
+    from ..runs import load_layer
     from .common import open_labeled, write_csv
     from .rotation import layer_units
 

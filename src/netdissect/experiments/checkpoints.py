@@ -131,7 +131,7 @@ def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], laye
 def run_checkpoints(model_spec, checkpoints: Sequence, layers: Sequence[str], dataset, out,
                     steps: Optional[Sequence[int]] = None, **kw) -> dict:
     """Dissect a checkpoint series and write checkpoints.csv / .json / .svg / .png into ``out``."""
-    from ..runs import atomic_write_json
+    from ..atomic import atomic_write_json
     from .common import write_csv
     from .compare import row_categories
 

@@ -45,7 +45,7 @@ def _fmt_cell(v) -> str:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    from ..runs import atomic_write_text
+    from ..atomic import atomic_write_text
     atomic_write_text(Path(path), csv_text(header, rows))
     return Path(path)
 

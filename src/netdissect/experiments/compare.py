@@ -102,7 +102,7 @@ def table(rows: Sequence[dict], categories: Sequence[str]):
 def run_compare(runs: Sequence, out, names: Optional[Sequence[str]] = None,
                 layers: Optional[Sequence[str]] = None, title: Optional[str] = None) -> dict:
     """Write compare.csv, compare.json and the compare.svg/.png figure into ``out``."""
-    from ..runs import atomic_write_json
+    from ..atomic import atomic_write_json
     from .common import write_csv
     out = Path(out)
     rows = compare_rows(runs, names, layers)

@@ -208,7 +208,7 @@ def _digest(obj) -> str:
 
 
 def _save_state(path: Path, state) -> None:
-    from ..runs import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -222,7 +222,8 @@ def statefile_save(path: Path, state) -> None:
 def train_condition(cond: Condition, settings: Settings, data_digest: str, train, val, out: Path,
                     force: bool = False, log=print) -> dict:
     """Train one condition (resuming after its last finished epoch); returns train.json's content."""
-    from ..runs import atomic_write_json, read_json
+    from ..atomic import atomic_write_json
+    from ..runs import read_json
     key = {"condition": asdict(cond), "training": settings.training_key(), "data": data_digest}
     key_digest = _digest(key)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,7 +312,7 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
                    threads: Optional[int] = None) -> dict:
     from ..broden import open_dataset
     from ..models import load_model
-    from ..runs import atomic_write_json, atomic_write_text
+    from ..atomic import atomic_write_json, atomic_write_text
     from ..synthetic import generate_synthetic
     from .checkpoints import _finished_summary, dissect_series, plot_checkpoints
     from .common import log as _log, write_csv

@@ -235,7 +235,7 @@ def _data_uri(png: bytes) -> str:
 
 def write_explanation(info: dict, out) -> List[Path]:
     """explain.json, explain.png and explain.html (images embedded) into ``out``."""
-    from ..runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
     out = Path(out)
     rgb, maps = info["_rgb"], info["_maps"]
     tiles = {u["unit"]: heat_tile(rgb, maps[u["unit"]], u["threshold"]) for u in info["units"]}

@@ -254,7 +254,7 @@ def run_rotation(model, layer: str, dataset, out, alphas: Sequence[float] = (0, 
     from ..broden import BrodenDataset, open_dataset
     from ..models import LoadedModel, load_model
     from ..pipeline import dissect
-    from ..runs import atomic_save_npy, atomic_write_json
+    from ..atomic import atomic_save_npy, atomic_write_json
     from .common import write_csv
 
     alphas = [float(a) for a in alphas]

@@ -5,7 +5,7 @@ fixed per Broden category name, so "object" is the same blue in every chart of e
 Other category names take the remaining colours in order of first use.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot, no global state, no
-GUI backend) and written through :func:`netdissect.runs.atomic_write_bytes`.
+GUI backend) and written through :func:`netdissect.atomic.atomic_write_bytes`.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def save_figure(fig, out_dir, stem: str) -> List[Path]:
     """Write ``stem.svg`` and ``stem.png`` (150 dpi) into out_dir, atomically; returns the paths."""
     import matplotlib
 
-    from ..runs import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     out_dir = Path(out_dir)
     paths = []

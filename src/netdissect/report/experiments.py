@@ -39,7 +39,7 @@ def _figure(path: Path) -> dict:
 
 def write_experiment_page(out_dir, title: str, description: str = "") -> Path:
     """Write ``out_dir/experiment.html`` from the figures and CSV tables in ``out_dir``."""
-    from ..runs import atomic_write_text
+    from ..atomic import atomic_write_text
     from .html import render
     out_dir = Path(out_dir)
     figures = sorted(out_dir.glob("*.svg"))

@@ -11,6 +11,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .colors import MPL_RC, category_colors
 from .runview import LayerView
 
@@ -28,9 +29,8 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt, target, extra in (("svg", path, {"metadata": {"Date": None}}),
                                ("png", path.with_suffix(".png"), {"dpi": 150, "metadata": {"Software": None}})):
-        tmp = target.with_name(target.name + ".tmp")
-        fig.savefig(tmp, format=fmt, bbox_inches="tight", facecolor="white", **extra)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", facecolor="white", **extra)
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path

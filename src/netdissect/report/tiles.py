@@ -22,8 +22,6 @@ the yellow of Broden's "yellow" concept.
 from __future__ import annotations
 
 import base64
-import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import atomic_path
+from ..progress import progress_bar as _progress_bar
 from .colors import (DIM_RGBA, LABEL_DARK_RGB, LABEL_REGION_RGB, SPECK_ALPHA, UNIT_FILL_ALPHA,
                      UNIT_REGION_RGB)
 from .regions import layer_upsampler, map_placement, unit_regions
@@ -189,15 +189,13 @@ def _save_png(index: np.ndarray, path: Path) -> None:
     rgb, alpha = palette()
     im = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index).tobytes())
     im.putpalette(rgb)
-    tmp = path.with_name(path.name + ".tmp")
-    im.save(tmp, format="PNG", transparency=alpha, compress_level=6)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG", transparency=alpha, compress_level=6)
 
 
 def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY, optimize=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY, optimize=True)
 
 
 @dataclass
@@ -400,9 +398,8 @@ def write_paper_strips(layer: LayerView, lt: LayerTiles, images: Dict[int, np.nd
                 strip.paste(c, (x, 0))
                 x += c.width + gap
             path = out_dir / f"unit_{layer.units[k].unit}.jpg"
-            tmp = path.with_name(path.name + ".tmp")
-            strip.save(tmp, format="JPEG", quality=90)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                strip.save(tmp, format="JPEG", quality=90)
             written += 1
     return written
 
@@ -456,7 +453,5 @@ def _formula_region(tokens, image_masks: Dict[int, tuple], numbers, hw) -> np.nd
 
 
 def progress_bar(enabled: bool, total: int, desc: str, unit: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+    """None when disabled (load_images skips updates), else the package's bar."""
+    return _progress_bar(enabled, total, desc, unit) if enabled else None
