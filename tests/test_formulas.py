@@ -196,7 +196,7 @@ def test_cli_dissect_then_formulas(tmp_path, monkeypatch):
     assert main(["formulas", str(out), "--layer", "nope", "--quiet"]) == 1
     (out / "conv3" / "combinations.npz").unlink()
     with pytest.raises(RunError, match="combinations.npz: not found"):
-        from netdissect.formulas import explain_run
+        from netdissect.runformulas import explain_run
         explain_run(out, layers=["conv3"], length=2, beam=3, progress=False, force=True)
 
 

@@ -151,7 +151,7 @@ def cmd_dissect(args) -> int:
 
 
 def cmd_formulas(args) -> int:
-    from .formulas import explain_run
+    from .runformulas import explain_run
     result = explain_run(args.run, layers=args.layers, length=args.formula_length, beam=args.beam,
                          progress=not args.quiet, force=args.force)
     if not args.no_report:

@@ -5,6 +5,8 @@ defaults. Imports nothing heavy: `netdissect --help` stays fast.
 """
 from __future__ import annotations
 
+from .config import default  # the defaults of DissectConfig: one definition for API and CLI
+
 
 def add_model_args(p, weights_default: str = "default", checkpoint: bool = True) -> None:
     p.add_argument("--model", required=True,
@@ -33,23 +35,25 @@ def add_dissect_args(p, dataset_required: bool = True) -> None:
     p.add_argument("--categories", nargs="+", help="categories to use (default: every category the dataset has)")
     p.add_argument("--split", help="dataset split to use (default: all images)")
     p.add_argument("--limit", type=int, help="use only the first N images: a quick look")
-    p.add_argument("--quantile", type=float, default=0.005,
-                   help="top fraction of activations that is active (default 0.005)")
-    p.add_argument("--iou-threshold", type=float, default=0.04,
-                   help="IoU above which a unit is a detector (default 0.04)")
-    p.add_argument("--upsample", choices=("bilinear", "rf"), default="bilinear",
+    p.add_argument("--quantile", type=float, default=default("quantile"),
+                   help=f"top fraction of activations that is active (default {default('quantile')})")
+    p.add_argument("--iou-threshold", type=float, default=default("iou_threshold"),
+                   help=f"IoU above which a unit is a detector (default {default('iou_threshold')})")
+    p.add_argument("--upsample", choices=("bilinear", "rf"), default=default("upsample"),
                    help="bilinear (default, as NetDissect-Lite) or rf (receptive-field aligned, as the original)")
-    p.add_argument("--top-k", type=int, default=8, help="top images kept per unit for the report (default 8)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=default("top_k"),
+                   help=f"top images kept per unit for the report (default {default('top_k')})")
+    p.add_argument("--batch-size", type=int, default=default("batch_size"))
     p.add_argument("--workers", type=int, help="data loading processes (default: min(4, cores))")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--min-category-images", type=int, default=20,
-                   help="warn when a category is labeled in fewer images than this (default 20)")
-    p.add_argument("--memory-budget", type=float, default=1024, dest="memory_budget_mb",
-                   help="MiB for the streaming statistics (default 1024): the exact thresholds must fit "
+    p.add_argument("--device", default=default("device"), help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--min-category-images", type=int, default=default("min_category_images"),
+                   help="warn when a category is labeled in fewer images than this "
+                        f"(default {default('min_category_images')})")
+    p.add_argument("--memory-budget", type=float, default=default("memory_budget_mb"), dest="memory_budget_mb",
+                   help=f"MiB for the streaming statistics (default {default('memory_budget_mb'):g}): the exact thresholds must fit "
                         "in it (else a quantile sketch is used), and a quarter of it holds candidate maps "
                         "in memory before they spill to disk")
-    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), default=default("on_bad_image"),
                    help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
     p.add_argument("--force", action="store_true",
                    help="recompute everything, ignoring finished results and checkpoints")

@@ -27,8 +27,8 @@ STATIC_BATCH_ATTR = "netdissect_static_batch"
 
 
 def load_exported(path: str):
-    """LoadedModel of a ``.pt2`` file: the unflattened module tree of the program."""
-    from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+    """(module, static batch) of a ``.pt2`` file: the unflattened module tree of the program, and
+    the batch size it was exported with (None when dynamic). models.load_model wraps it."""
     if not os.path.exists(path):
         raise ModelError(f"{path}: model file not found")
     try:
@@ -45,8 +45,7 @@ def load_exported(path: str):
     batch = static_batch(program)
     if batch is not None:
         setattr(module, STATIC_BATCH_ATTR, batch)
-    return LoadedModel(module, IMAGENET_MEAN, IMAGENET_STD, spec=str(path), kind="export",
-                       extra={"static_batch": batch})
+    return module, batch
 
 
 def static_batch(program) -> Optional[int]:

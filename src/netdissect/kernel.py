@@ -2,7 +2,7 @@
 
 ``fused_tally`` upsamples, thresholds and counts in one pass over each pair's pixels, without
 materializing the upsampled maps. It is used only for shapes on which its upsampling equals
-``F.interpolate(mode='bilinear', align_corners=False)`` bit for bit on this machine (checked on
+the package's one upsampler (``upsample.bilinear``) bit for bit on this machine (checked on
 first use); otherwise, or when the kernel was not compiled, callers use the torch path.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
+
+from .upsample import bilinear
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
@@ -43,14 +44,13 @@ def kernel_upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def exact_for(native: Tuple[int, int], size: Tuple[int, int]) -> bool:
-    """Whether the kernel's upsampling equals F.interpolate bit for bit for this shape."""
+    """Whether the kernel's upsampling equals upsample.bilinear bit for bit for this shape."""
     if _library() is None:
         return False
     gen = torch.Generator().manual_seed(1)
     maps = torch.randn((64,) + tuple(native), generator=gen) * 3
     maps[::2] = maps[::2].relu()  # ties at zero as after a ReLU
-    reference = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return bool(torch.equal(kernel_upsample(maps, size), reference))
+    return bool(torch.equal(kernel_upsample(maps, size), bilinear(maps, size)))
 
 
 def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tensor,

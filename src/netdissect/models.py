@@ -87,7 +87,9 @@ def load_model(spec: Union[str, nn.Module], weights: Optional[str] = "default",
         loaded = _load_timm(spec[len("timm:"):], weights)
     elif spec.endswith(".pt2"):
         from .exported import load_exported
-        loaded = load_exported(spec)
+        module, batch = load_exported(spec)
+        loaded = LoadedModel(module, IMAGENET_MEAN, IMAGENET_STD, spec=str(spec), kind="export",
+                             extra={"static_batch": batch})
     elif os.path.exists(spec) or spec.endswith((".pt", ".pth", ".ts", ".jit")):
         loaded = _load_torchscript(spec)
     elif ":" in spec:

@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,171 +29,16 @@ from torch import nn
 from . import distributed, kernel
 from .broden import BrodenDataset, open_dataset
 from .combinations import CombinationIndex, UnitCombinationCounts
+from .config import DissectConfig
 from .errors import ActivationError, DatasetError, NetDissectError, RunError
 from .hooks import LayerCapture, check_activation_shape
 from .models import LoadedModel, load_model
 from .quantile import exact_memory_bytes
+from .results import DissectionResult, LayerResult
 from .segstore import SegmentationStore
 from .streaming import LayerStream
 from .tally import IoUTally, combination_counts, encode_segmentation
-from .upsample import MODES, ReceptiveField, make_upsampler, measure_receptive_field
-
-
-@dataclass(frozen=True)
-class DissectConfig:
-    """Parameters of a dissection (everything that changes its numbers, and how it runs)."""
-
-    layers: Tuple[str, ...]
-    quantile: float = 0.005
-    iou_threshold: float = 0.04
-    upsample: str = "bilinear"
-    categories: Optional[Tuple[str, ...]] = None
-    split: Optional[str] = None
-    limit: Optional[int] = None
-    top_k: int = 8
-    batch_size: int = 32
-    workers: Optional[int] = None
-    device: str = "auto"
-    min_category_images: int = 20
-    memory_budget_mb: float = 1024
-    on_bad_image: str = "fail"
-    layout: str = "auto"  # auto | nchw | nhwc | tokens: how layer outputs hold unit maps (layouts.py)
-
-    def __post_init__(self):
-        if not 0.0 < self.quantile < 1.0:
-            raise NetDissectError(f"--quantile is the top fraction, in (0, 1); got {self.quantile}")
-        if not 0.0 <= self.iou_threshold < 1.0:
-            raise NetDissectError(f"--iou-threshold must be in [0, 1); got {self.iou_threshold}")
-        if self.upsample not in MODES:
-            raise NetDissectError(f"--upsample must be one of {', '.join(MODES)}; got {self.upsample!r}")
-        if self.batch_size < 1:
-            raise NetDissectError(f"--batch-size must be positive; got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise NetDissectError(f"--limit must be positive; got {self.limit}")
-        if self.on_bad_image not in ("fail", "skip"):
-            raise NetDissectError(f"--on-bad-image must be fail or skip; got {self.on_bad_image!r}")
-        if self.top_k < 1:
-            raise NetDissectError(f"--top-k must be positive; got {self.top_k}")
-        if self.workers is not None and self.workers < 0:
-            raise NetDissectError(f"--workers must be 0 (load in this process) or more; got {self.workers}")
-        if not self.memory_budget_mb > 0 or self.memory_budget_mb == float("inf"):
-            raise NetDissectError(f"--memory-budget must be a positive number of MiB; got {self.memory_budget_mb}")
-        if self.min_category_images < 0:
-            raise NetDissectError(f"--min-category-images must be 0 or more; got {self.min_category_images}")
-        if self.layout not in ("auto", "nchw", "nhwc", "tokens"):
-            raise NetDissectError(f"--layout must be auto, nchw, nhwc or tokens; got {self.layout!r}")
-
-    @property
-    def level(self) -> float:
-        return 1.0 - self.quantile
-
-
-@dataclass
-class LayerResult:
-    """The dissection of one layer. Units are numbered from 0."""
-
-    name: str
-    thresholds: np.ndarray          # (K,) float32
-    iou: np.ndarray                 # (K, C) float32
-    concepts: np.ndarray            # (C,) label numbers
-    concept_names: List[str]
-    concept_categories: List[str]
-    categories: List[str]
-    iou_threshold: float
-    map_shape: Tuple[int, int]
-    topk_index: Optional[np.ndarray] = None   # (K, k) image indices
-    topk_score: Optional[np.ndarray] = None   # (K, k)
-    topk_maps: Optional[np.ndarray] = None    # (K, k, h, w)
-    combinations: Optional[object] = None     # combinations.LayerCombinations, for formulas
-    formulas: Optional[object] = None         # formulas.LayerFormulas, when searched
-    layout: Optional[dict] = None             # how the layer's output was read as maps (layouts.py)
-    receptive_field: Optional[ReceptiveField] = None   # rf mode: how maps were placed (the report redraws them)
-
-    @property
-    def units(self) -> int:
-        return self.iou.shape[0]
-
-    @property
-    def best(self) -> np.ndarray:
-        """(K,) index of each unit's best concept."""
-        return self.iou.argmax(axis=1) if self.iou.shape[1] else np.zeros(self.units, dtype=np.int64)
-
-    @property
-    def best_iou(self) -> np.ndarray:
-        return self.iou.max(axis=1) if self.iou.shape[1] else np.zeros(self.units, dtype=np.float32)
-
-    def unit_labels(self) -> List[Tuple[str, str, float]]:
-        """(label, category, IoU) of every unit."""
-        best, best_iou = self.best, self.best_iou
-        if not self.iou.shape[1]:
-            return [("", "", 0.0)] * self.units
-        return [(self.concept_names[c], self.concept_categories[c], float(v)) for c, v in zip(best, best_iou)]
-
-    def best_in_category(self, category: str) -> Tuple[np.ndarray, np.ndarray]:
-        """(K,) best concept index within ``category`` (-1 when it has none) and its IoU."""
-        cols = np.array([i for i, c in enumerate(self.concept_categories) if c == category], dtype=np.int64)
-        if len(cols) == 0:
-            return np.full(self.units, -1), np.zeros(self.units, dtype=np.float32)
-        sub = self.iou[:, cols]
-        return cols[sub.argmax(axis=1)], sub.max(axis=1)
-
-    def summary(self) -> dict:
-        detectors = self.best_iou > self.iou_threshold
-        best = self.best
-        unique = sorted({int(c) for c in best[detectors]})
-        per_category = {cat: 0 for cat in self.categories}
-        for c in unique:
-            per_category[self.concept_categories[c]] += 1
-        best_per_category = {}
-        for cat in self.categories:
-            idx, val = self.best_in_category(cat)
-            best_per_category[cat] = len({int(i) for i in idx[val > self.iou_threshold]})
-        return {
-            "units": int(self.units),
-            "detectors": int(detectors.sum()),
-            "unique_detectors": len(unique),
-            "unique_per_category": per_category,
-            "unique_best_per_category": best_per_category,
-            "detectors_per_category": {cat: int(sum(1 for k in np.nonzero(detectors)[0]
-                                                    if self.concept_categories[best[k]] == cat))
-                                       for cat in self.categories},
-            "map_shape": list(self.map_shape),
-            "iou_threshold": self.iou_threshold,
-            **({"layout": self.layout} if self.layout else {}),
-            **({"receptive_field": {"offset": list(self.receptive_field.offset),
-                                    "stride": list(self.receptive_field.stride)}}
-               if self.receptive_field is not None else {}),
-        }
-
-
-@dataclass
-class DissectionResult:
-    config: DissectConfig
-    layers: Dict[str, LayerResult]
-    category_image_counts: Dict[str, int]
-    images: int
-    skipped: List[dict] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
-    manifest: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    out: Optional[Path] = None
-    dataset_path: Optional[str] = None
-
-    def __getitem__(self, layer: str) -> LayerResult:
-        return self.layers[layer]
-
-    def summary(self) -> dict:
-        return {
-            "layers": {name: layer.summary() for name, layer in self.layers.items()},
-            "categories": list(next(iter(self.layers.values())).categories) if self.layers else [],
-            "category_image_counts": self.category_image_counts,
-            "images": self.images,
-            "skipped_images": self.skipped,
-            "warnings": self.warnings,
-            "parameters": {"quantile": self.config.quantile, "iou_threshold": self.config.iou_threshold,
-                           "upsample": self.config.upsample, "top_k": self.config.top_k},
-            "seconds": round(self.seconds, 2),
-        }
+from .upsample import make_upsampler, measure_receptive_field
 
 
 # --------------------------------------------------------------------------- data loading
@@ -345,7 +190,8 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     resolve_device(config.device)  # a bad device fails before the run directory is touched
     if checkpoint_every < 0:
         raise NetDissectError(f"--checkpoint-every must be 0 (never) or more; got {checkpoint_every}")
-    from .formulas import add_formulas, write_gain_figure
+    from .formulas import write_gain_figure
+    from .runformulas import add_formulas
     with distributed.session(config.device) as group:  # torchrun: one shard per process
         if formula_length and group is not None:
             raise NetDissectError("--formula-length: a sharded (torchrun) run does not collect the label "

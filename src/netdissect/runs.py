@@ -29,7 +29,7 @@ import torch
 
 from .atomic import (atomic_save_npy, atomic_save_npz, atomic_write_bytes,  # noqa: F401  (re-exported)
                      atomic_write_json, atomic_write_text)
-from .errors import RunError, WriteError
+from .errors import NetDissectError, RunError, WriteError
 
 try:
     import fcntl
@@ -383,6 +383,52 @@ def _which_files(run: "RunDirectory", change: str) -> str:
     return f" ({names} changed)" if names else ""
 
 
+def finished_changes(old: Optional[dict], new: dict) -> Optional[tuple]:
+    """The one reuse rule: how the finished run of manifest ``old`` differs from a run of ``new``.
+
+    None when there is no finished run; else (changed inputs, layers it lacks, changed labeling
+    parameters). Nothing changed and nothing missing: the finished results are the answer as
+    they are; only labeling changed: they are the answer after relabeling from the saved IoU.
+    """
+    if old is None:
+        return None
+    changed = input_changes(old, new, ignore=("labeling", "layers"))
+    missing = [layer for layer in new.get("layers", []) if layer not in old.get("layers", [])]
+    relabel = diff_manifests(old.get("labeling", {}), new.get("labeling", {}))
+    return changed, missing, relabel
+
+
+def finished_summary(path, manifest: dict) -> Optional[dict]:
+    """summary.json of the finished run in ``path`` when it answers ``manifest`` as it is
+    (``finished_changes`` finds nothing to recompute or relabel), else None."""
+    path = Path(path)
+    if not (path / "summary.json").exists():
+        return None
+    try:
+        old = read_json(path / "config.json").get("manifest")
+        summary = read_json(path / "summary.json")
+    except NetDissectError:
+        return None
+    verdict = finished_changes(old if isinstance(old, dict) else None, manifest)
+    return summary if verdict is not None and not any(verdict) else None
+
+
+def read_run(path) -> dict:
+    """summary.json and config.json of a finished run directory (config is {} when unreadable):
+    what the readers that need only counts (compare) take from a run."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: not a directory; give run directories written by `netdissect dissect --out`")
+    summary = read_json(path / "summary.json")
+    try:
+        config = read_json(path / "config.json")
+    except RunError:
+        config = {}
+    if not isinstance(summary.get("layers"), dict) or not summary["layers"]:
+        raise RunError(f"{path / 'summary.json'}: lists no layers; is it a netdissect run directory?")
+    return {"summary": summary, "config": config}
+
+
 def reuse_finished(run: "RunDirectory", config):
     """The finished run in ``run``, when it was computed from the same inputs, else None.
 
@@ -391,18 +437,17 @@ def reuse_finished(run: "RunDirectory", config):
     Anything else changed: None, after one line saying what changed.
     """
     old = run.finished_manifest()
-    if old is None:
+    verdict = finished_changes(old, run.manifest)
+    if verdict is None:
         return None
-    changed = input_changes(old, run.manifest, ignore=("labeling", "layers"))
+    changed, missing, relabel = verdict
     changed = [c + _which_files(run, c) for c in changed]
-    missing = [layer for layer in run.manifest["layers"] if layer not in old.get("layers", [])]
     if changed or missing:
         what = changed + ([f"new layers {', '.join(missing)}"] if missing else [])
         run.log(f"netdissect: {run.path} holds a run of other inputs ({', '.join(what)}): recomputing "
                 "(its results stay until the new ones are complete)")
         return None
     result = load_result(run.path, config)
-    relabel = diff_manifests(old.get("labeling", {}), run.manifest["labeling"])
     if relabel:
         run.log(f"netdissect: only {', '.join(relabel)} changed: relabeling from the saved IoU")
         result.manifest = run.manifest
@@ -415,7 +460,7 @@ def reuse_finished(run: "RunDirectory", config):
 
 def load_result(out, config):
     """A DissectionResult of ``config.layers`` read back from a finished run directory."""
-    from .pipeline import DissectionResult
+    from .results import DissectionResult
     out = Path(out)
     summary = read_json(out / "summary.json")
     saved = read_json(out / "config.json")
@@ -546,14 +591,22 @@ def units_csv(layer) -> str:
     return buf.getvalue()
 
 
-def load_layer(out, layer: str):
-    """A LayerResult read back from a run directory."""
-    from .pipeline import LayerResult
+def layer_dir(out, layer: str, summary: Optional[dict] = None) -> Path:
+    """The folder of one layer's files in a finished run: the name summary.json recorded (older
+    runs: ``safe_name``)."""
     out = Path(out)
-    summary = read_json(out / "summary.json")
+    summary = read_json(out / "summary.json") if summary is None else summary
     if layer not in summary["layers"]:
         raise RunError(f"{out}: no layer {layer!r} in this run (it has {', '.join(summary['layers'])})")
-    d = out / summary["layers"][layer].get("directory", safe_name(layer))
+    return out / summary["layers"][layer].get("directory", safe_name(layer))
+
+
+def load_layer(out, layer: str):
+    """A LayerResult read back from a run directory."""
+    from .results import LayerResult
+    out = Path(out)
+    summary = read_json(out / "summary.json")
+    d = layer_dir(out, layer, summary)
     iou = np.load(d / "iou.npz")
     topk = np.load(d / "topk.npz") if (d / "topk.npz").exists() else None
     formulas = None

@@ -80,6 +80,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 from PIL import Image
 
+from .broden import IMAGE_CATEGORIES, PIXEL_CATEGORIES
 from .errors import NetDissectError
 from .labelpng import write_label_png
 
@@ -87,9 +88,7 @@ from .labelpng import write_label_png
 # Vocabulary
 # ---------------------------------------------------------------------------------------------
 
-CATEGORIES: Tuple[str, ...] = ("color", "object", "part", "material", "scene", "texture")
-PIXEL_CATEGORIES: Tuple[str, ...] = ("color", "object", "part", "material")
-IMAGE_CATEGORIES: Tuple[str, ...] = ("scene", "texture")
+CATEGORIES: Tuple[str, ...] = PIXEL_CATEGORIES + IMAGE_CATEGORIES   # Broden's six, from broden.py
 INDEX_HEADER: Tuple[str, ...] = ("image", "split", "ih", "iw", "sh", "sw") + CATEGORIES
 
 COLOR_NAMES: Tuple[str, ...] = ("black", "blue", "brown", "green", "grey", "orange", "pink",

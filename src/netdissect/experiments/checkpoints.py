@@ -72,19 +72,6 @@ def assign_steps(files: Sequence[Path], steps: Optional[Sequence[int]] = None) -
     return out
 
 
-def _finished_summary(run_dir: Path, manifest: dict) -> Optional[dict]:
-    """The run's summary when it finished with exactly this manifest."""
-    from ..runs import diff_manifests, read_json
-    if not (run_dir / "summary.json").exists() or not (run_dir / "config.json").exists():
-        return None
-    try:
-        old = read_json(run_dir / "config.json").get("manifest", {})
-        summary = read_json(run_dir / "summary.json")
-    except NetDissectError:
-        return None
-    return None if diff_manifests(old, manifest) else summary
-
-
 def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], layers: Sequence[str], dataset,
                    runs_dir, *, weights: Optional[str] = None, mean=None, std=None, progress: bool = True,
                    force: bool = False, log=None, **params) -> List[dict]:
@@ -94,6 +81,7 @@ def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], laye
     from ..broden import BrodenDataset, open_dataset
     from ..models import load_model
     from ..pipeline import DissectConfig, dissect, manifest
+    from ..runs import finished_summary
     from .common import log as default_log
 
     log = log or (lambda msg: default_log(msg, quiet=not progress))
@@ -110,7 +98,7 @@ def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], laye
             spec = model_spec()  # a factory: a fresh module per checkpoint
         loaded = load_model(spec, weights=weights, checkpoint=f, mean=mean, std=std)
         run_dir = Path(runs_dir) / f"step_{step}"
-        summary = None if force else _finished_summary(run_dir, manifest(loaded, ds, config))
+        summary = None if force else finished_summary(run_dir, manifest(loaded, ds, config))
         if summary is None:
             log(f"dissecting {f} (step {step}) -> {run_dir}")
             summary = dissect(loaded, list(layers), ds, run_dir, progress=progress, force=force,

@@ -10,23 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .. import runs
 from ..errors import NetDissectError, RunError
-
-
-def read_run(path) -> dict:
-    """summary.json and config.json of a finished run directory."""
-    from ..runs import read_json
-    path = Path(path)
-    if not path.is_dir():
-        raise RunError(f"{path}: not a directory; give run directories written by `netdissect dissect --out`")
-    summary = read_json(path / "summary.json")
-    try:
-        config = read_json(path / "config.json")
-    except RunError:
-        config = {}
-    if not isinstance(summary.get("layers"), dict) or not summary["layers"]:
-        raise RunError(f"{path / 'summary.json'}: lists no layers; is it a netdissect run directory?")
-    return {"summary": summary, "config": config}
 
 
 def default_names(paths: Sequence[Path]) -> List[str]:
@@ -53,7 +38,7 @@ def compare_rows(runs: Sequence, names: Optional[Sequence[str]] = None,
     names = list(names) if names is not None else default_names(paths)
     rows = []
     for path, name in zip(paths, names):
-        run = read_run(path)
+        run = runs.read_run(path)
         available = list(run["summary"]["layers"])
         chosen = available if not layers else [lay for lay in layers if lay in available]
         if layers and not chosen:

@@ -314,7 +314,8 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
     from ..models import load_model
     from ..atomic import atomic_write_json, atomic_write_text
     from ..synthetic import generate_synthetic
-    from .checkpoints import _finished_summary, dissect_series, plot_checkpoints
+    from ..runs import finished_summary
+    from .checkpoints import dissect_series, plot_checkpoints
     from .common import log as _log, write_csv
     from .compare import compare_rows, plot_compare, row_categories
 
@@ -371,7 +372,7 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
                             mean=IMAGENET_MEAN, std=IMAGENET_STD)
         loaded.spec = cond.spec()
         run_dir = out / "dissect" / name
-        if force or _finished_summary(run_dir, manifest(loaded, dissect_ds, config)) is None:
+        if force or finished_summary(run_dir, manifest(loaded, dissect_ds, config)) is None:
             log(f"{name}: dissecting {', '.join(layers)} on the {settings.dissect_split} split")
             dissect(loaded, layers, dissect_ds, run_dir, progress=progress, force=force, **params)
         else:

@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..broden import IMAGE_CATEGORIES  # noqa: F401  (image-level labels: the whole image is the region)
 from ..errors import RunError
 from ..runs import load_layer, read_json, safe_name
 
-IMAGE_CATEGORIES = ("scene", "texture")      # image-level labels: the whole image is the region
 
 
 @dataclass
