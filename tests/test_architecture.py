@@ -115,3 +115,52 @@ def test_one_atomic_file_writer():
     pattern = re.compile(r"tmp\w*\s*=\s*\w+\.with_name\(")
     # streaming.py's spill files: scratch, not results; left while that module is being reworked
     assert sorted(name for name, text in _sources().items() if pattern.search(text)) == ["atomic.py", "streaming.py"]
+
+
+def test_cli_silences_only_the_warnings_it_reprints(monkeypatch):
+    """`cli.main` hides the dissection's own warnings (printed with the summary) and lets any
+    other warning through."""
+    import argparse
+    import warnings
+
+    from netdissect import cli
+    from netdissect.errors import DissectionWarning
+
+    def command(args):
+        warnings.warn("recorded in the summary", DissectionWarning)
+        warnings.warn("from a library", UserWarning)
+        return 0
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=command)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "validate_args", lambda args, parser: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main([]) == 0
+    assert [str(w.message) for w in caught] == ["from a library"]
+
+
+def test_every_device_option_defaults_to_auto():
+    from netdissect.cli import build_parser
+
+    def walk(parser):
+        for action in parser._actions:
+            if "--device" in action.option_strings:
+                yield parser.prog, action.default
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):
+                    yield from walk(action.choices[sub])
+
+    found = dict(walk(build_parser()))
+    assert "netdissect explain" in found
+    assert {prog: d for prog, d in found.items() if d != "auto"} == {}
+
+
+def test_one_layer_folder_rule():
+    from netdissect.runs import layer_dirnames, safe_name
+    assert safe_name("blocks.é") == "blocks._"          # [A-Za-z0-9._-] only, as docs/design.md says
+    assert safe_name("features.0/conv") == "features.0_conv"
+    assert safe_name("..") == "_"
+    assert layer_dirnames(["a b", "a_b", "report", "A_B", "layer1"]) == {
+        "a b": "a_b", "a_b": "a_b-2", "report": "report-2", "A_B": "A_B-3", "layer1": "layer1"}

@@ -94,15 +94,6 @@ def test_load_segmentation(fx):
     assert seg.labeled.tolist() == [True, False, False, True, True, True]
 
 
-def test_load_segmentation_padding(fx):
-    ds = BrodenDataset(fx.root)
-    seg = ds.load_segmentation(2, pad_to=ds.max_masks_per_image)
-    assert seg.pixel.shape == (4, 4, 4)
-    assert seg.plane_category.tolist() == [1, -1, -1, -1]
-    assert not seg.pixel[1:].any()
-    with pytest.raises(ValueError):
-        ds.load_segmentation(0, pad_to=2)
-
 
 def test_category_selection(fx):
     ds = BrodenDataset(fx.root, categories=["texture", "object"])

@@ -88,14 +88,13 @@ class Segmentation:
 
     pixel:          int32 (M, sh, sw) label numbers, one plane per mask file of a selected pixel
                     category, in ``ds.pixel_categories`` order and then index.csv order; 0 means
-                    unlabeled.  With ``pad_to`` the trailing planes are all-zero padding.
+                    unlabeled.
     image_labels:   int32 (n,) sorted distinct label numbers of the selected image-level
                     categories (no 0).
     labeled:        bool (len(ds.categories),) whether each selected category is labeled in this
                     image (a pixel category: at least one mask file listed; an image category: at
                     least one label number).
-    plane_category: int32 (M,) index into ``ds.categories`` of each plane's category; -1 for
-                    padding planes.  (An addition to the contract in docs/design.md, so it has a
+    plane_category: int32 (M,) index into ``ds.categories`` of each plane's category.  (An addition to the contract in docs/design.md, so it has a
                     default for code that builds a Segmentation from three arrays.)
     """
     pixel: np.ndarray
@@ -676,9 +675,8 @@ class BrodenDataset:
         """RGB uint8 (ih, iw, 3) of record i."""
         return _decode_image(self.root, self.records[i])
 
-    def load_segmentation(self, i: int, pad_to: Optional[int] = None) -> Segmentation:
-        """The labels of record i; ``pad_to`` appends all-zero planes up to that many (use
-        ``ds.max_masks_per_image`` to get equal shapes for batching)."""
+    def load_segmentation(self, i: int) -> Segmentation:
+        """The labels of record i."""
         record = self.records[i]
         planes: List[np.ndarray] = []
         plane_category: List[int] = []
@@ -692,16 +690,10 @@ class BrodenDataset:
                 planes.append(labels)
                 plane_category.append(self.category_index[cat])
         total = len(planes)
-        if pad_to is not None:
-            if pad_to < total:
-                raise ValueError(f"pad_to={pad_to} but record {i} has {total} mask planes "
-                                 f"(ds.max_masks_per_image = {self.max_masks_per_image})")
-            total = pad_to
         pixel = np.zeros((total, record.sh, record.sw), dtype=np.int32)
         for k, plane in enumerate(planes):
             pixel[k] = plane
-        categories = np.full(total, -1, dtype=np.int32)
-        categories[: len(plane_category)] = plane_category
+        categories = np.array(plane_category, dtype=np.int32)
         numbers = sorted({n for c in self.image_categories for n in record.image_labels[c]})
         labeled = np.array([bool(record.masks[c]) if c in record.masks
                             else bool(record.image_labels[c]) for c in self.categories],

@@ -269,7 +269,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     validate_args(args, parser)
-    warnings.simplefilter("ignore", UserWarning)  # our warnings are printed with the summary
+    from .errors import DissectionWarning
+    warnings.simplefilter("ignore", DissectionWarning)  # printed with the run's summary instead
     try:
         return int(args.func(args) or 0)
     except NetDissectError as exc:

@@ -76,3 +76,8 @@ class WriteError(RunError):
 
 class DownloadError(NetDissectError):
     """A file cannot be downloaded (offline, server down, wrong size or checksum)."""
+
+
+class DissectionWarning(UserWarning):
+    """A warning the dissection records in its result (summary.json) and the CLI prints with
+    its summary: the CLI silences these, and only these, where Python would print them."""

@@ -30,7 +30,7 @@ from . import distributed, kernel
 from .broden import BrodenDataset, open_dataset
 from .combinations import CombinationIndex, UnitCombinationCounts
 from .config import DissectConfig
-from .errors import ActivationError, DatasetError, NetDissectError, RunError
+from .errors import ActivationError, DatasetError, DissectionWarning, NetDissectError, RunError
 from .hooks import LayerCapture, check_activation_shape
 from .models import LoadedModel, load_model
 from .quantile import exact_memory_bytes
@@ -313,7 +313,7 @@ class _Engine:
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         if self.group is None or self.group.primary:
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, DissectionWarning, stacklevel=3)
 
     def run(self) -> DissectionResult:
         start = time.time()

@@ -47,8 +47,11 @@ _HELD_LOCKS: set = set()  # POSIX record locks do not exclude the process that h
 
 
 def safe_name(layer: str) -> str:
-    """A layer's directory name: its dotted name with unusual characters replaced."""
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in layer) or "_"
+    """A layer's directory name: its dotted name with characters outside [A-Za-z0-9._-] replaced
+    by "_" (portable on every file system). The one rule for layer folders; readers take the
+    name recorded in summary.json ("directory"), so a run stays readable if this ever changes."""
+    name = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "._-" else "_" for ch in layer) or "_"
+    return "_" if name in (".", "..") else name
 
 
 class RunDirectory:
@@ -511,6 +514,24 @@ class InterruptFlag:
             signal.signal(sig, old)
 
 
+RESERVED_FOLDERS = ("report", "figures")   # a run directory's own folders beside the layers'
+
+
+def layer_dirnames(layers) -> Dict[str, str]:
+    """Each layer's folder in a run directory: ``safe_name``, made unique ("-2", "-3", ...) when
+    two layers give the same name or a layer's name is one of the run's own folders."""
+    taken, names = set(RESERVED_FOLDERS), {}
+    for layer in layers:
+        base = name = safe_name(layer)
+        n = 1
+        while name.lower() in taken:   # case-insensitive file systems
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name.lower())
+        names[layer] = name
+    return names
+
+
 def write_results(out: Path, result) -> None:
     """Write a DissectionResult to its run directory; summary.json goes last."""
     out = Path(out)
@@ -528,8 +549,9 @@ def write_results(out: Path, result) -> None:
                                             "dataset": dataset, "layers": list(result.layers),
                                             "layouts": {n: l.layout for n, l in result.layers.items()},
                                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    dirnames = layer_dirnames(result.layers)
     for name, layer in result.layers.items():
-        d = out / safe_name(name)
+        d = out / dirnames[name]
         atomic_save_npy(d / "thresholds.npy", layer.thresholds.astype(np.float32))
         atomic_save_npz(d / "iou.npz", iou=layer.iou.astype(np.float32),
                         label_numbers=np.asarray(layer.concepts, dtype=np.int64),
@@ -546,13 +568,13 @@ def write_results(out: Path, result) -> None:
         atomic_write_text(d / "units.csv", units_csv(layer))
     summary = result.summary()
     for name in summary["layers"]:
-        summary["layers"][name]["directory"] = safe_name(name)
+        summary["layers"][name]["directory"] = dirnames[name]
         formulas = getattr(result.layers[name], "formulas", None)
         if formulas is not None:
             summary["layers"][name]["formulas"] = formulas.summary(result.layers[name].iou_threshold)
     atomic_write_json(out / "summary.json", summary)
     if owns(out):  # the new result is complete: the old one's other layers go
-        for name in previous - {safe_name(n) for n in result.layers}:
+        for name in previous - set(dirnames.values()):
             target = out / name
             if target.is_dir() and target.resolve().parent == out.resolve():
                 shutil.rmtree(target, ignore_errors=True)

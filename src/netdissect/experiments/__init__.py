@@ -132,7 +132,7 @@ def _explain(sub) -> None:
     p.add_argument("--class", dest="target", help="explain this class (index or name) instead of the prediction")
     p.add_argument("--size", type=int, default=224,
                    help="resize the shorter side to SIZE and centre-crop (default 224; 0: use the image as is)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=_handler("explain"))
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import DatasetError, ModelError, NetDissectError
+from ..errors import DatasetError, ModelError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -239,18 +239,6 @@ def batches(labeled: LabeledImages, batch_size: int):
             raise DatasetError(f"images of different sizes in one batch ({sorted(shapes)[:3]}); "
                                "pass --size to resize them", labeled.source)
         yield (torch.from_numpy(np.stack(images)), torch.tensor([c for _, c in chunk], dtype=torch.int64))
-
-
-def check_dataset_exists(path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError("dataset directory not found", path)
-    return path
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise NetDissectError(message)
 
 
 def publish(out_dir, title: str, description: str = "", run_dir=None):

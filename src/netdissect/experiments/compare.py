@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .. import runs
 from ..errors import NetDissectError, RunError
+from ..runs import read_run
 
 
 def default_names(paths: Sequence[Path]) -> List[str]:
@@ -38,7 +38,7 @@ def compare_rows(runs: Sequence, names: Optional[Sequence[str]] = None,
     names = list(names) if names is not None else default_names(paths)
     rows = []
     for path, name in zip(paths, names):
-        run = runs.read_run(path)
+        run = read_run(path)
         available = list(run["summary"]["layers"])
         chosen = available if not layers else [lay for lay in layers if lay in available]
         if layers and not chosen:

@@ -98,12 +98,14 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: O
 
 
 def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, size: Optional[int] = 224,
-                  device: str = "cpu") -> dict:
+                  device: str = "auto") -> dict:
     """The numbers of one explanation (see the module docstring), plus the maps for drawing."""
+    from ..pipeline import resolve_device
     from ..runs import load_layer, read_json
     from ..upsample import make_upsampler
     from .common import class_names_of, load_rgb
 
+    device = resolve_device(device)
     module = loaded.module.eval().to(device)
     rgb = load_rgb(image, size or None)
     mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, 3, 1, 1)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..broden import IMAGE_CATEGORIES  # noqa: F401  (image-level labels: the whole image is the region)
 from ..errors import RunError
-from ..runs import load_layer, read_json, safe_name
+from ..runs import layer_dir, load_layer, read_json
 
 
 
@@ -141,7 +141,7 @@ def load_run(root) -> RunView:
         except (OSError, KeyError, ValueError) as exc:
             raise RunError(f"{root}: the files of layer {name!r} cannot be read ({exc}); "
                            "re-run the dissection into this directory") from None
-        dirname = summary["layers"][name].get("directory", safe_name(name))
+        dirname = layer_dir(root, name, summary).name
         layers.append(LayerView(name, dirname, result, result.summary(), _unit_views(result)))
     params = summary.get("parameters") or {}
     thr = float(params.get("iou_threshold", layers[0].result.iou_threshold))
