@@ -211,7 +211,7 @@ class RunDirectory:
 
     def _clear_own(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        shutil.rmtree(self.path / SCRATCH / f"rank{self.rank}", ignore_errors=True)
 
     def finished_manifest(self) -> Optional[dict]:
         """The manifest of a finished run in this directory, if any."""
