@@ -132,6 +132,14 @@ def test_1_out_never_writes_into_a_users_folder(dataset, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["summary.json"]
 
 
+def test_1_a_run_of_an_older_version_is_adopted(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    dissect(dataset, out=out)
+    (out / ".netdissect-run").unlink()  # as written before the marker existed
+    dissect(dataset, out=out)
+    assert "up to date" in capsys.readouterr().err and (out / ".netdissect-run").is_file()
+
+
 # --------------------------------------------------------------------------- 2. checks before discarding
 
 @pytest.mark.parametrize("change", ["unknown layer", "device", "workers", "free space"])
