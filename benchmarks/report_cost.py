@@ -6,11 +6,13 @@ Dissects MobileNetV2 (ImageNet weights) at --layers (default features.18: 1,280 
 --images synthetic 224 px images without a report, then renders the report of that run, both
 in this one process, and prints both times, the ratio (target: <= 0.10), where the report's
 time goes, and the report's size, file count and hard links (target: < 25 MB, < 400 files,
-none). Best of --repeats for each.
+none). Best of --repeats for each. Wall times on a shared machine move with its load, so the
+CPU seconds of each (this process and its workers) are printed too.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -19,6 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import ensure_data  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (loader and render workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -45,16 +53,18 @@ def main() -> None:
           f"{', '.join(args.layers)} over {len(ds)} images")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        dis, rep, parts = [], [], None
+        dis, rep, dis_cpu, rep_cpu, parts = [], [], [], [], None
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             result = dissect(loaded, args.layers, ds, out=out, batch_size=args.batch_size,
                              workers=args.workers, progress=False, force=True)
             dis.append(time.perf_counter() - start)
+            dis_cpu.append(cpu_seconds() - cpu)
             timings: dict = {}
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             render_report(out, timings=timings)
             rep.append(time.perf_counter() - start)
+            rep_cpu.append(cpu_seconds() - cpu)
             if parts is None or rep[-1] == min(rep):
                 parts = timings
         d, r = min(dis), min(rep)
@@ -63,6 +73,8 @@ def main() -> None:
         print(f"report rendering:                     {r:7.1f} s")
         print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
         print(f"ratio report / dissection (target <= 0.10): {r / d:5.3f}")
+        print(f"CPU seconds: dissection {min(dis_cpu):.1f}, report {min(rep_cpu):.1f}, "
+              f"ratio {min(rep_cpu) / min(dis_cpu):5.3f}")
         files = [p for p in (out / "report").rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files)
         links = sum(1 for p in files if p.stat().st_nlink > 1 or p.is_symlink())

@@ -353,3 +353,22 @@ def test_demo_shaped_report_stays_within_its_size_budget(tmp_path: Path):
     demo_bytes = image_bytes / images * 1000 + rest
     assert demo_bytes < 25e6, f"{demo_bytes / 1e6:.1f} MB"
     assert all(p.stat().st_nlink == 1 for p in files)
+
+
+def test_experiment_page_escapes_its_tables(tmp_path: Path):
+    from netdissect.report.experiments import write_experiment_page
+    (tmp_path / "numbers.csv").write_text('name,value\n<b onclick="x()">unit</b>,1\n')
+    page = write_experiment_page(tmp_path, "A <title>", "desc & more").read_text(encoding="utf-8")
+    assert "<b onclick" not in page and "&lt;b onclick=" in page
+    assert "<title>A &lt;title&gt;</title>" in page and "desc &amp; more" in page
+
+
+def test_heat_maps_of_large_maps_are_averaged_down():
+    maps = np.zeros((2, 56, 56), np.float32)
+    maps[0, :2, :2] = 4.0                  # one 2 x 2 block: averaged into one cell
+    maps[1, 10, 20] = 2.0
+    q, top = tiles_mod.heat_maps(maps)
+    assert q.shape == (2, 28, 28) and top == 4.0
+    assert q[0, 0, 0] == 255 and q[1, 5, 10] == 32    # mean 0.5 of 4.0 -> 255 / 8, rounded
+    small, _ = tiles_mod.heat_maps(maps[:, :7, :7])
+    assert small.shape == (2, 7, 7)

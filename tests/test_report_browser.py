@@ -5,6 +5,7 @@ search finds units across layers and runner-up labels. Screenshots go to test-ar
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zipfile
 from html.parser import HTMLParser
@@ -235,3 +236,39 @@ def test_pagination_of_a_big_layer(browser: Chromium, tmp_path: Path):
     assert browser.evaluate("window.ndReport.page") == 5
     assert browser.evaluate(f"document.getElementById('unit-{target}').classList.contains('targeted')")
     assert browser.problems(before) == []
+
+
+DEMO_RUN = Path(os.environ.get("ND_DEMO_RUN", Path(__file__).resolve().parent.parent / "runs" / "demo"))
+
+
+@pytest.mark.skipif(not (DEMO_RUN / "report" / "index.html").exists(),
+                    reason="no demo run (make demo writes runs/demo; or set ND_DEMO_RUN)")
+def test_the_demo_report(browser: Chromium):
+    """`make demo`'s report: within its size budget, and on every page the detector counts are
+    summary.json's and every link has its target."""
+    report = DEMO_RUN / "report"
+    files = [p for p in report.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 25e6 and len(files) < 400
+    assert all(p.stat().st_nlink == 1 and not p.is_symlink() for p in files)
+    summary = json.loads((DEMO_RUN / "summary.json").read_text())
+    since = len(browser.events)
+    browser.navigate((report / "index.html").as_uri())
+    rows = browser.evaluate("Array.from(document.querySelectorAll('#layer-table tbody tr')).map(r => "
+                            "[r.dataset.layer, +r.dataset.detectors])")
+    assert dict(rows) == {n: v["detectors"] for n, v in summary["layers"].items()}
+    _check_links(browser, report, browser.evaluate(LINKS))
+    for name, info in summary["layers"].items():
+        browser.navigate("about:blank")
+        browser.navigate((report / f"layer-{info.get('directory', name)}.html").as_uri())
+        assert browser.evaluate("window.ndReport.detectors") == info["detectors"]
+        assert browser.evaluate("window.ndReport.setFilter({det: true}).matching") == info["detectors"]
+        browser.evaluate("window.ndReport.setFilter({det: false})")
+        _check_links(browser, report, browser.evaluate(LINKS))
+        first = browser.evaluate("window.ndReport.visibleUnits()[0].unit")
+        assert browser.evaluate(f"window.ndReport.openView({first})")
+        _check_links(browser, report, browser.evaluate(LINKS))
+    browser.navigate((report / "concepts.html").as_uri())
+    total = sum(v["detectors"] for v in summary["layers"].values())
+    assert browser.evaluate("Array.from(document.querySelectorAll('.concept')).reduce((s, c) => s + +c.dataset.detectors, 0)") == total
+    _check_links(browser, report, browser.evaluate(LINKS))
+    assert browser.problems(since) == []

@@ -41,17 +41,23 @@ class TopKImages:
     def add(self, maxima: torch.Tensor, acts: torch.Tensor, images: torch.Tensor) -> None:
         """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
         k = self.k
-        scores = torch.cat([self.score, maxima.t()], dim=1)               # (K, k + B)
-        index = torch.cat([self.index, images[None, :].expand(scores.shape[0], -1)], dim=1)
+        # only the units where an image of the batch beats the k-th kept one change
+        last_score, last_index = self.score[:, -1:], self.index[:, -1:]
+        beats = (maxima.t() > last_score) | ((maxima.t() == last_score) & (images[None, :] < last_index))
+        changed = torch.nonzero(beats.any(dim=1)).flatten()
+        if changed.numel() == 0:
+            return
+        scores = torch.cat([self.score[changed], maxima.t()[changed]], dim=1)   # (K', k + B)
+        index = torch.cat([self.index[changed], images[None, :].expand(changed.numel(), -1)], dim=1)
         slots = best_slots(scores, index, k)
-        units = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(slots)
         from_batch = slots >= k
         old = torch.where(from_batch, torch.zeros_like(slots), slots)
-        new_maps = self.maps[units, old]                                   # (K, k, h, w)
-        u, s = torch.nonzero(from_batch, as_tuple=True)
-        b = slots[u, s] - k
-        new_maps[u, s] = acts[b, u]
-        self.score, self.index, self.maps = scores.gather(1, slots), index.gather(1, slots), new_maps
+        new_maps = self.maps[changed[:, None], old]                       # (K', k, h, w)
+        r, s = torch.nonzero(from_batch, as_tuple=True)
+        new_maps[r, s] = acts[slots[r, s] - k, changed[r]]
+        self.score[changed] = scores.gather(1, slots)
+        self.index[changed] = index.gather(1, slots)
+        self.maps[changed] = new_maps
 
     def merge_ranks(self, group) -> None:
         """The top k over every rank's images (a sharded run)."""
@@ -137,7 +143,9 @@ class PairBuffer:
             chunks = [_load_spill(source)] if source is not None else self.chunks
             for chunk in chunks:
                 keep = chunk["max"] > thresholds[chunk["unit"]]
-                if bool(keep.any()):
+                if bool(keep.all()):
+                    yield chunk  # no copy of the maps
+                elif bool(keep.any()):
                     yield {key: value[keep] for key, value in chunk.items()}
 
     def state_dict(self) -> dict:

@@ -30,7 +30,7 @@ from . import figures as _figures
 from .experiments import copy_experiment_pages
 from .html import (category_bars, common, concept_sections, formula_info, heat_data, iou_scale, layer_data,
                    layer_page, quantile_text, render, search_index, atlas_data, tiles_layout,
-                   unit_tiles, _categories)
+                   unit_tiles, category_data)
 from .runview import IMAGE_CATEGORIES, RunView, load_run
 from .tiles import (LayerTiles, load_images, progress_bar, render_layer_tiles, wanted_images,
                     write_atlases, write_paper_strips)
@@ -278,7 +278,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
             counts=[(c, counts[c], 100.0 * counts[c] / cmax if cmax else 0) for c in order if c in counts],
             dataset_info=info, dataset_note=dataset_note, params=_flat_params(run.config),
             data={"page": "overview", "layers": [{"name": l.name, "page": layer_page(l)} for l in run.layers],
-                  "categories": _categories(colors), "units": search_index(run), "thr": run.iou_threshold}),
+                  "categories": category_data(colors), "units": search_index(run), "thr": run.iou_threshold}),
             encoding="utf-8")
 
         clock.lap("pages")

@@ -98,7 +98,8 @@ def common(run: RunView, active: str, version: str) -> Dict[str, Any]:
             "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
 
 
-def _categories(colors: Dict[str, str]) -> List[Dict[str, str]]:
+def category_data(colors: Dict[str, str]) -> List[Dict[str, str]]:
+    """Each category's colour and the text colour that reads on it, for the page's script."""
     return [{"name": c, "color": col, "text": text_color_on(col)} for c, col in colors.items()]
 
 
@@ -161,9 +162,10 @@ def layer_data(run: RunView, layer: LayerView, tiles: Optional[LayerTiles], atla
     stats = layer.stats
     return {
         "page": "layer", "layer": layer.name, "thr": run.iou_threshold, "scale": scale,
-        "topk": top_k, "imageLevel": list(image_level), "categories": _categories(colors),
+        "topk": top_k, "imageLevel": list(image_level), "categories": category_data(colors),
         "units": units, "atlas": atlas_data(atlas, used, names), "tiles": tiles_layout(tiles),
-        "mapShape": [int(v) for v in layer.result.map_shape],
+        "mapShape": (tiles.heat_shape if tiles is not None and tiles.heat_shape
+                     else [int(v) for v in layer.result.map_shape]),
         "stats": {"units": stats["units"], "detectors": stats["detectors"],
                   "unique": stats["unique_detectors"]},
         "formulas": formula_info(layer),

@@ -249,17 +249,28 @@ class LayerTiles:
     tiles: Dict[int, List[Tile]] = field(default_factory=dict)       # unit -> its top-k tiles
     heat: Dict[int, str] = field(default_factory=dict)               # unit -> base64 uint8 maps
     heat_max: Dict[int, float] = field(default_factory=dict)
+    heat_shape: Optional[list] = None                                # (h, w) of the heat maps
     placement: Optional[list] = None
     note: str = ""
     formula_sheets: List[str] = field(default_factory=list)         # overlays with the formula's region
 
 
-def _heat(maps: np.ndarray) -> Tuple[str, float]:
-    """(k, h, w) native maps -> base64 of uint8 maps scaled by their common maximum."""
+HEAT_MAX_SIDE = 32      # heat maps of larger native maps are averaged down (page weight)
+
+
+def heat_maps(maps: np.ndarray) -> Tuple[np.ndarray, float]:
+    """(k, h, w) native maps -> uint8 maps scaled by their common maximum, averaged over f x f
+    blocks when a side exceeds HEAT_MAX_SIDE (the blocks tile the same rectangle of the image,
+    so the placement is unchanged)."""
+    k, h, w = maps.shape
+    f = max(1, -(-max(h, w) // HEAT_MAX_SIDE))
+    if f > 1:
+        hh, ww = -(-h // f) * f, -(-w // f) * f
+        padded = np.pad(np.nan_to_num(maps), ((0, 0), (0, hh - h), (0, ww - w)), mode="edge")
+        maps = padded.reshape(k, hh // f, f, ww // f, f).mean(axis=(2, 4))
     top = float(np.nanmax(maps)) if maps.size else 0.0
     scale = 255.0 / top if top > 0 else 0.0
-    q = np.clip(np.nan_to_num(maps) * scale + 0.5, 0, 255).astype(np.uint8)
-    return base64.b64encode(q.tobytes()).decode("ascii"), top
+    return np.clip(np.nan_to_num(maps) * scale + 0.5, 0, 255).astype(np.uint8), top
 
 
 _SHEETS_JOB: Any = None
@@ -356,7 +367,9 @@ def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, Dict[int, tup
         lt.tiles.update(tiles)
     if result.topk_maps is not None:
         for k in range(layer.size):
-            lt.heat[k], lt.heat_max[k] = _heat(np.asarray(result.topk_maps[k, :kk], np.float32))
+            q, lt.heat_max[k] = heat_maps(np.asarray(result.topk_maps[k, :kk], np.float32))
+            lt.heat[k] = base64.b64encode(q.tobytes()).decode("ascii")
+            lt.heat_shape = list(q.shape[1:])
     return lt
 
 
