@@ -164,3 +164,22 @@ def test_one_layer_folder_rule():
     assert safe_name("..") == "_"
     assert layer_dirnames(["a b", "a_b", "report", "A_B", "layer1"]) == {
         "a b": "a_b", "a_b": "a_b-2", "report": "report-2", "A_B": "A_B-3", "layer1": "layer1"}
+
+
+def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
+    from netdissect.atomic import atomic_path, atomic_write_bytes
+    from netdissect.errors import WriteError
+    target = tmp_path / "result.json"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
+    with pytest.raises(WriteError, match="result.json"):      # the write's own error, naming the target
+        with atomic_path(target) as tmp:
+            raise OSError(28, "No space left on device", str(tmp))
+    with pytest.raises(FileNotFoundError):                    # a missing source stays what it is
+        with atomic_path(target) as tmp:
+            (tmp_path / "missing").read_bytes()
+    assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]

@@ -28,7 +28,9 @@ __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_wri
 def atomic_path(path) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; when the block ends without an error, the file
     written there replaces ``path``. For writers that want a file name (PIL, matplotlib, torch):
-    give them an explicit format, the temporary name's suffix is not the target's."""
+    give them an explicit format, the temporary name's suffix is not the target's. An OSError of
+    the write is a ``WriteError`` naming ``path``; one about another file (a copy's source) is
+    raised as it is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(3)}")
@@ -40,8 +42,8 @@ def atomic_path(path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
-            raise WriteError.of(exc, path) from None
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):
+            raise WriteError.of(exc, path) from None   # writing failed (not reading a source file)
         raise
 
 
