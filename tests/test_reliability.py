@@ -132,6 +132,14 @@ def test_1_out_never_writes_into_a_users_folder(dataset, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["summary.json"]
 
 
+def test_1_a_run_of_an_older_version_is_adopted(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    dissect(dataset, out=out)
+    (out / ".netdissect-run").unlink()  # as written before the marker existed
+    dissect(dataset, out=out)
+    assert "up to date" in capsys.readouterr().err and (out / ".netdissect-run").is_file()
+
+
 # --------------------------------------------------------------------------- 2. checks before discarding
 
 @pytest.mark.parametrize("change", ["unknown layer", "device", "workers", "free space"])
@@ -335,11 +343,9 @@ def test_9_decode_errors_hold_no_object_address(dataset):
 
 
 def test_9_a_full_disk_is_one_line_naming_the_path(dataset, tmp_path, capsys, monkeypatch):
-    from netdissect import streaming
-
-    def full(obj, path, *a, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr(streaming.torch, "save", full)
+    def full(file, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", getattr(file, "name", None))
+    monkeypatch.setattr(np, "savez", full)  # the first write of the run that fills the disk
     out = tmp_path / "run"
     args = ["dissect", "--model", "engine_data:tiny_net", "--dataset", str(dataset), "--out", str(out),
             "--layer", "relu1", "--workers", "0", "--batch-size", "4", "--quiet", "--no-report",

@@ -211,7 +211,7 @@ class RunDirectory:
 
     def _clear_own(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        shutil.rmtree(self.path / SCRATCH / f"rank{self.rank}", ignore_errors=True)
 
     def finished_manifest(self) -> Optional[dict]:
         """The manifest of a finished run in this directory, if any."""
@@ -278,7 +278,8 @@ def check_directory(path: Path, marker: str = MARKER, what: str = "run", option:
     try:
         if path.exists() and not path.is_dir():
             raise RunError(f"{path}: exists and is not a directory; choose another {option}")
-        if path.is_dir() and not (path / marker).exists() and any(path.iterdir()):
+        if path.is_dir() and not (path / marker).exists() and any(path.iterdir()) \
+                and not (marker == MARKER and _older_run(path)):
             raise RunError(f"{path}: not empty and not a netdissect {what} directory (no {marker} "
                            f"marker), so it is left alone; choose a new or empty {option}")
         parent = next((p for p in path.absolute().parents if p.exists()), None)
@@ -286,6 +287,15 @@ def check_directory(path: Path, marker: str = MARKER, what: str = "run", option:
             raise RunError(f"{path}: {parent} is a file, so the directory cannot be made; choose another {option}")
     except OSError as exc:
         raise RunError(f"{path}: cannot be used as {option} ({exc.strerror or exc}); choose another") from None
+
+
+def _older_run(path: Path) -> bool:
+    """A run directory of a version before the marker: its config.json holds our manifest."""
+    try:
+        manifest = json.loads((path / "config.json").read_text())["manifest"]
+        return isinstance(manifest, dict) and "netdissect" in manifest and "dataset" in manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def owns(path: Path, marker: str = MARKER) -> bool:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .quantile import ExactTopQuantile, RadixQuantile
@@ -124,9 +126,11 @@ class PairBuffer:
         if not self.chunks or self.spill_dir is None:
             return
         merged = {key: torch.cat([c[key] for c in self.chunks]) for key in self.chunks[0]}
-        path = self.spill_dir / f"{safe_name(self.name)}.pairs{len(self.spilled):05d}.pt"
+        # plain arrays (no pickle): a checkpoint names these files, so they are read on resume
+        path = self.spill_dir / f"{safe_name(self.name)}.pairs{len(self.spilled):05d}.npz"
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(merged, tmp)
+        with open(tmp, "wb") as f:
+            np.savez(f, **{key: value.numpy() for key, value in merged.items()})
         os.replace(tmp, path)
         self.spilled.append(path)
         self.chunks = []
@@ -136,7 +140,7 @@ class PairBuffer:
         """Chunks of the pairs whose maximum exceeds the final threshold, in image order."""
         thresholds = thresholds.cpu()
         for source in list(self.spilled) + [None]:
-            chunks = [torch.load(source, weights_only=True)] if source is not None else self.chunks
+            chunks = [_load_spill(source)] if source is not None else self.chunks
             for chunk in chunks:
                 keep = chunk["max"] > thresholds[chunk["unit"]]
                 if bool(keep.all()):
@@ -152,6 +156,16 @@ class PairBuffer:
         self.chunks = state["chunks"]
         self.spilled = [self.spill_dir / name for name in state["spilled"]]
         self.bytes = sum(_chunk_bytes(c) for c in self.chunks)
+
+
+def _load_spill(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: torch.from_numpy(z[key]) for key in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        from .errors import RunError
+        raise RunError(f"{path}: scratch file cannot be read ({exc.__class__.__name__}); rerun with "
+                       "--force to recompute") from None
 
 
 @functools.lru_cache(maxsize=1)
