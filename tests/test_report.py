@@ -372,3 +372,14 @@ def test_heat_maps_of_large_maps_are_averaged_down():
     assert q[0, 0, 0] == 255 and q[1, 5, 10] == 32    # mean 0.5 of 4.0 -> 255 / 8, rounded
     small, _ = tiles_mod.heat_maps(maps[:, :7, :7])
     assert small.shape == (2, 7, 7)
+
+
+def test_label_outline_leaves_small_objects_visible():
+    labels = np.zeros((1, 20, 20), bool)
+    labels[0, 8:10, 8:10] = True           # a 2 x 2 object
+    labels[0, 15:, 15:] = True             # a part at the image's corner
+    out = tiles_mod.compose_overlays(np.zeros_like(labels), labels, radius=2)[0]
+    outline = np.isin(out, [tiles_mod.LABEL, tiles_mod.LABEL_ALT])
+    assert not outline[8:10, 8:10].any(), "the object itself is not painted over"
+    assert outline[7, 8:10].all() and outline[10, 8:10].all() and outline[8:10, 7].all()
+    assert outline[19, 15:].all() and outline[15:, 19].all(), "on the image's edge where it meets it"

@@ -13,8 +13,8 @@ An overlay marks, for one unit and one image:
   * a solid contour only around parts of the region large enough to see (those that survive a
     morphological opening); smaller parts are filled nearly opaque instead, so an early
     layer's region of hundreds of specks reads as a speckle of colour, not hundreds of rings;
-  * the unit's label's ground truth as a dashed outline, sky blue alternating with near-black so
-    it shows on light and dark content (an image-level label, scene or texture: a dashed frame
+  * the unit's label's ground truth as a dashed outline just outside it (small objects stay
+    visible), sky blue alternating with near-black so it shows on light and dark content (an image-level label, scene or texture: a dashed frame
     on the images that carry it).
 Magenta and sky blue are told apart with the common colour-vision deficiencies, and neither is
 the yellow of Broden's "yellow" concept.
@@ -105,8 +105,12 @@ def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np
     out[ring] = CONTOUR
     out[regions & ~large] = SPECK       # too small for a contour: drawn nearly opaque instead
     if labels.any():
-        edge = labels & ~erode(labels, 1)
+        # just outside the label's region, so a small object stays visible inside its outline;
+        # where the region meets the image's edge (an image-level label: all of it), on the edge
         h, w = labels.shape[-2:]
+        frame = np.ones((h, w), bool)
+        frame[1:-1, 1:-1] = False
+        edge = (dilate(labels, 1) & ~labels) | (labels & frame)
         yy, xx = np.mgrid[0:h, 0:w]
         dash = np.broadcast_to(((yy + xx) // 3) % 2 == 0, edge.shape)
         # four indices: dash or gap colour, inside or outside the unit's region
