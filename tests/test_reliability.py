@@ -132,6 +132,14 @@ def test_1_out_never_writes_into_a_users_folder(dataset, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["summary.json"]
 
 
+def test_1_a_run_killed_while_claiming_its_directory_can_rerun(dataset, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for leftover in (".write-test4242", "..netdissect-run.tmp4242", ".lock"):
+        (out / leftover).write_text("")
+    assert dissect(dataset, out=out).images == 16
+
+
 def test_1_a_run_of_an_older_version_is_adopted(dataset, tmp_path, capsys):
     out = tmp_path / "run"
     dissect(dataset, out=out)

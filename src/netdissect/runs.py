@@ -226,7 +226,8 @@ def check_directory(path: Path, marker: str = MARKER, what: str = "run", option:
     try:
         if path.exists() and not path.is_dir():
             raise RunError(f"{path}: exists and is not a directory; choose another {option}")
-        if path.is_dir() and not (path / marker).exists() and any(path.iterdir()) \
+        if path.is_dir() and not (path / marker).exists() \
+                and any(not _startup_leftover(p.name, marker) for p in path.iterdir()) \
                 and not (marker == MARKER and _older_run(path)):
             raise RunError(f"{path}: not empty and not a netdissect {what} directory (no {marker} "
                            f"marker), so it is left alone; choose a new or empty {option}")
@@ -235,6 +236,11 @@ def check_directory(path: Path, marker: str = MARKER, what: str = "run", option:
             raise RunError(f"{path}: {parent} is a file, so the directory cannot be made; choose another {option}")
     except OSError as exc:
         raise RunError(f"{path}: cannot be used as {option} ({exc.strerror or exc}); choose another") from None
+
+
+def _startup_leftover(name: str, marker: str) -> bool:
+    """What a run killed while claiming a directory leaves before its marker lands."""
+    return name == LOCK or name.startswith(".write-test") or name.startswith(f".{marker}.tmp")
 
 
 def _older_run(path: Path) -> bool:
