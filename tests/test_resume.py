@@ -146,6 +146,34 @@ class TestCachesNeverLie:
         assert summary["layers"]["relu1"]["detectors"] == expected
         assert summary["layers"]["relu1"]["iou_threshold"] == 0.0
 
+    def test_relabel_of_a_layer_subset_keeps_the_other_layers(self, dataset, tmp_path, capsys):
+        first, _ = self.run(dataset, tmp_path / "r", capsys)
+        _, err = self.run_subset(dataset, tmp_path / "r", capsys, ["relu1"], iou_threshold=0.0)
+        assert "relabeling" in err
+        summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+        assert list(summary["layers"]) == LAYERS
+        for layer in LAYERS:  # every finished layer survives, relabeled at the new threshold
+            assert (tmp_path / "r" / layer / "iou.npz").exists()
+            assert summary["layers"][layer]["iou_threshold"] == 0.0
+            assert summary["layers"][layer]["detectors"] == int((first[layer].best_iou > 0.0).sum())
+        third, err = self.run(dataset, tmp_path / "r", capsys, iou_threshold=0.0)
+        assert "up to date" in err  # the rewritten run still holds all three layers
+        np.testing.assert_array_equal(first["conv3"].iou, third["conv3"].iou)
+
+    def test_formulas_for_a_layer_subset_keep_the_other_layers(self, dataset, tmp_path, capsys):
+        self.run(dataset, tmp_path / "r", capsys)
+        self.run_subset(dataset, tmp_path / "r", capsys, ["relu2"], formula_length=2, beam=3)
+        summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+        assert list(summary["layers"]) == LAYERS
+        assert "formulas" in summary["layers"]["relu2"] and "formulas" not in summary["layers"]["relu1"]
+        assert all((tmp_path / "r" / layer / "units.csv").exists() for layer in LAYERS)
+
+    def run_subset(self, dataset, out, capsys, layers, **kw):
+        params = dict(batch_size=4, workers=0, progress=False, min_category_images=0)
+        params.update(kw)
+        result = netdissect.dissect(TinyNet(), layers, dataset, out=out, **params)
+        return result, capsys.readouterr().err
+
     @pytest.mark.parametrize("change, what", [
         ({"quantile": 0.01}, "parameters.quantile"),
         ({"upsample": "rf"}, "parameters.upsample"),

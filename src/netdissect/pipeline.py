@@ -231,7 +231,7 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
                 run.finish()
                 result.out = run.path
             elif formula_length and add_formulas(result, formula_length, beam, progress=progress, out=run.path):
-                runs.write_results(run.path, result)
+                runs.rewrite_finished(run.path, result)
             if formula_length:
                 write_gain_figure(run.path, runs.read_json(run.path / "summary.json"))
             return result

@@ -470,11 +470,34 @@ def reuse_finished(run: "RunDirectory", config):
     if relabel:
         run.log(f"netdissect: only {', '.join(relabel)} changed: relabeling from the saved IoU")
         result.manifest = run.manifest
-        write_results(run.path, result)
+        rewrite_finished(run.path, result)
     else:
         run.log(f"netdissect: {run.path} is up to date (same model, data and parameters); "
                 "use --force to recompute")
     return result
+
+
+def rewrite_finished(out, result) -> None:
+    """Rewrite a finished run from a reused ``result`` (relabeled, or with formulas added).
+
+    ``result`` may hold only the layers a rerun asked for; the run's other finished layers are
+    read back and written with it (relabeled at the same threshold), so a rewrite of a subset
+    never drops layers that were already computed.
+    """
+    import dataclasses
+    out = Path(out)
+    finished = [str(n) for n in read_json(out / "config.json").get("layers", [])]
+    others = [n for n in finished if n not in result.layers]
+    if not others:
+        write_results(out, result)
+        return
+    order = finished + [n for n in result.layers if n not in finished]
+    full = load_result(out, dataclasses.replace(result.config, layers=tuple(others)))
+    full.layers.update(result.layers)
+    full.layers = {name: full.layers[name] for name in order}
+    full.config = dataclasses.replace(result.config, layers=tuple(order))
+    full.manifest = {**result.manifest, "layers": list(order)}
+    write_results(out, full)
 
 
 def load_result(out, config):
