@@ -155,7 +155,7 @@ def test_planted_token_units_are_labeled_right(planted_tokens):
 
 def test_attention_output_of_the_block_is_refused(tmp_path):
     root = make_planted_dataset(tmp_path / "d", n_images=2)
-    with pytest.raises(LayerError, match="tokens x tokens attention"):
+    with pytest.raises(LayerError, match="attention, tokens x tokens"):
         netdissect.dissect(TinyViT(), ["blocks.0:1"], root, workers=0, progress=False, min_category_images=0)
     with pytest.raises(LayerError, match="blocks.0:INDEX"):
         netdissect.dissect(TinyViT(), ["blocks.0"], root, workers=0, progress=False, min_category_images=0)

@@ -277,7 +277,7 @@ def decide_layout(spec: str, shapes: Sequence[Optional[Tuple[int, ...]]], image_
             return Layout("nhwc", source="model")
         if rank == 4 and tuple(a[2:4]) == grid:
             return Layout("nchw", source="model")
-        _refuse(spec, shape_text, f"which does not hold the model's {grid[0]}x{grid[1]} patch grid "
+        _refuse(spec, shape_text, f"no dimensions hold the model's {grid[0]}x{grid[1]} patch grid "
                 "(attention heads x tokens?)")
     if rank == 4 and _like_image(a[2:4], image_hw):
         return Layout("nchw", source="assumed")
@@ -285,13 +285,13 @@ def decide_layout(spec: str, shapes: Sequence[Optional[Tuple[int, ...]]], image_
         return Layout("nhwc", source="assumed")
     if rank == 3:
         return _token_layout(spec, a, None, None, image_hw, None, source="assumed")
-    _refuse(spec, shape_text, "and the model accepts no other input size, so the dimensions that follow "
+    _refuse(spec, shape_text, "the model accepts no other input size, so the dimensions that follow "
             "it cannot be found (none has the image's aspect)")
 
 
 def _refuse(spec: str, shape_text: str, reason: str) -> None:
     error = LayerError(
-        f"layer {spec!r} outputs {shape_text}, {reason}: not N x K x h x w, N x h x w x K or "
+        f"layer {spec!r} outputs {shape_text}: {reason}; not N x K x h x w, N x h x w x K or "
         "N x tokens x K, so it holds no unit maps over image positions. Dissect a layer that "
         "`netdissect layers` marks dissectable, or force a reading with --layout nchw|nhwc|tokens")
     error.reason = reason  # type: ignore[attr-defined]
@@ -309,19 +309,19 @@ def _like_image(hw, image_hw) -> bool:
 def _not_maps(rank: int, follows_h: set, follows_w: set) -> str:
     """Name the layout of a tensor that is not a map, for the error message."""
     if not follows_h and not follows_w:
-        return "and no dimension follows the input size (a pooled vector or a fixed-size tensor)"
+        return "no dimension follows the input size (a pooled vector or a fixed-size tensor)"
     if rank == 4 and follows_h == follows_w == {2, 3}:
-        return "whose last two dimensions both follow height and width: attention, heads x tokens x tokens"
+        return "attention, heads x tokens x tokens (its last two dimensions both follow the input size)"
     if rank == 4 and follows_h == follows_w and len(follows_h) == 1:
         axis = next(iter(follows_h))
-        return (f"whose dimension {axis} alone follows the input size: a token axis among "
-                f"{'heads x tokens x channels' if axis == 2 else 'other dimensions'}")
+        return (f"{'heads x tokens x channels' if axis == 2 else 'a token axis among other dimensions'} "
+                f"(only dimension {axis} follows the input size)")
     if rank == 3 and follows_h == follows_w == {1, 2}:
-        return "whose two last dimensions follow the input size: tokens x tokens attention"
+        return "attention, tokens x tokens (its last two dimensions both follow the input size)"
     if rank == 3 and follows_h == follows_w == {2}:
-        return "whose last dimension follows the input size: channels x tokens"
-    return (f"whose dimensions {sorted(follows_h)} follow the height and {sorted(follows_w)} the width: "
-            "not a recognized layout")
+        return "channels x tokens (only the last dimension follows the input size)"
+    return (f"not a recognized layout (dimensions {sorted(follows_h)} follow the height and "
+            f"{sorted(follows_w)} the width)")
 
 
 def _token_layout(spec, a, b, c, image_hw, hints, source: str) -> Layout:
@@ -347,7 +347,7 @@ def _token_layout(spec, a, b, c, image_hw, hints, source: str) -> Layout:
             return Layout("tokens", prefix, (h / grid[0], w / grid[1]), grid,
                           source="assumed" if source == "probes" else source)
     _refuse(spec, " x ".join(str(s) for s in a),
-            f"whose {n} tokens form no grid of the image's {h}x{w} aspect after dropping prefix tokens")
+            f"its {n} tokens form no grid of the image's {h}x{w} aspect after dropping prefix tokens")
 
 
 # --------------------------------------------------------------------------- resolving

@@ -40,7 +40,7 @@ from .runview import IMAGE_CATEGORIES, LayerView
 
 ATLAS_COLS = 8                 # dataset images per atlas row (an atlas holds ATLAS_COLS ** 2)
 UNITS_PER_SHEET = 16           # overlay rows per sheet
-JPEG_QUALITY = 75            # the synthetic textures keep ~17 KB per 224 px image
+JPEG_QUALITY = 70            # the demo report (with formula overlays) stays under 25 MB
 
 # palette indices of an overlay
 EMPTY, DIM, FILL, CONTOUR, LABEL, LABEL_ALT, SPECK, LABEL_IN, LABEL_ALT_IN = range(9)
@@ -194,7 +194,7 @@ def _save_png(index: np.ndarray, path: Path) -> None:
     im = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index).tobytes())
     im.putpalette(rgb)
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG", transparency=alpha, compress_level=6)
+        im.save(tmp, format="PNG", transparency=alpha, compress_level=7)
 
 
 def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
