@@ -216,7 +216,7 @@ def print_summary(result) -> None:
 
 
 def cmd_data_synthetic(args) -> int:
-    from .synthetic import generate_synthetic
+    from .data.synthetic import generate_synthetic
     path = generate_synthetic(args.out, images=args.images, size=args.size, seed=args.seed,
                               workers=args.workers, progress=not args.quiet, overwrite=args.overwrite)
     print(f"wrote {args.images} images to {path}")
@@ -243,7 +243,7 @@ def cmd_demo(args) -> int:
     """MobileNetV2 (ImageNet weights, offline) at four depths on a generated synthetic set."""
     from .pipeline import dissect
     from .runs import check_directory
-    from .synthetic import check_output_dir, generate_synthetic
+    from .data.synthetic import check_output_dir, generate_synthetic
     data = Path(args.data)
     check_directory(Path(args.out))  # before generating data: a bad --out fails at once
     if not (data / "index.csv").exists():

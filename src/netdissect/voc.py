@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import NetDissectError
 from .labelpng import write_label_png
-from .synthetic import COLOR_NAMES, atomic_output_dir, color_label_map, encode_jpeg, write_tables
+from .data.synthetic import COLOR_NAMES, atomic_output_dir, color_label_map, encode_jpeg, write_tables
 
 #: the 20 PASCAL VOC object classes in VOC order (class k = VOC_CLASSES[k - 1]).
 VOC_CLASSES: Tuple[str, ...] = (

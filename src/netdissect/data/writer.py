@@ -448,7 +448,7 @@ def _progress(iterable, total: int, enabled: bool, desc: str):
 
 
 def _prepare_work(out: Path, params: dict, overwrite: bool, log) -> Path:
-    from ..synthetic import check_output_dir
+    from .synthetic import check_output_dir
     check_output_dir(out, overwrite)  # --overwrite replaces only a dataset netdissect made
     work = work_dir_for(out)
     marker = work / "build.json"
@@ -559,7 +559,7 @@ def build_broden(out: Union[str, Path], items: Sequence[SourceItem], params: dic
                               + report.summary_text())
     shutil.rmtree(records)
     (work / "build.json").unlink()
-    from ..synthetic import DATASET_MARKER
+    from .synthetic import DATASET_MARKER
     (work / DATASET_MARKER).write_text(json.dumps({"made_by": "netdissect", "kind": "dataset"}) + "\n")
     if out.exists():
         trash = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"

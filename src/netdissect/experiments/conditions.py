@@ -313,7 +313,7 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
     from ..broden import open_dataset
     from ..models import load_model
     from ..atomic import atomic_write_json, atomic_write_text
-    from ..synthetic import generate_synthetic
+    from ..data.synthetic import generate_synthetic
     from ..runs import finished_summary
     from .checkpoints import dissect_series, plot_checkpoints
     from .common import log as _log, write_csv
