@@ -105,6 +105,20 @@ def test_killed_run_resumes_to_identical_results(dataset, tmp_path, uninterrupte
     assert not (out / "checkpoint.npz").exists()
 
 
+def test_layers_whose_folder_names_collide_spill_to_separate_files(tmp_path):
+    """Spill files are named per layer: "a b" and "a_b" share a safe name, never their pairs."""
+    from netdissect.streaming import PairBuffer
+    buffers = {name: PairBuffer(tmp_path, 1, name) for name in ("a b", "a_b")}
+    for value, (name, buffer) in enumerate(buffers.items(), start=1):
+        buffer.add(torch.tensor([0, 1]), torch.tensor([3, 4]), torch.tensor([5.0, 6.0]),
+                   torch.full((2, 2, 2), float(value)))
+        buffer.spill()
+    assert len({p for b in buffers.values() for p in b.spilled}) == 2
+    for value, buffer in enumerate(buffers.values(), start=1):
+        chunks = list(buffer.final_pairs(torch.zeros(2)))
+        assert len(chunks) == 1 and bool((chunks[0]["maps"] == value).all())
+
+
 def test_spilled_pairs_give_the_same_numbers_as_in_memory(dataset):
     small = netdissect.dissect(TinyNet(), LAYERS, dataset, batch_size=4, workers=0, progress=False,
                                memory_budget_mb=0.02, min_category_images=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -127,7 +128,9 @@ class PairBuffer:
             return
         merged = {key: torch.cat([c[key] for c in self.chunks]) for key in self.chunks[0]}
         # plain arrays (no pickle): a checkpoint names these files, so they are read on resume
-        path = self.spill_dir / f"{safe_name(self.name)}.pairs{len(self.spilled):05d}.npz"
+        # the layer name's digest keeps layers apart whose safe names collide ("a b", "a_b")
+        digest = hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:8]
+        path = self.spill_dir / f"{safe_name(self.name)}-{digest}.pairs{len(self.spilled):05d}.npz"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, **{key: value.numpy() for key, value in merged.items()})
