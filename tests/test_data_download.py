@@ -310,13 +310,15 @@ def test_kill_mid_download_resumes_from_the_part_file(tmp_path):
     try:
         proc = subprocess.Popen([sys.executable, "-m", "netdissect.cli", "data", "broden",
                                  "--url", server.url, "--out", str(out), "--quiet"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
-        while (not part.exists() or part.stat().st_size < 16384) and time.monotonic() < deadline:
+        while (not part.exists() or part.stat().st_size < 16384) and time.monotonic() < deadline \
+                and proc.poll() is None:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         server.release.set()
+        assert part.exists(), f"the download wrote no .part file; it printed: {proc.stderr.read()!r}"
         kept = part.stat().st_size
         assert kept == 16384 < len(server.payload)
         assert not out.exists()

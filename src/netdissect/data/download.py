@@ -190,7 +190,7 @@ def _attempt(url: str, part: Path, state: Dict, policy: RetryPolicy,
         _write_state(part, state)
         got = 0
         on_bytes(have, total, 0)
-        with open(part, mode) as f:
+        with open(part, mode, buffering=0) as f:  # unbuffered: what arrived is on disk
             while True:
                 try:
                     chunk = response.read1(_CHUNK)  # what has arrived: a kill loses little
@@ -198,7 +198,9 @@ def _attempt(url: str, part: Path, state: Dict, policy: RetryPolicy,
                     raise _Transient(f"{_describe(exc)} after {have + got} bytes")
                 if not chunk:
                     break
-                f.write(chunk)
+                view = memoryview(chunk)
+                while view:  # a raw write may take part of the chunk
+                    view = view[f.write(view):]
                 got += len(chunk)
                 on_bytes(have + got, total, len(chunk))
     done = have + got
