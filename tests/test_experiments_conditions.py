@@ -113,3 +113,28 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     a, b = torch.load(tmp_path / "whole" / "final.pth"), torch.load(tmp_path / "cut" / "final.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "cut" / "resume.npz").exists()
+
+
+def test_resume_state_that_parses_but_does_not_fit_is_ignored(tmp_path):
+    """A resume.npz with the right key but a foreign model state: one line, training from the start."""
+    from netdissect import statefile
+    from netdissect.experiments.conditions import train_condition
+    g = torch.Generator().manual_seed(0)
+    train = (torch.randint(0, 256, (24, 16, 16, 3), generator=g, dtype=torch.uint8), torch.randint(0, 6, (24,), generator=g))
+    val = (train[0][:8], train[1][:8])
+    settings = Settings.quick(epochs=2, width=4, batch_size=8)
+    cond = make_conditions(4, 0)["baseline"]
+    whole = train_condition(cond, settings, "d", train, val, tmp_path / "whole", log=lambda m: None)
+
+    def stop_after_epoch_1(message):
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=stop_after_epoch_1)
+    state = statefile.load(tmp_path / "cut" / "resume.npz")
+    state["model"] = {"not.a.layer": torch.zeros(3)}
+    statefile.save(tmp_path / "cut" / "resume.npz", state)
+    messages = []
+    again = train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=messages.append)
+    assert "ignoring" in messages[0] and "training from the start" in messages[0]
+    assert again["history"] == whole["history"]

@@ -251,12 +251,21 @@ def train_condition(cond: Condition, settings: Settings, data_digest: str, train
             log(f"{cond.name}: ignoring unreadable {resume} ({exc}); training from the start")
             state = None
         if isinstance(state, dict) and state.get("key") == key_digest:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
-            torch.set_rng_state(state["rng"])
-            log(f"{cond.name}: resuming after epoch {start_epoch}")
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                start_epoch, history, seconds = int(state["epoch"]), list(state["history"]), float(state["seconds"])
+                torch.set_rng_state(state["rng"])
+                log(f"{cond.name}: resuming after epoch {start_epoch}")
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                # parsed, but not a state this version wrote: start over with fresh objects
+                log(f"{cond.name}: ignoring {resume} ({type(exc).__name__}: {exc}); training from the start")
+                model = cond.build()
+                opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+                sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total,
+                                                            pct_start=0.15)
+                start_epoch, history, seconds = 0, [], 0.0
     ckpt = out / "ckpt"
     if start_epoch == 0:
         if ckpt.exists():
