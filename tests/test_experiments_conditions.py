@@ -91,11 +91,16 @@ def test_rerun_from_the_command_line_reuses_every_step(quick, capsys):
         {k: v for k, v in before.items() if k[0] in ("baseline", "wide")}
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    from netdissect.experiments.conditions import train_condition
+def tiny_training_set():
+    """24 random 16 px images with 6 classes; the first 8 also serve as the validation set."""
     g = torch.Generator().manual_seed(0)
     train = (torch.randint(0, 256, (24, 16, 16, 3), generator=g, dtype=torch.uint8), torch.randint(0, 6, (24,), generator=g))
-    val = (train[0][:8], train[1][:8])
+    return train, (train[0][:8], train[1][:8])
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    from netdissect.experiments.conditions import train_condition
+    train, val = tiny_training_set()
     settings = Settings.quick(epochs=3, width=4, batch_size=8)
     cond = make_conditions(4, 0)["baseline"]
     whole = train_condition(cond, settings, "d", train, val, tmp_path / "whole", log=lambda m: None)
@@ -119,9 +124,7 @@ def test_resume_state_that_parses_but_does_not_fit_is_ignored(tmp_path):
     """A resume.npz with the right key but a foreign model state: one line, training from the start."""
     from netdissect import statefile
     from netdissect.experiments.conditions import train_condition
-    g = torch.Generator().manual_seed(0)
-    train = (torch.randint(0, 256, (24, 16, 16, 3), generator=g, dtype=torch.uint8), torch.randint(0, 6, (24,), generator=g))
-    val = (train[0][:8], train[1][:8])
+    train, val = tiny_training_set()
     settings = Settings.quick(epochs=2, width=4, batch_size=8)
     cond = make_conditions(4, 0)["baseline"]
     whole = train_condition(cond, settings, "d", train, val, tmp_path / "whole", log=lambda m: None)

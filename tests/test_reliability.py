@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import netdissect
-from engine_data import TinyNet, make_dataset
+from engine_data import TinyNet, UnseededNet, make_dataset
 from netdissect import cli
 from netdissect.errors import NetDissectError
 from netdissect.runs import RunDirectory
@@ -43,21 +43,6 @@ def dissect(dataset, out=None, model=None, layers=LAYERS, **kw):
     params = dict(batch_size=4, workers=0, progress=False, min_category_images=0)
     params.update(kw)
     return netdissect.dissect(model or TinyNet(), layers, dataset, out=out, **params)
-
-
-class UnseededNet(nn.Module):
-    """TinyNet's shape, initialized from the global random stream (as a random init is)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, stride=2, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
-        self.relu2 = nn.ReLU()
-        self.conv3 = nn.Conv2d(8, 5, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv3(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
 
 
 def unseeded_net() -> nn.Module:

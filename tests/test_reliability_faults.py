@@ -19,27 +19,19 @@ import numpy as np
 import pytest
 from torch import nn
 
-from engine_data import make_dataset
+from engine_data import UnseededNet, make_dataset
 
 TESTS = Path(__file__).parent
 LAYERS = ["relu1", "conv3"]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kill -9 and /proc: Linux")
 
 
-class SlowUnseededNet(nn.Module):
+class SlowUnseededNet(UnseededNet):
     """A random init from the global stream, slow enough per batch to be killed mid-pass."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, stride=2, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
-        self.relu2 = nn.ReLU()
-        self.conv3 = nn.Conv2d(8, 5, 3, stride=2, padding=1)
 
     def forward(self, x):
         time.sleep(0.1)
-        return self.conv3(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+        return super().forward(x)
 
 
 def slow_unseeded_net() -> nn.Module:
