@@ -140,6 +140,10 @@ def test_refusals(source, tmp_path):
     (tmp_path / ".y.resizing").mkdir()
     with pytest.raises(NetDissectError, match="was not made by"):
         resize_broden(source.root, tmp_path / "y", 12)
+    (tmp_path / ".y.resizing" / ".netdissect-resize.json").write_text("not json")  # no proof it is ours
+    with pytest.raises(NetDissectError, match="was not made by"):
+        resize_broden(source.root, tmp_path / "y", 12)
+    assert (tmp_path / ".y.resizing" / ".netdissect-resize.json").read_text() == "not json"
     assert (tmp_path / "full" / "x").read_text() == "mine"
 
 

@@ -141,18 +141,16 @@ def _prepare_work(work: Path, manifest: Dict) -> bool:
     at that path is left alone."""
     path = work / _MANIFEST
     if work.exists():
-        try:
+        try:  # the manifest is written atomically: one that does not parse is not ours
             found = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise NetDissectError(f"{work} exists and was not made by `netdissect data resize`; "
-                                  "remove or rename it, then run again")
         except (OSError, ValueError):
-            found = None
+            raise NetDissectError(f"{work} exists and was not made by `netdissect data resize` (no "
+                                  f"readable {_MANIFEST}); remove or rename it, then run again")
         if found == manifest:
             return True
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _atomic_save(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
     return False
 
 
