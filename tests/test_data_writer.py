@@ -180,3 +180,21 @@ def test_killed_cli_build_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     assert f"resuming: {done} of 100 images were already done" in again.stderr
     assert all_files(tmp_path / "out") == all_files(tmp_path / "ref")
+
+
+def test_a_folder_that_appears_during_the_build_is_not_replaced(tmp_path, monkeypatch):
+    """The output is checked again right before the finished build moves in: a user's folder
+    made at that path while the build ran stays untouched, and so does the finished work."""
+    from netdissect.data.synthetic import writer as synthetic_writer
+    out = tmp_path / "out"
+    install = synthetic_writer.install_dataset_dir
+
+    def user_writes_meanwhile(work, target, overwrite):
+        target.mkdir()
+        (target / "mine.txt").write_text("keep")
+        return install(work, target, overwrite)
+    monkeypatch.setattr(synthetic_writer, "install_dataset_dir", user_writes_meanwhile)
+    with pytest.raises(NetDissectError, match="not made by netdissect"):
+        build_broden(out, items(2), PARAMS, size=16, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+    assert (writer.work_dir_for(out.absolute()) / "index.csv").exists()

@@ -31,15 +31,13 @@ import csv
 import hashlib
 import io
 import json
-import os
-import secrets
 import shutil
 import struct
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -559,15 +557,8 @@ def build_broden(out: Union[str, Path], items: Sequence[SourceItem], params: dic
                               + report.summary_text())
     shutil.rmtree(records)
     (work / "build.json").unlink()
-    from .synthetic import DATASET_MARKER
-    (work / DATASET_MARKER).write_text(json.dumps({"made_by": "netdissect", "kind": "dataset"}) + "\n")
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.replace(out, trash)
-        os.replace(work, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(work, out)
+    from .synthetic.writer import install_dataset_dir
+    install_dataset_dir(work, out, overwrite)
     labels = {c: sum(1 for (cc, _) in plan.freq if cc == c) for c in cats}
     images_labeled = {c: sum(1 for r in rows if r.get(c)) for c in cats}
     return BuildSummary(out=out, images=len(rows), splits=dict(splits),

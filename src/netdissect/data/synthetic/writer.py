@@ -185,17 +185,27 @@ def atomic_output_dir(out_dir: Union[str, Path], overwrite: bool = False) -> Ite
     tmp.mkdir()  # unlike mkdtemp, honours the umask (the result is a normal directory)
     try:
         yield tmp
-        (tmp / DATASET_MARKER).write_text(json.dumps({"made_by": "netdissect", "kind": "dataset"}) + "\n")
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        install_dataset_dir(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def install_dataset_dir(work: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished dataset in ``work`` (ours) to ``out``, marked as made by netdissect.
+
+    ``out`` is checked again now (``check_output_dir``): a build can take hours, and a folder
+    that appeared or changed meanwhile is never replaced unless it carries our marker.
+    """
+    out = check_output_dir(out, overwrite)
+    (work / DATASET_MARKER).write_text(json.dumps({"made_by": "netdissect", "kind": "dataset"}) + "\n")
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out, trash)
+        os.replace(work, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(work, out)
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
