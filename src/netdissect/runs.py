@@ -115,9 +115,7 @@ class RunDirectory:
             (self.path / CHECKPOINT).unlink(missing_ok=True)
             shutil.rmtree(self.path / SCRATCH, ignore_errors=True)
         else:
-            self.checkpoint_path.unlink(missing_ok=True)
-            # not self.scratch: that creates the directory again when rank 0 removed it already
-            shutil.rmtree(self.path / SCRATCH / f"rank{self.rank}", ignore_errors=True)
+            self._clear_own()
 
     def prepare(self) -> None:
         """Read the checkpoint to resume from, or drop a stale one, before the scratch files
@@ -159,6 +157,7 @@ class RunDirectory:
 
     def _clear_own(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
+        # not self.scratch: that creates the directory again when rank 0 removed it already
         shutil.rmtree(self.path / SCRATCH / f"rank{self.rank}", ignore_errors=True)
 
     def finished_manifest(self) -> Optional[dict]:
