@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -134,3 +135,28 @@ class SlowTinyNet(TinyNet):
 
 def slow_tiny_net() -> nn.Module:
     return SlowTinyNet()
+
+
+def run_files(out: Path, layers, with_summary: bool = True) -> dict:
+    """The result files of a run directory as comparable values (summary.json without its timing)."""
+    arrays = {}
+    for layer in layers:
+        arrays[f"{layer}/thresholds"] = np.load(out / layer / "thresholds.npy")
+        arrays[f"{layer}/iou"] = np.load(out / layer / "iou.npz")["iou"]
+        with np.load(out / layer / "topk.npz") as topk:
+            arrays.update({f"{layer}/{key}": topk[key] for key in topk.files})
+        arrays[f"{layer}/units.csv"] = (out / layer / "units.csv").read_text()
+    if with_summary:
+        summary = json.loads((out / "summary.json").read_text())
+        summary.pop("seconds")
+        arrays["summary"] = summary
+    return arrays
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key

@@ -15,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from torch import nn
 
-from engine_data import UnseededNet, make_dataset
+from engine_data import UnseededNet, assert_same_run, make_dataset, run_files
 
 TESTS = Path(__file__).parent
 LAYERS = ["relu1", "conv3"]
@@ -57,26 +56,6 @@ def env():
     return dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def results(out: Path) -> dict:
-    arrays = {}
-    for layer in LAYERS:
-        arrays[f"{layer}/thresholds"] = np.load(out / layer / "thresholds.npy")
-        arrays[f"{layer}/iou"] = np.load(out / layer / "iou.npz")["iou"]
-        with np.load(out / layer / "topk.npz") as z:
-            arrays.update({f"{layer}/{k}": z[k] for k in z.files})
-        arrays[f"{layer}/units.csv"] = (out / layer / "units.csv").read_text()
-    return arrays
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], np.ndarray):
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-        else:
-            assert a[key] == b[key], key
-
-
 def children(pid: int) -> list:
     found = []
     for entry in Path("/proc").iterdir():
@@ -106,7 +85,7 @@ def checkpointed(out: Path) -> bool:
 def uninterrupted(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "run"
     subprocess.run(command(dataset, out, workers=0), check=True, env=env(), timeout=300)
-    return results(out)
+    return run_files(out, LAYERS, with_summary=False)
 
 
 def test_4_kill9_with_workers_never_blocks_the_rerun(dataset, tmp_path, uninterrupted):
@@ -131,7 +110,7 @@ def test_4_kill9_with_workers_never_blocks_the_rerun(dataset, tmp_path, uninterr
     resumed = subprocess.run(command(dataset, out), env=env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint after" in resumed.stderr  # the seeded random init resumes (case 8)
-    assert_same(results(out), uninterrupted)
+    assert_same_run(run_files(out, LAYERS, with_summary=False), uninterrupted)
 
 
 def test_killed_at_random_points_resumes_to_identical_results(dataset, tmp_path, uninterrupted):
@@ -148,5 +127,5 @@ def test_killed_at_random_points_resumes_to_identical_results(dataset, tmp_path,
     final = subprocess.run(command(dataset, out), env=env(), capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     assert "another netdissect process" not in final.stderr
-    assert_same(results(out), uninterrupted)
+    assert_same_run(run_files(out, LAYERS, with_summary=False), uninterrupted)
     assert not (out / "checkpoint.npz").exists() and not (out / ".scratch").exists()

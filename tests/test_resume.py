@@ -15,7 +15,7 @@ import torch
 
 import netdissect
 from netdissect import statefile
-from engine_data import TinyNet, make_dataset
+from engine_data import TinyNet, assert_same_run, make_dataset, run_files
 
 TESTS = Path(__file__).parent
 LAYERS = ["relu1", "relu2", "conv3"]
@@ -40,30 +40,6 @@ def env():
     return dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def read_run(out: Path) -> dict:
-    arrays = {}
-    for layer in LAYERS:
-        arrays[f"{layer}/thresholds"] = np.load(out / layer / "thresholds.npy")
-        arrays[f"{layer}/iou"] = np.load(out / layer / "iou.npz")["iou"]
-        topk = np.load(out / layer / "topk.npz")
-        for key in ("image_index", "score", "maps"):
-            arrays[f"{layer}/{key}"] = topk[key]
-        arrays[f"{layer}/units.csv"] = (out / layer / "units.csv").read_text()
-    summary = json.loads((out / "summary.json").read_text())
-    summary.pop("seconds")
-    arrays["summary"] = summary
-    return arrays
-
-
-def assert_same_run(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], np.ndarray):
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-        else:
-            assert a[key] == b[key], key
-
-
 def wait_for_checkpoint(proc, out: Path, min_done: int, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -84,7 +60,7 @@ def wait_for_checkpoint(proc, out: Path, min_done: int, timeout: float = 120) ->
 def uninterrupted(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "run"
     subprocess.run(cli_command(dataset, out), check=True, env=env(), timeout=600)
-    return read_run(out)
+    return run_files(out, LAYERS)
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
@@ -101,7 +77,7 @@ def test_killed_run_resumes_to_identical_results(dataset, tmp_path, uninterrupte
     resumed = subprocess.run(cli_command(dataset, out), env=env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint after" in resumed.stderr
-    assert_same_run(read_run(out), uninterrupted)
+    assert_same_run(run_files(out, LAYERS), uninterrupted)
     assert not (out / "checkpoint.npz").exists()
 
 
