@@ -382,8 +382,9 @@ class _Engine:
                 tallies[name].combinations.result(vocab.concepts, vocab.categories))
         return DissectionResult(config=config, layers=layers, category_image_counts=counts,
                                 images=n_images, skipped=self.skipped, warnings=self.warnings,
-                                manifest=self.run_dir.manifest if self.run_dir is not None else manifest(self.loaded, ds, config), seconds=time.time() - start,
-                                dataset_path=str(Path(ds.root).resolve()))
+                                manifest=self.run_dir.manifest if self.run_dir is not None
+                                else manifest(self.loaded, ds, config),
+                                seconds=time.time() - start, dataset_path=str(Path(ds.root).resolve()))
 
     def _image_sizes(self) -> Tuple[int, int, int, int]:
         ds = self.ds
