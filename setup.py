@@ -1,6 +1,9 @@
-"""Builds the optional C kernel of the IoU tally; everything else is in pyproject.toml.
+"""Builds the optional C extension of the IoU tally (netdissect._tallykernel); everything else is
+in pyproject.toml.
 
-The kernel is optional: when it cannot be compiled, netdissect uses its torch code path.
+The extension is optional: when it cannot be compiled, netdissect uses its torch code path.
+-ffp-contract=off keeps the compiler from fusing a multiply and an add that torch keeps apart:
+the kernel is used only where its arithmetic equals torch's bit for bit.
 """
 from setuptools import Extension, setup
 

@@ -64,7 +64,7 @@ def main() -> None:
     from netdissect import kernel
     from netdissect.broden import BrodenDataset
     from netdissect.models import load_model
-    if kernel._library() is None:
+    if not kernel.available():
         raise SystemExit("the C kernel is not compiled here (pip install -e . builds it)")
     ds = BrodenDataset(ensure_data(args.data, args.images), limit=args.images)
     loaded = load_model("torchvision:mobilenet_v2", weights="IMAGENET1K_V1")

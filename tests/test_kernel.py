@@ -1,4 +1,5 @@
-"""The compiled tally kernel against the torch path it replaces."""
+"""The compiled tally kernel against the torch path it replaces, and its argument checks."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,30 +7,168 @@ import torch.nn.functional as F
 from netdissect import kernel
 from netdissect.tally import combination_counts
 
-pytestmark = pytest.mark.skipif(kernel._library() is None, reason="the C kernel was not compiled")
+needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the C kernel was not compiled")
 
 
-@pytest.mark.parametrize("native, size", [((7, 7), (112, 112)), ((14, 14), (112, 112)),
-                                          ((56, 56), (112, 112)), ((13, 13), (113, 113)),
-                                          ((16, 16), (16, 16))])
-def test_fused_tally_equals_upsample_threshold_count(native, size):
-    if not kernel.exact_for(native, size):
-        pytest.skip("kernel upsampling differs from F.interpolate here; the torch path is used")
-    gen = torch.Generator().manual_seed(0)
-    p, n, max_combos = 300, 7, 9
+def torch_path(maps, thr, images, combo_ids, size, max_combos):
+    masks = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] > thr[:, None, None]
+    return combination_counts(masks.reshape(maps.shape[0], -1), images, combo_ids, max_combos)
+
+
+def random_pairs(native, size, p=300, n=7, max_combos=9, seed=0):
+    gen = torch.Generator().manual_seed(seed)
     maps = torch.randn((p,) + native, generator=gen).relu()
     thr = torch.rand(p, generator=gen) * 1.5
     images = torch.randint(0, n, (p,), generator=gen)
     combo_ids = torch.randint(0, max_combos, (n, size[0] * size[1]), generator=gen, dtype=torch.int32)
-    per_combo, act = kernel.fused_tally(maps, thr, images, combo_ids, size, max_combos)
-    masks = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] > thr[:, None, None]
-    ref_combo, ref_act = combination_counts(masks.reshape(p, -1), images, combo_ids, max_combos)
+    return maps, thr, images, combo_ids
+
+
+@needs_kernel
+@pytest.mark.parametrize("native, size", [((7, 7), (112, 112)), ((14, 14), (112, 112)),
+                                          ((56, 56), (112, 112)), ((13, 13), (113, 113)),
+                                          ((16, 16), (16, 16)), ((9, 5), (112, 120))])
+def test_fused_tally_equals_upsample_threshold_count(native, size):
+    if not kernel.exact_for(native, size):
+        pytest.skip("kernel upsampling differs from F.interpolate here; the torch path is used")
+    maps, thr, images, combo_ids = random_pairs(native, size)
+    per_combo, act = kernel.fused_tally(maps, thr, images, combo_ids, size, 9)
+    ref_combo, ref_act = torch_path(maps, thr, images, combo_ids, size, 9)
     assert act.sum() > 0
     assert torch.equal(act, ref_act)
     assert torch.equal(per_combo, ref_combo)
 
 
+@needs_kernel
+def test_counts_by_hand():
+    # one source value 4 at (0, 1) of a 2x2 map, upsampled to 4x4: weights (1, .75, .25, 0)
+    # down the rows and (0, .25, .75, 1) across, so the first rows read 0 1 3 4 and 0 .75 2.25 3
+    maps = torch.tensor([[[0.0, 4.0], [0.0, 0.0]]]).repeat(2, 1, 1)
+    thr = torch.tensor([1.0, 3.0])  # strictly above: 3 at (0, 2) is not active under 3
+    combo_ids = torch.arange(4, dtype=torch.int32).repeat(4)[None]  # id = column
+    per_combo, act = kernel.fused_tally(maps, thr, torch.zeros(2, dtype=torch.int64), combo_ids, (4, 4), 5)
+    assert act.tolist() == [4, 1]
+    assert per_combo.tolist() == [[0, 0, 2, 2, 0], [0, 0, 0, 1, 0]]
+
+
+@needs_kernel
+def test_skipped_blocks_change_no_count_at_edge_thresholds():
+    # thresholds equal to source values, zero, negative, subnormal, infinite; NaN and inf in maps
+    native, size = (7, 7), (112, 112)
+    if not kernel.exact_for(native, size):
+        pytest.skip("kernel upsampling differs from F.interpolate here")
+    maps, _, images, combo_ids = random_pairs(native, size, p=12, seed=3)
+    maps[1] -= 0.5
+    maps[2, 3, 3], maps[3, 0, 6], maps[4, 2, 2] = float("nan"), float("inf"), float("-inf")
+    thr = torch.tensor([maps[0].max(), 0.0, -0.25, 0.5, 0.5, 1e-40, -1e-40, float("inf"),
+                        float("-inf"), float("nan"), maps[10, 4, 4], maps[11].max() * (1 - 2 ** -20)])
+    per_combo, act = kernel.fused_tally(maps, thr, images, combo_ids, size, 9)
+    ref_combo, ref_act = torch_path(maps, thr, images, combo_ids, size, 9)
+    assert torch.equal(act, ref_act)
+    assert torch.equal(per_combo, ref_combo)
+
+
+@needs_kernel
+def test_slices_of_pairs_add_up_to_one_call():
+    maps, thr, images, combo_ids = random_pairs((7, 7), (28, 28), p=50)
+    arrays = (maps.numpy(), thr.numpy(), images.numpy(), combo_ids.view(-1, 28, 28).numpy())
+    whole = np.empty((50, 9), dtype=np.int64), np.empty(50, dtype=np.int64)
+    parts = np.full((50, 9), -7, dtype=np.int64), np.full(50, -7, dtype=np.int64)
+    kernel._tallykernel.tally_bilinear(*arrays, *whole)
+    for start, stop in [(0, 17), (17, 17), (17, 50)]:
+        kernel._tallykernel.tally_bilinear(*arrays, *parts, start, stop=stop)
+    assert np.array_equal(whole[0], parts[0]) and np.array_equal(whole[1], parts[1])
+
+
+def test_without_the_kernel_no_shape_is_exact(monkeypatch):
+    monkeypatch.setattr(kernel, "_tallykernel", None)
+    kernel.exact_for.cache_clear()
+    try:
+        assert not kernel.available()
+        assert not kernel.exact_for((7, 7), (112, 112))
+    finally:
+        kernel.exact_for.cache_clear()
+
+
+@needs_kernel
 def test_common_broden_shapes_use_the_kernel():
     # MobileNet / ResNet strides on Broden 224 (segmentation 112): bit-exact on this machine
     assert kernel.exact_for((7, 7), (112, 112))
     assert kernel.exact_for((56, 56), (112, 112))
+
+
+def valid_arguments(p=4, n=2, max_combos=3):
+    return {"maps": np.zeros((p, 3, 3), dtype=np.float32), "thresholds": np.zeros(p, dtype=np.float32),
+            "images": np.zeros(p, dtype=np.int64), "combo_ids": np.zeros((n, 6, 6), dtype=np.int32),
+            "per_combo": np.zeros((p, max_combos), dtype=np.int64), "active": np.zeros(p, dtype=np.int64)}
+
+
+def read_only(array):
+    array.setflags(write=False)
+    return array
+
+
+@needs_kernel
+@pytest.mark.parametrize("name, value, error, words", [
+    ("maps", np.zeros((4, 3, 3)), TypeError, ["maps", "float32"]),
+    ("maps", torch.zeros(4, 3, 3), TypeError, ["maps", "tensor.numpy()"]),
+    ("images", np.zeros(4, dtype=np.int32), TypeError, ["images", "int64"]),
+    ("combo_ids", np.zeros((2, 6, 6), dtype=np.int64), TypeError, ["combo_ids", "int32"]),
+    ("combo_ids", np.zeros((2, 6, 6), dtype=np.uint32), TypeError, ["combo_ids", "int32"]),
+    ("active", np.zeros(4, dtype=np.float64), TypeError, ["active", "int64"]),
+    ("maps", np.zeros((4, 3, 6), dtype=np.float32)[:, :, ::2], ValueError, ["maps", "C-contiguous"]),
+    ("per_combo", np.zeros((3, 4), dtype=np.int64).T, ValueError, ["per_combo", "C-contiguous"]),
+    ("combo_ids", np.zeros((2, 36), dtype=np.int32), ValueError, ["combo_ids", "3 dimension"]),
+    ("thresholds", np.zeros(3, dtype=np.float32), ValueError, ["thresholds", "expected 4"]),
+    ("per_combo", np.zeros((5, 3), dtype=np.int64), ValueError, ["per_combo", "expected 4"]),
+    ("active", np.zeros(2, dtype=np.int64), ValueError, ["active", "expected 4"]),
+    ("per_combo", read_only(np.zeros((4, 3), dtype=np.int64)), ValueError, ["per_combo", "read-only"]),
+    ("active", read_only(np.zeros(4, dtype=np.int64)), ValueError, ["active", "read-only"]),
+    ("images", np.array([0, 1, 2, 0]), ValueError, ["images[2] = 2", "combo_ids"]),
+    ("images", np.array([0, -1, 0, 0]), ValueError, ["images[1] = -1"]),
+])
+def test_tally_rejects_mismatched_arguments(name, value, error, words):
+    args = valid_arguments()
+    args[name] = value
+    with pytest.raises(error) as caught:
+        kernel._tallykernel.tally_bilinear(**args)
+    for word in words:
+        assert word in str(caught.value)
+
+
+@needs_kernel
+def test_tally_rejects_a_combination_id_beyond_per_combo():
+    args = valid_arguments()
+    args["maps"][2] = 1.0  # pair 2 active everywhere, on image 1
+    args["images"][2] = 1
+    args["combo_ids"][1, 4, 5] = 3  # per_combo has 3 columns
+    with pytest.raises(ValueError, match=r"combo_ids of image 1 \(pair 2\) holds id 3"):
+        kernel._tallykernel.tally_bilinear(**args)
+    args["combo_ids"][1, 4, 5] = -1
+    with pytest.raises(ValueError, match="holds id -1"):
+        kernel._tallykernel.tally_bilinear(**args)
+
+
+@needs_kernel
+@pytest.mark.parametrize("start, stop", [(-1, 4), (3, 2), (0, 5)])
+def test_tally_rejects_pairs_out_of_range(start, stop):
+    with pytest.raises(ValueError, match="not within"):
+        kernel._tallykernel.tally_bilinear(**valid_arguments(), start=start, stop=stop)
+
+
+@needs_kernel
+def test_upsample_checks_its_output():
+    maps = np.zeros((2, 3, 3), dtype=np.float32)
+    with pytest.raises(TypeError, match="'out' must hold float32"):
+        kernel._tallykernel.upsample_bilinear(maps, np.zeros((2, 6, 6)))
+    with pytest.raises(ValueError, match="'out' is read-only"):
+        kernel._tallykernel.upsample_bilinear(maps, read_only(np.zeros((2, 6, 6), dtype=np.float32)))
+    with pytest.raises(ValueError, match="'out' has 3 along axis 0, expected 2"):
+        kernel._tallykernel.upsample_bilinear(maps, np.zeros((3, 6, 6), dtype=np.float32))
+
+
+@needs_kernel
+def test_fused_tally_rejects_labels_of_another_size():
+    maps, thr, images, combo_ids = random_pairs((7, 7), (28, 28), p=4)
+    with pytest.raises(ValueError, match="combo_ids"):
+        kernel.fused_tally(maps, thr, images, combo_ids, (28, 27), 9)

@@ -1,51 +1,47 @@
-"""The optional compiled tally kernel (see _tallykernel.c), with a bit-exactness guard.
+"""The optional compiled tally kernel (the extension module _tallykernel), with a bit-exactness guard.
 
 ``fused_tally`` upsamples, thresholds and counts in one pass over each pair's pixels, without
 materializing the upsampled maps. It is used only for shapes on which its upsampling equals
 the package's one upsampler (``upsample.bilinear``) bit for bit on this machine (checked on
 first use); otherwise, or when the kernel was not compiled, callers use the torch path.
+The extension checks its arguments (dtype, shape, contiguity, writability) and raises on a
+mismatch; it releases the GIL while counting, so slices of pairs run in parallel threads.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
-from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+import os
+from typing import Tuple
 
 import torch
 
 from .upsample import bilinear
 
-_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+try:
+    from . import _tallykernel
+except ImportError:  # not compiled (a C compiler was missing at install): the torch path
+    _tallykernel = None
+
+_PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more than it saves
 
 
-@functools.lru_cache(maxsize=1)
-def _library() -> Optional[ctypes.CDLL]:
-    try:
-        from . import _tallykernel
-    except ImportError:
-        return None
-    lib = ctypes.CDLL(_tallykernel.__file__)
-    lib.upsample_bilinear.argtypes = [_ptr, _i64, _i64, _i64, _i64, _i64, _ptr]
-    lib.tally_bilinear.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr,
-                                   _i64, _i64]
-    return lib
+def available() -> bool:
+    """Whether the extension module was compiled and imports."""
+    return _tallykernel is not None
 
 
 def kernel_upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    lib = _library()
-    maps = maps.contiguous().float()
+    """The kernel's bilinear upsampling of (p, h, w) maps, for checking it against torch."""
+    maps = maps.detach().cpu().contiguous().float()
     out = torch.empty((maps.shape[0],) + tuple(size), dtype=torch.float32)
-    if lib.upsample_bilinear(maps.data_ptr(), maps.shape[0], maps.shape[1], maps.shape[2],
-                             size[0], size[1], out.data_ptr()):
-        raise MemoryError("tally kernel: out of memory")
+    _tallykernel.upsample_bilinear(maps.numpy(), out.numpy())
     return out
 
 
 @functools.lru_cache(maxsize=64)
 def exact_for(native: Tuple[int, int], size: Tuple[int, int]) -> bool:
     """Whether the kernel's upsampling equals upsample.bilinear bit for bit for this shape."""
-    if _library() is None:
+    if not available():
         return False
     gen = torch.Generator().manual_seed(1)
     maps = torch.randn((64,) + tuple(native), generator=gen) * 3
@@ -53,30 +49,42 @@ def exact_for(native: Tuple[int, int], size: Tuple[int, int]) -> bool:
     return bool(torch.equal(kernel_upsample(maps, size), bilinear(maps, size)))
 
 
+@functools.lru_cache(maxsize=1)
+def _pool(threads: int, pid: int):
+    """Threads kept across calls (one call per chunk of pairs); a forked child makes its own."""
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(threads, thread_name_prefix="netdissect-tally")
+
+
 def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tensor,
                 combo_ids: torch.Tensor, size: Tuple[int, int], max_combos: int):
-    """Per pair: active pixels per combination id (p, max_combos) and in all (p,)."""
-    lib = _library()
-    maps = maps.contiguous().float()
-    thresholds = thresholds.contiguous().float()
-    images = images.contiguous().to(torch.int64)
-    combo_ids = combo_ids.contiguous().to(torch.int32)
-    p, h, w = maps.shape
-    per_combo = torch.zeros((p, max_combos), dtype=torch.int64)
-    act = torch.zeros(p, dtype=torch.int64)
-    threads = max(1, min(torch.get_num_threads(), p // 64 or 1))
+    """Per pair: active pixels per combination id (p, max_combos) and in all (p,).
+
+    maps (p, h, w); thresholds, images (p,); combo_ids (n, size[0] * size[1]) per image of the
+    chunk, indexed by ``images``. Inputs of other dtypes or layouts are converted here.
+    """
+    if combo_ids.dim() != 2 or combo_ids.shape[1] != size[0] * size[1]:
+        raise ValueError(f"fused_tally: combo_ids of shape {tuple(combo_ids.shape)} do not hold "
+                         f"{size[0]} x {size[1]} labels per image")
+    maps = maps.detach().cpu().contiguous().float()
+    p = maps.shape[0]
+    thr = thresholds.detach().cpu().contiguous().float()
+    images = images.detach().cpu().contiguous().to(torch.int64)
+    ids = combo_ids.detach().cpu().contiguous().to(torch.int32).view(-1, size[0], size[1])
+    per_combo = torch.empty((p, max_combos), dtype=torch.int64)  # every row written by the kernel
+    act = torch.empty(p, dtype=torch.int64)
+    arrays = (maps.numpy(), thr.numpy(), images.numpy(), ids.numpy(), per_combo.numpy(), act.numpy())
+    available_threads = torch.get_num_threads()
+    threads = max(1, min(available_threads, p // _PAIRS_PER_SLICE))
     bounds = [p * t // threads for t in range(threads + 1)]
-
-    def run(t: int) -> int:
-        return lib.tally_bilinear(maps.data_ptr(), h, w, thresholds.data_ptr(), images.data_ptr(),
-                                  combo_ids.data_ptr(), size[0], size[1], max_combos,
-                                  per_combo.data_ptr(), act.data_ptr(), bounds[t], bounds[t + 1])
-
-    if threads == 1:
-        codes = [run(0)]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            codes = list(pool.map(run, range(threads)))
-    if any(codes):
-        raise MemoryError("tally kernel: out of memory")
+    others = []
+    if threads > 1:  # slices 1.. in pool threads, slice 0 in this one
+        pool = _pool(available_threads - 1, os.getpid())
+        others = [pool.submit(_tallykernel.tally_bilinear, *arrays, start, stop)
+                  for start, stop in zip(bounds[1:-1], bounds[2:])]
+    try:
+        _tallykernel.tally_bilinear(*arrays, bounds[0], bounds[1])
+    finally:
+        for other in others:
+            other.result()  # waits for it, and re-raises its error
     return per_combo, act
