@@ -179,7 +179,7 @@ def test_sketch_mode_tallies_exactly_at_its_thresholds(dataset, monkeypatch):
 def batched_activations(model, ds, batch):
     """Activations computed as the engine computes them (same batches, memory format)."""
     from netdissect.hooks import LayerCapture
-    from netdissect.pipeline import Normalizer
+    from netdissect.forward import Normalizer
     normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
     model = model.to(memory_format=torch.channels_last)
     acts = {name: [] for name in LAYERS}

@@ -218,11 +218,11 @@ def test_index_from_an_old_checkpoint_counts_pixels_from_the_ids(tmp_path):
     """A checkpoint written before the per-combination pixel counts existed still gives the same index."""
     from netdissect.broden import BrodenDataset
     from netdissect.combinations import CombinationIndex
-    from netdissect.pipeline import _Vocabulary
+    from netdissect.vocabulary import Vocabulary
     from netdissect.segstore import SegmentationStore
     from netdissect.tally import encode_segmentation
     ds = BrodenDataset(make_dataset(tmp_path / "data", n_images=6, seed=2))
-    vocab = _Vocabulary.of(ds)
+    vocab = Vocabulary.of(ds)
     pixels = ds.records[0].sh * ds.records[0].sw
     store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, tmp_path)
     encoded = []

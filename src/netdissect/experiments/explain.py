@@ -100,7 +100,7 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: O
 def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, size: Optional[int] = 224,
                   device: str = "auto") -> dict:
     """The numbers of one explanation (see the module docstring), plus the maps for drawing."""
-    from ..pipeline import resolve_device
+    from ..forward import resolve_device
     from ..runs import load_layer, read_json
     from ..upsample import make_upsampler
     from .common import class_names_of, load_rgb
