@@ -7,8 +7,8 @@ process:
   are bit for bit the same);
 - the exact threshold needs the largest ``keep`` values of each unit: the largest ``keep`` of
   the union of the ranks' kept values are exactly those of the whole dataset;
-- the quantile sketch is a merge tree over the batches, the same tree whatever the sharding
-  (``streaming.TreeSketchQuantile``);
+- beyond the memory budget, the two-pass radix quantile (``quantile.RadixQuantile``) keeps
+  integer counts per unit: the ranks' counts sum to those of the whole dataset;
 - each rank tallies its own candidate maps at the global thresholds; the counts are integers,
   summed over the ranks;
 - the top-k images are merged by (score descending, image index ascending), the order a

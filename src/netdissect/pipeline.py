@@ -33,7 +33,7 @@ from .config import DissectConfig
 from .errors import ActivationError, DatasetError, DissectionWarning, NetDissectError, RunError
 from .hooks import LayerCapture, check_activation_shape
 from .models import LoadedModel, load_model
-from .quantile import exact_memory_bytes
+from .memory import MIB, plan_memory
 from .results import DissectionResult, LayerResult
 from .segstore import SegmentationStore
 from .streaming import LayerStream
@@ -315,6 +315,7 @@ class _Engine:
         self.skipped: List[dict] = []
         self._tempdir = None
         self.layouts: dict = {}  # layer -> layouts.Layout, decided on the first image
+        self.memory_plan = None  # memory.MemoryPlan, made once the layers' shapes are known
 
     def close(self) -> None:
         """Remove the scratch space of a run without a run directory."""
@@ -363,7 +364,7 @@ class _Engine:
             fields[name] = field_
             tallies[name] = _LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
                                         config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store,
-                                        combinations=index)
+                                        self.memory_plan.tally, combinations=index)
             for chunk in stream.pairs.final_pairs(tallies[name].thr):
                 tallies[name].add(chunk)
         if self.group is not None:  # integer counts: their sum over the shards is exact
@@ -376,9 +377,6 @@ class _Engine:
         concept_category = torch.from_numpy(vocab.concept_category)
         layers = {}
         for name, stream in streams.items():
-            if stream.sketch:
-                self.warnings.append(f"layer {name!r}: thresholds from the two-pass radix quantile sketch "
-                                     f"(exact: relative rank error {stream.quantile.rank_error():.0f})")
             layers[name] = LayerResult(
                 name=name, thresholds=thresholds[name],
                 iou=tallies[name].tally.iou(concept_pixels, concept_category).numpy().astype(np.float32),
@@ -430,9 +428,10 @@ class _Engine:
                 self._warn(f"layer {name!r} runs {calls} times per forward pass (a shared module, such as "
                            "the ReLU of a ResNet block); its first call is dissected"
                            + (f": for the block's output dissect {parent!r}" if parent else ""))
-        budget = int(config.memory_budget_mb * 2 ** 20)
-        needed = len(self.shard) * pixels * 2 + budget // 2 + sum(
-            k * config.top_k * h * w * 2 for k, h, w in shapes.values())
+        plan = plan_memory(int(config.memory_budget_mb * MIB), shapes, len(ds), config.level, config.top_k)
+        # disk: the encoded labels (int16 per pixel) and the top-k maps of the results (float16);
+        # spilled candidate maps depend on the data, and a full disk is a clear WriteError
+        needed = len(self.shard) * pixels * 2 + sum(k * config.top_k * h * w * 2 for k, h, w in shapes.values())
         if self.run_dir is not None:
             _check_free_space(self.run_dir.path, needed)
             self.run_dir.prepare()
@@ -441,18 +440,24 @@ class _Engine:
             self._tempdir = tempfile.TemporaryDirectory(prefix="netdissect-")
             scratch = Path(self._tempdir.name)
             _check_free_space(scratch, needed)
+        if plan.minimum > plan.budget:
+            self._warn(f"--memory-budget {config.memory_budget_mb:g} MiB is below what the statistics of these "
+                       f"layers need at least ({plan.minimum / MIB:.1f} MiB: top-k maps and quantile counts); "
+                       "the run uses that much")
+        self.memory_plan = plan
+        if self.progress:
+            print(f"netdissect: memory plan of {config.memory_budget_mb:g} MiB: {plan.describe()}", file=sys.stderr)
         streams = {}
         for name in config.layers:
             k, h, w = shapes[name]
-            need = exact_memory_bytes(k, len(ds) * h * w, config.level)
-            sketch = need > budget
-            if sketch:
-                self._warn(f"layer {name!r}: the one-pass exact threshold needs {need / 2**20:.0f} MiB "
-                           f"(> --memory-budget {config.memory_budget_mb} MiB); using a quantile sketch "
-                           "of 65,536 bins per unit and a second pass over the data (still exact)")
+            share = plan.layers[name]
+            if share.two_pass:
+                self._warn(f"layer {name!r}: the one-pass exact threshold needs {share.exact_need / MIB:.1f} MiB, "
+                           f"more than its share of --memory-budget {config.memory_budget_mb:g} MiB; using the "
+                           "two-pass radix quantile (65,536 counts per unit, a second pass over the data; "
+                           "still exact)")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
-                                        scratch, max(int(budget // (4 * len(config.layers))), 4096),
-                                        self.device, sketch=sketch)
+                                        scratch, share.candidates, self.device, sketch=share.two_pass)
         store = SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
                                   offset=self.shard.start)
         return streams, store
@@ -575,7 +580,7 @@ class _LayerTally:
     """The final IoU tally of one layer, fed chunks of (unit, image) pairs with their maps."""
 
     def __init__(self, stream, thresholds, n_concepts, n_categories, mode, native, size, field,
-                 image, store, combinations=None):
+                 image, store, chunk_bytes: int, combinations=None):
         self.tally = IoUTally(stream.units, n_concepts, n_categories)
         self.combinations = None if combinations is None else UnitCombinationCounts(stream.units, combinations)
         self.thr = torch.from_numpy(thresholds)
@@ -583,7 +588,7 @@ class _LayerTally:
         self.store = store
         self.upsample = make_upsampler(mode, native, size, field=field, image=image)
         self.fused = mode == "bilinear" and kernel.exact_for(native, size)
-        self.max_pairs = _pairs_per_chunk(size[0] * size[1])
+        self.max_pairs = _pairs_per_chunk(size[0] * size[1], chunk_bytes)
 
     def add(self, chunk: dict) -> None:
         for part in _subchunks([chunk], self.max_pairs):
@@ -602,8 +607,10 @@ class _LayerTally:
                 self.combinations.add(per_combo, part["unit"], images_u[local])
 
 
-def _pairs_per_chunk(pixels: int, budget_bytes: int = 256 * 2 ** 20) -> int:
-    return max(64, budget_bytes // (pixels * 9))
+def _pairs_per_chunk(pixels: int, chunk_bytes: int) -> int:
+    """Pairs per tally chunk: float32 upsampled maps, their masks and the counts' work (9 bytes
+    a pixel), within the memory plan's tally share."""
+    return max(64, chunk_bytes // (pixels * 9))
 
 
 def _subchunks(chunks, max_pairs: int):
