@@ -14,6 +14,8 @@ process:
 - the top-k images are merged by (score descending, image index ascending), the order a
   single process keeps.
 Rank 0 writes the run directory; every rank checkpoints its own shard so that a rerun resumes.
+On several machines RANK (global) says who writes and which shard, LOCAL_RANK only which GPU;
+--out may be shared or each machine's own (then its ranks claim it for their checkpoints).
 
 torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is detected;
 collectives run on CPU tensors over gloo (NCCL is added for CUDA tensors on GPU nodes).

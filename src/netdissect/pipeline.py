@@ -130,7 +130,8 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
 
 
 def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_every: int):
-    """Rank 0 locks (and with --force clears) the run directory; then the others join it."""
+    """Rank 0 locks (and with --force clears) the run directory; then the others join it (or,
+    on a machine that does not share rank 0's --out, claim their own one: its errors reach every rank)."""
     from . import runs
     opened = {}
 
@@ -139,10 +140,20 @@ def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_
                                           rank=0, world=group.world)
 
     group.on_primary(open_primary)
-    if group.primary:
-        return opened["run"]
-    return runs.RunDirectory(out, manifest_, checkpoint_every=checkpoint_every, rank=group.rank,
-                             world=group.world)
+    run, error = opened.get("run"), None
+    if not group.primary:
+        try:
+            run = runs.RunDirectory(out, manifest_, force=force, checkpoint_every=checkpoint_every,
+                                    rank=group.rank, world=group.world)
+        except NetDissectError as exc:
+            error = exc
+    try:
+        group.agree(error)
+    except NetDissectError:
+        if run is not None:
+            run.release()
+        raise
+    return run
 
 
 def _run_engine(loaded, ds, config, run, progress, group=None) -> "DissectionResult":
