@@ -220,7 +220,8 @@ class _Engine:
                            "restricted union; read its detectors with care or use a larger dataset")
         module = prepare_model(self.loaded, self.device)
         normalize = Normalizer(self.loaded.mean, self.loaded.std, self.device)
-        streams, store = self._open_state(module, normalize, vocab, sh * sw)
+        # a rank's own failure here (its --out, its free space) stops every rank with its message
+        streams, store = self._all_ranks(self._open_state, module, normalize, vocab, sh * sw)
         data = ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip")
         return vocab, module, normalize, streams, store, data
 
@@ -402,15 +403,17 @@ class _Engine:
             save_checkpoint()  # a failure in the tally does not cost a long pass
         store.flush()
 
-    def _all_ranks(self, step, *args) -> None:
+    def _all_ranks(self, step, *args):
         """Run one step of the dissection; in a sharded run, an error on any rank stops all."""
         if self.group is None:
             return step(*args)
+        value = None
         try:
-            step(*args)
+            value = step(*args)
         except NetDissectError as exc:
             self.group.agree(exc)
         self.group.agree(None)
+        return value
 
     def _merge_ranks(self, streams) -> None:
         """A sharded run after the pass: every rank gets the whole dataset's thresholds state,
