@@ -44,7 +44,7 @@ MODEL, WEIGHTS = "torchvision:mobilenet_v2", "IMAGENET1K_V1"
 def dense_unit_masks(loaded, ds, layer, thresholds, units, batch_size=32):
     """(U, N, P) bool masks with netdissect's own forward-pass preparation (bit-identical maps)."""
     from netdissect.hooks import LayerCapture
-    from netdissect.pipeline import Normalizer, prepare_model
+    from netdissect.forward import Normalizer, prepare_model
     module = prepare_model(loaded, torch.device("cpu"))
     normalize = Normalizer(loaded.mean, loaded.std, torch.device("cpu"))
     rec = ds.records[0]

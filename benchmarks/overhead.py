@@ -38,11 +38,12 @@ def ensure_data(path: Path, images: int) -> Path:
 def bare_pass(loaded, ds, layers, batch_size, workers, device="cpu") -> float:
     """Decode images, normalize, run the model up to the last layer with the same hooks."""
     from netdissect.hooks import LayerCapture
-    from netdissect.pipeline import Normalizer, _ImagesAndLabels, make_loader, prepare_model
+    from netdissect.forward import Normalizer, prepare_model
+    from netdissect.loading import ImagesAndLabels, make_loader
     device = torch.device(device)
     module = prepare_model(loaded, device)
     normalize = Normalizer(loaded.mean, loaded.std, device)
-    data = _ImagesAndLabels(ds, None, 0, skip_bad=False, with_labels=False)
+    data = ImagesAndLabels(ds, None, 0, skip_bad=False, with_labels=False)
     start = time.perf_counter()
     with torch.no_grad(), LayerCapture(module, layers) as capture:
         for _, images, _, _ in make_loader(data, batch_size, workers):

@@ -239,7 +239,7 @@ def run_lite(args, result_path: Path) -> dict:
     import torch
     from netdissect.broden import BrodenDataset
     from netdissect.models import load_model
-    from netdissect.pipeline import Normalizer, prepare_model
+    from netdissect.forward import Normalizer, prepare_model
     loaded = load_model(MODEL, weights=WEIGHTS)
     ds = BrodenDataset(args.data, limit=args.images)
     seg_size = (ds.records[0].sh, ds.records[0].sw)

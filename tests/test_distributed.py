@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import netdissect
+from netdissect.memory import FORCE_TWO_PASS
 from engine_data import TinyNet, make_dataset
 from netdissect.distributed import shard_range
 
@@ -98,10 +99,14 @@ def test_torchrun_two_processes_write_the_bytes_of_one(dataset, tmp_path):
     assert reference.images == 19
 
 
-@pytest.mark.parametrize("nproc, upsample, budget", [(3, "rf", 0.0001), (3, "bilinear", 0.02)])
-def test_three_processes_both_upsamplings_and_the_sketch(dataset, tmp_path, nproc, upsample, budget):
-    """Uneven shards (2/2/3 batches); a tiny budget: every layer sketched (0.0001 MiB) or the
-    candidate maps spilled to disk (0.02 MiB)."""
+@pytest.mark.parametrize("nproc, upsample, two_pass", [(3, "rf", True), (3, "bilinear", False)])
+def test_three_processes_both_upsamplings_and_the_sketch(dataset, tmp_path, monkeypatch, nproc, upsample,
+                                                         two_pass):
+    """Uneven shards (2/2/3 batches); every layer's thresholds from the two-pass radix counts, or
+    a tiny budget (0.02 MiB) that spills the candidate maps to disk."""
+    budget = 0.02
+    if two_pass:
+        monkeypatch.setenv(FORCE_TWO_PASS, "1")  # the torchrun ranks inherit it
     args = dissect_args(dataset, tmp_path / "many", "engine_data:tiny_net", 4, "--upsample", upsample,
                         "--memory-budget", str(budget))
     proc = torchrun(nproc, args)
@@ -110,7 +115,8 @@ def test_three_processes_both_upsamplings_and_the_sketch(dataset, tmp_path, npro
         result = single(dataset, tmp_path / "one", upsample=upsample, memory_budget_mb=budget)
     finished(proc)
     assert_same_bytes(tmp_path / "one", tmp_path / "many")
-    if budget < 0.001:  # the sketch mode is exact: the thresholds of the one-pass exact state
+    if two_pass:  # the two-pass thresholds are exact: those of the one-pass exact state
+        monkeypatch.delenv(FORCE_TWO_PASS)
         assert sum("radix" in w for w in result.warnings) == len(LAYERS)
         exact = single(dataset, None, upsample=upsample)
         for layer in LAYERS:

@@ -157,22 +157,21 @@ def test_lower_bound_never_exceeds_final_threshold():
     assert np.all(bounds[-1] <= final)
 
 
-def test_sketch_mode_tallies_exactly_at_its_thresholds(dataset):
-    """Beyond the memory budget: sketch thresholds, then a second pass tallies exactly at them."""
+def test_sketch_mode_tallies_exactly_at_its_thresholds(dataset, monkeypatch):
+    """Two-pass thresholds (radix counts): numpy.quantile's, then the second pass tallies exactly at them."""
+    from netdissect.memory import FORCE_TWO_PASS
+    monkeypatch.setenv(FORCE_TWO_PASS, "1")
     model = TinyNet(seed=1).eval()
     ds = BrodenDataset(dataset)
     acts = batched_activations(model, ds, batch=4)  # bit-identical to the engine's
-    with pytest.warns(UserWarning, match="quantile sketch"):
+    with pytest.warns(UserWarning, match="two-pass radix quantile"):
         result = netdissect.dissect(model, LAYERS, dataset, quantile=0.05, batch_size=4, workers=0,
-                                    progress=False, min_category_images=0, memory_budget_mb=0.001)
-    assert any("rank error" in w for w in result.warnings)
+                                    progress=False, min_category_images=0)
+    assert sum("two-pass radix" in w for w in result.warnings) == len(LAYERS)
     for layer in LAYERS:
         got = result[layer]
-        values = np.sort(acts[layer].transpose(1, 0, 2, 3).reshape(got.units, -1), axis=1)
-        n = values.shape[1]
-        for u in range(got.units):  # the sketch's threshold sits near the exact rank
-            rank = np.searchsorted(values[u], got.thresholds[u])
-            assert abs(rank - 0.95 * (n - 1)) <= 0.05 * n
+        values = acts[layer].transpose(1, 0, 2, 3).reshape(got.units, -1)
+        np.testing.assert_array_equal(got.thresholds, np.quantile(values, 0.95, axis=1).astype(np.float32))
         _, iou = reference_iou(acts[layer], ds, 0.95, "bilinear", model, layer, thresholds=got.thresholds)
         np.testing.assert_allclose(got.iou, iou, rtol=0, atol=1e-6)
 
@@ -180,7 +179,7 @@ def test_sketch_mode_tallies_exactly_at_its_thresholds(dataset):
 def batched_activations(model, ds, batch):
     """Activations computed as the engine computes them (same batches, memory format)."""
     from netdissect.hooks import LayerCapture
-    from netdissect.pipeline import Normalizer
+    from netdissect.forward import Normalizer
     normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
     model = model.to(memory_format=torch.channels_last)
     acts = {name: [] for name in LAYERS}

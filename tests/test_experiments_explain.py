@@ -46,6 +46,32 @@ def test_street_image_is_explained_by_the_car_unit(dissected, tmp_path):
     assert len(paths) == 3
 
 
+def test_names_are_text_on_the_page_never_markup(dissected, tmp_path):
+    """Concept, layer, class and file names are escaped: a name cannot open a tag on explain.html."""
+    from html.parser import HTMLParser
+    data, run = dissected
+    loaded = load_model(scene_net(), **identity_norm())
+    info = explain_image(loaded, "units", run, data / "images" / "im0000.png", top=2, size=0)
+    hostile = "<script>alert(1)</script> & co"
+    info["units"][0]["label"] = hostile
+    info["units"][1]["category"] = "<b>cat</b>"
+    info["layer"] = "layer<i>4</i>&"
+    info["predicted"]["name"] = info["explained"]["name"] = "<img src=x onerror=alert(2)>"
+    info["warnings"] = ["<a href='javascript:x'>warned</a>"]
+    write_explanation(info, tmp_path / "x")
+    page = (tmp_path / "x" / "explain.html").read_text()
+
+    tags = []
+    parser = HTMLParser()
+    parser.handle_starttag = lambda tag, attrs: tags.append(tag)
+    parser.feed(page)
+    assert not {"script", "i", "a"} & set(tags)
+    assert tags.count("img") == 1 + len(info["units"])  # the input and one heat map per unit
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+    assert "layer&lt;i&gt;4&lt;/i&gt;&amp;" in page and "&lt;b&gt;cat&lt;/b&gt;" in page
+    assert "<script" not in page and "onerror=alert" not in page.replace("&lt;img src=x onerror=alert(2)&gt;", "")
+
+
 def test_other_class_and_forest_image(dissected):
     data, run = dissected
     loaded = load_model(scene_net(), **identity_norm())

@@ -200,13 +200,15 @@ def test_cli_dissect_then_formulas(tmp_path, monkeypatch):
         explain_run(out, layers=["conv3"], length=2, beam=3, progress=False, force=True)
 
 
-def test_sketch_mode_second_pass_collects_too(tmp_path):
-    """Beyond the memory budget the tally runs in a second pass: the counts come from it, and
+def test_sketch_mode_second_pass_collects_too(tmp_path, monkeypatch):
+    """With two-pass thresholds the candidates come from the second pass: so do the counts, and
     single concepts still equal the dissection."""
+    from netdissect.memory import FORCE_TWO_PASS
+    monkeypatch.setenv(FORCE_TWO_PASS, "1")
     root = make_dataset(tmp_path / "data", n_images=8, seed=5)
-    with pytest.warns(UserWarning, match="quantile sketch"):
+    with pytest.warns(UserWarning, match="two-pass radix quantile"):
         layer = netdissect.dissect(TinyNet(), ["relu2"], root, progress=False, workers=0, quantile=0.05,
-                                   min_category_images=0, memory_budget_mb=0.001)["relu2"]
+                                   min_category_images=0)["relu2"]
     formulas = explain_layer(layer, length=2, beam=3)
     np.testing.assert_array_equal(formulas.single, layer.best)
     np.testing.assert_array_equal(formulas.single_iou.astype(np.float32), layer.best_iou)
@@ -216,11 +218,11 @@ def test_index_from_an_old_checkpoint_counts_pixels_from_the_ids(tmp_path):
     """A checkpoint written before the per-combination pixel counts existed still gives the same index."""
     from netdissect.broden import BrodenDataset
     from netdissect.combinations import CombinationIndex
-    from netdissect.pipeline import _Vocabulary
+    from netdissect.vocabulary import Vocabulary
     from netdissect.segstore import SegmentationStore
     from netdissect.tally import encode_segmentation
     ds = BrodenDataset(make_dataset(tmp_path / "data", n_images=6, seed=2))
-    vocab = _Vocabulary.of(ds)
+    vocab = Vocabulary.of(ds)
     pixels = ds.records[0].sh * ds.records[0].sw
     store = SegmentationStore(len(ds), pixels, len(vocab.concepts), vocab.labeled, tmp_path)
     encoded = []

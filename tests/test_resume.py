@@ -95,9 +95,14 @@ def test_layers_whose_folder_names_collide_spill_to_separate_files(tmp_path):
         assert len(chunks) == 1 and bool((chunks[0]["maps"] == value).all())
 
 
-def test_spilled_pairs_give_the_same_numbers_as_in_memory(dataset):
+def test_spilled_pairs_give_the_same_numbers_as_in_memory(dataset, monkeypatch):
+    from netdissect.streaming import PairBuffer
+    spills = []
+    spill = PairBuffer.spill
+    monkeypatch.setattr(PairBuffer, "spill", lambda self: (spills.append(len(self.chunks)), spill(self)))
     small = netdissect.dissect(TinyNet(), LAYERS, dataset, batch_size=4, workers=0, progress=False,
                                memory_budget_mb=0.02, min_category_images=0)
+    assert sum(spills) > 0  # the candidate maps went through scratch files
     large = netdissect.dissect(TinyNet(), LAYERS, dataset, batch_size=4, workers=0, progress=False,
                                min_category_images=0)
     for layer in LAYERS:

@@ -209,6 +209,15 @@ def test_color_naming_of_pure_colors():
     assert S.name_colors(np.array([[[0, 255, 255]]], np.uint8), max_distance=1.0)[0, 0] == 0
 
 
+def test_planted_colors_mean_what_they_mean_in_broden():
+    """The synthetic rule (nearest prototype) and Broden's w2color table (data/colors.py) use the
+    same 11 names and name every prototype the same; only the label order differs."""
+    from netdissect.data.colors import COLOR_NAMES as BRODEN_NAMES, color_codes
+    assert sorted(S.COLOR_NAMES) == sorted(BRODEN_NAMES)
+    protos = np.array([list(S.COLOR_PROTOTYPES.values())], dtype=np.uint8)
+    assert [BRODEN_NAMES[c - 1] for c in color_codes(protos)[0]] == list(S.COLOR_PROTOTYPES)
+
+
 def test_color_mask_matches_pixels_through_jpeg():
     img = np.zeros((64, 64, 3), np.uint8)
     img[:, :32] = (255, 0, 0)

@@ -34,7 +34,7 @@ def dissect(model, layer, data):
 def hand_maps(module, layer, data, to_maps):
     """(K, N*h*w) activations from a plain forward hook, converted by ``to_maps``."""
     from netdissect.broden import open_dataset
-    from netdissect.pipeline import Normalizer
+    from netdissect.forward import Normalizer
     ds = open_dataset(data)
     grabbed = []
     handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: grabbed.append(o))

@@ -7,13 +7,15 @@ process:
   are bit for bit the same);
 - the exact threshold needs the largest ``keep`` values of each unit: the largest ``keep`` of
   the union of the ranks' kept values are exactly those of the whole dataset;
-- the quantile sketch is a merge tree over the batches, the same tree whatever the sharding
-  (``streaming.TreeSketchQuantile``);
+- beyond the memory budget, the two-pass radix quantile (``quantile.RadixQuantile``) keeps
+  integer counts per unit: the ranks' counts sum to those of the whole dataset;
 - each rank tallies its own candidate maps at the global thresholds; the counts are integers,
   summed over the ranks;
 - the top-k images are merged by (score descending, image index ascending), the order a
   single process keeps.
 Rank 0 writes the run directory; every rank checkpoints its own shard so that a rerun resumes.
+On several machines RANK (global) says who writes and which shard, LOCAL_RANK only which GPU;
+--out may be shared or each machine's own (then its ranks claim it for their checkpoints).
 
 torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is detected;
 collectives run on CPU tensors over gloo (NCCL is added for CUDA tensors on GPU nodes).

@@ -121,10 +121,6 @@ class Layout:
     grid: Optional[Tuple[int, int]] = None       # at the size it was decided for
     source: str = "probes"  # probes | model | override | assumed (one input size) | fixed size
 
-    @property
-    def channel_dim(self) -> int:
-        return 1 if self.kind == "nchw" else -1
-
     def describe(self) -> str:
         if self.kind == "tokens":
             grid = f"{self.grid[0]}x{self.grid[1]}" if self.grid else "?"

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -26,134 +24,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, kernel
+from . import distributed
 from .broden import BrodenDataset, open_dataset
-from .combinations import CombinationIndex, UnitCombinationCounts
+from .combinations import CombinationIndex
 from .config import DissectConfig
-from .errors import ActivationError, DatasetError, DissectionWarning, NetDissectError, RunError
+from .errors import DatasetError, DissectionWarning, NetDissectError, RunError
+from .final_tally import LayerTally
+from .forward import Normalizer, float32_activations, prepare_model, resolve_device
 from .hooks import LayerCapture, check_activation_shape
+from .loading import ImagesAndLabels, default_workers, make_loader
+from .manifest import manifest
+from .memory import MIB, plan_memory
 from .models import LoadedModel, load_model
-from .quantile import exact_memory_bytes
 from .results import DissectionResult, LayerResult
 from .segstore import SegmentationStore
 from .streaming import LayerStream
-from .tally import IoUTally, combination_counts, encode_segmentation
-from .upsample import make_upsampler, measure_receptive_field
+from .upsample import measure_receptive_field
+from .vocabulary import Vocabulary
 
+__all__ = ["dissect", "DissectConfig", "DissectionResult", "LayerResult"]
 
-# --------------------------------------------------------------------------- data loading
-
-class _ImagesAndLabels(torch.utils.data.Dataset):
-    """Decodes an image and encodes its labels (in DataLoader workers)."""
-
-    def __init__(self, ds: BrodenDataset, concept_of_label: np.ndarray, n_concepts: int,
-                 skip_bad: bool, with_labels: bool = True):
-        self.ds = ds
-        self.concept_of_label = concept_of_label
-        self.n_concepts = n_concepts
-        self.skip_bad = skip_bad
-        self.with_labels = with_labels
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        try:
-            image = self.ds.load_image(i)
-            if not self.with_labels:
-                return i, torch.from_numpy(image), None, None
-            seg = self.ds.load_segmentation(i)
-            enc = encode_segmentation(seg.pixel, seg.image_labels, self.concept_of_label, self.n_concepts)
-            return i, torch.from_numpy(image), enc, None
-        except DatasetError as exc:
-            if not self.skip_bad:
-                raise
-            return i, None, None, str(exc)
-
-
-def _collate(items):
-    good = [it for it in items if it[1] is not None]
-    bad = [(it[0], it[3]) for it in items if it[1] is None]
-    if good:
-        images = torch.stack([it[1] for it in good])
-    else:
-        images = None
-    return (torch.tensor([it[0] for it in good], dtype=torch.int64), images,
-            [it[2] for it in good], bad)
-
-
-def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0,
-                stop: Optional[int] = None):
-    if start or (stop is not None and stop != len(dataset)):
-        dataset = torch.utils.data.Subset(dataset, range(start, len(dataset) if stop is None else stop))
-    from .runs import worker_init
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                       num_workers=workers, collate_fn=_collate,
-                                       persistent_workers=False,
-                                       prefetch_factor=4 if workers > 0 else None,
-                                       worker_init_fn=worker_init() if workers > 0 else None)
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise NetDissectError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise NetDissectError("--device cuda was asked but CUDA is not available; use --device cpu or auto")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise NetDissectError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
-                                  "device(s), numbered from 0")
-    elif resolved.type != "cpu" and resolved.type != "mps":
-        raise NetDissectError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
-class Normalizer:
-    """uint8 (B, H, W, 3) -> normalized float (B, 3, H, W) in channels_last on the device."""
-
-    def __init__(self, mean, std, device):
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
-        self.device = device
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last)
-
-
-def prepare_model(loaded: LoadedModel, device: torch.device) -> nn.Module:
-    module = loaded.module.to(device).eval()
-    if not loaded.is_torchscript:
-        module = module.to(memory_format=torch.channels_last)
-    return module
-
-
-def float32_activations(layer: str, output: torch.Tensor, indices: torch.Tensor,
-                        ds: BrodenDataset) -> torch.Tensor:
-    """float32 activations; NaN or inf is an error naming the layer and the image."""
-    acts = output.detach().float()
-    if bool(torch.isfinite(acts.sum())):  # one cheap pass; NaN and inf both spoil the sum
-        return acts
-    finite = torch.isfinite(acts).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        bad = int(torch.nonzero(~finite)[0, 0])
-        record = ds.records[int(indices[bad])]
-        raise ActivationError(
-            f"layer {layer!r} produced NaN or inf activations on image {record.image} "
-            f"(index.csv line {record.line}); check the model's weights and input normalization")
-    return acts
-
-
-# --------------------------------------------------------------------------- the pipeline
 
 def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             dataset: Union[str, Path, BrodenDataset], out: Optional[Union[str, Path]] = None, *,
@@ -240,7 +130,8 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
 
 
 def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_every: int):
-    """Rank 0 locks (and with --force clears) the run directory; then the others join it."""
+    """Rank 0 locks (and with --force clears) the run directory; then the others join it (or,
+    on a machine that does not share rank 0's --out, claim their own one: its errors reach every rank)."""
     from . import runs
     opened = {}
 
@@ -249,10 +140,20 @@ def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_
                                           rank=0, world=group.world)
 
     group.on_primary(open_primary)
-    if group.primary:
-        return opened["run"]
-    return runs.RunDirectory(out, manifest_, checkpoint_every=checkpoint_every, rank=group.rank,
-                             world=group.world)
+    run, error = opened.get("run"), None
+    if not group.primary:
+        try:
+            run = runs.RunDirectory(out, manifest_, force=force, checkpoint_every=checkpoint_every,
+                                    rank=group.rank, world=group.world)
+        except NetDissectError as exc:
+            error = exc
+    try:
+        group.agree(error)
+    except NetDissectError:
+        if run is not None:
+            run.release()
+        raise
+    return run
 
 
 def _run_engine(loaded, ds, config, run, progress, group=None) -> "DissectionResult":
@@ -261,29 +162,6 @@ def _run_engine(loaded, ds, config, run, progress, group=None) -> "DissectionRes
         return engine.run()
     finally:
         engine.close()
-
-
-@dataclass
-class _Vocabulary:
-    """The concepts of a dataset selection, indexed 0..C-1, and which images label what."""
-
-    concepts: np.ndarray           # (C,) label numbers
-    concept_of_label: np.ndarray   # label number -> concept index, -1 when not a concept
-    categories: List[str]
-    concept_category: np.ndarray   # (C,) category index of each concept (its primary one)
-    labeled: np.ndarray            # (N, G) category labeled in image
-
-    @classmethod
-    def of(cls, ds: BrodenDataset) -> "_Vocabulary":
-        concepts = np.array(ds.concepts, dtype=np.int64)
-        concept_of_label = np.full(len(ds.labels), -1, dtype=np.int64)
-        concept_of_label[concepts] = np.arange(len(concepts))
-        categories = list(ds.categories)
-        concept_category = np.array([categories.index(ds.labels[c].category) for c in concepts],
-                                    dtype=np.int64)
-        labeled = np.array([[bool(r.masks.get(cat)) or bool(r.image_labels.get(cat)) for cat in categories]
-                            for r in ds.records], dtype=bool).reshape(len(ds.records), len(categories))
-        return cls(concepts, concept_of_label, categories, concept_category, labeled)
 
 
 class _Engine:
@@ -304,6 +182,7 @@ class _Engine:
         self.skipped: List[dict] = []
         self._tempdir = None
         self.layouts: dict = {}  # layer -> layouts.Layout, decided on the first image
+        self.memory_plan = None  # memory.MemoryPlan, made once the layers' shapes are known
 
     def close(self) -> None:
         """Remove the scratch space of a run without a run directory."""
@@ -317,10 +196,23 @@ class _Engine:
 
     def run(self) -> DissectionResult:
         start = time.time()
+        vocab, module, normalize, streams, store, data = self._set_up()
+        # 1. one pass: quantiles, top images, candidate maps, encoded labels (and a second pass
+        #    for the layers whose exact threshold state does not fit the memory budget)
+        self._passes(module, normalize, data, streams, store)
+        # 2. thresholds: the (1 - quantile) quantile of each unit's activations
+        thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
+        # 3. tally intersections and unions at those thresholds (and, for formulas, each unit's
+        #    active pixels per dataset-wide label combination)
+        tallies = self._tally(module, vocab, streams, store, thresholds)
+        # 4. IoU and labels
+        return self._label(vocab, streams, store, thresholds, tallies, time.time() - start)
+
+    def _set_up(self):
         ds, config = self.ds, self.config
-        ih, iw, sh, sw = self._image_sizes()
-        vocab = _Vocabulary.of(ds)
-        counts = ds.category_image_counts()
+        _, _, sh, sw = self._image_sizes()
+        vocab = Vocabulary.of(ds)
+        self.category_counts = counts = ds.category_image_counts()
         for cat in vocab.categories:
             if counts.get(cat, 0) < config.min_category_images:
                 self._warn(f"category {cat!r} is labeled in only {counts.get(cat, 0)} images "
@@ -328,31 +220,30 @@ class _Engine:
                            "restricted union; read its detectors with care or use a larger dataset")
         module = prepare_model(self.loaded, self.device)
         normalize = Normalizer(self.loaded.mean, self.loaded.std, self.device)
-        streams, store = self._open_state(module, normalize, vocab, sh * sw)
-        data = _ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip")
+        # a rank's own failure here (its --out, its free space) stops every rank with its message
+        streams, store = self._all_ranks(self._open_state, module, normalize, vocab, sh * sw)
+        data = ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip")
+        return vocab, module, normalize, streams, store, data
 
-        # 1. one pass: quantiles, top images, candidate maps, encoded labels
+    def _passes(self, module, normalize, data, streams, store) -> None:
         self._all_ranks(self._stream_pass, module, normalize, data, streams, store)
         if self.group is not None:
             self._merge_ranks(streams)
         self._check_skipped()
-        n_images = len(ds) - len(self.skipped)
-        # layers beyond the memory budget: a second pass finds their exact thresholds and maps
-        sketched = {name: stream for name, stream in streams.items() if stream.sketch}
-        if sketched:
-            self._all_ranks(self._second_pass, module, normalize, data, sketched)
-        # 2. thresholds
-        thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
-        # 3. tally intersections and unions at those thresholds (and, for formulas, each
-        #    unit's active pixels per dataset-wide label combination)
+        two_pass = {name: stream for name, stream in streams.items() if stream.sketch}
+        if two_pass:
+            self._all_ranks(self._second_pass, module, normalize, data, two_pass)
+
+    def _tally(self, module, vocab: Vocabulary, streams, store, thresholds) -> dict:
+        """Each layer's LayerTally over its candidate maps; a sharded run sums the counts."""
+        ih, iw, sh, sw = self._image_sizes()
         index = CombinationIndex.from_store(store) if self.group is None else None  # not sharded
-        tallies, fields = {}, {}
+        tallies = {}
         for name, stream in streams.items():
-            field_ = measure_receptive_field(module, name, (ih, iw)) if config.upsample == "rf" else None
-            fields[name] = field_
-            tallies[name] = _LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
-                                        config.upsample, stream.map_shape, (sh, sw), field_, (ih, iw), store,
-                                        combinations=index)
+            field = measure_receptive_field(module, name, (ih, iw)) if self.config.upsample == "rf" else None
+            tallies[name] = LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
+                                       self.config.upsample, stream.map_shape, (sh, sw), field, (ih, iw), store,
+                                       self.memory_plan.tally, combinations=index)
             for chunk in stream.pairs.final_pairs(tallies[name].thr):
                 tallies[name].add(chunk)
         if self.group is not None:  # integer counts: their sum over the shards is exact
@@ -360,31 +251,32 @@ class _Engine:
                 self.group.sum_(tally.tally.inter)
                 self.group.sum_(tally.tally.active)
             store.concept_pixels = self.group.sum_(torch.from_numpy(store.concept_pixels)).numpy()
-        # 4. IoU and labels
+        return tallies
+
+    def _label(self, vocab: Vocabulary, streams, store, thresholds, tallies, seconds: float) -> DissectionResult:
+        ds, config = self.ds, self.config
         concept_pixels = torch.from_numpy(store.concept_pixels)
         concept_category = torch.from_numpy(vocab.concept_category)
         layers = {}
         for name, stream in streams.items():
-            if stream.sketch:
-                self.warnings.append(f"layer {name!r}: thresholds from the two-pass radix quantile sketch "
-                                     f"(exact: relative rank error {stream.quantile.rank_error():.0f})")
+            tally = tallies[name]
             layers[name] = LayerResult(
                 name=name, thresholds=thresholds[name],
-                iou=tallies[name].tally.iou(concept_pixels, concept_category).numpy().astype(np.float32),
+                iou=tally.tally.iou(concept_pixels, concept_category).numpy().astype(np.float32),
                 concepts=vocab.concepts, concept_names=[ds.labels[c].name for c in vocab.concepts],
                 concept_categories=[ds.labels[c].category for c in vocab.concepts],
                 categories=vocab.categories, iou_threshold=config.iou_threshold, map_shape=stream.map_shape,
                 topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
                 topk_maps=stream.topk.maps.cpu().numpy(),
                 layout=self.layouts[name].to_dict() if name in self.layouts else None,
-                receptive_field=fields[name],
-                combinations=None if tallies[name].combinations is None else
-                tallies[name].combinations.result(vocab.concepts, vocab.categories))
-        return DissectionResult(config=config, layers=layers, category_image_counts=counts,
-                                images=n_images, skipped=self.skipped, warnings=self.warnings,
+                receptive_field=tally.field,
+                combinations=None if tally.combinations is None else
+                tally.combinations.result(vocab.concepts, vocab.categories))
+        return DissectionResult(config=config, layers=layers, category_image_counts=self.category_counts,
+                                images=len(ds) - len(self.skipped), skipped=self.skipped, warnings=self.warnings,
                                 manifest=self.run_dir.manifest if self.run_dir is not None
                                 else manifest(self.loaded, ds, config),
-                                seconds=time.time() - start, dataset_path=str(Path(ds.root).resolve()))
+                                seconds=seconds, dataset_path=str(Path(ds.root).resolve()))
 
     def _image_sizes(self) -> Tuple[int, int, int, int]:
         ds = self.ds
@@ -396,7 +288,7 @@ class _Engine:
                                "dissect one size at a time with --split", ds.root / "index.csv")
         return sizes.pop()
 
-    def _open_state(self, module, normalize, vocab: _Vocabulary, pixels: int):
+    def _open_state(self, module, normalize, vocab: Vocabulary, pixels: int):
         """Per-layer streams (exact, or sketch beyond the memory budget) and the label store.
 
         Everything that can fail is checked before the run directory drops a stale checkpoint
@@ -419,9 +311,10 @@ class _Engine:
                 self._warn(f"layer {name!r} runs {calls} times per forward pass (a shared module, such as "
                            "the ReLU of a ResNet block); its first call is dissected"
                            + (f": for the block's output dissect {parent!r}" if parent else ""))
-        budget = int(config.memory_budget_mb * 2 ** 20)
-        needed = len(self.shard) * pixels * 2 + budget // 2 + sum(
-            k * config.top_k * h * w * 2 for k, h, w in shapes.values())
+        plan = plan_memory(int(config.memory_budget_mb * MIB), shapes, len(ds), config.level, config.top_k)
+        # disk: the encoded labels (int16 per pixel) and the top-k maps of the results (float16);
+        # spilled candidate maps depend on the data, and a full disk is a clear WriteError
+        needed = len(self.shard) * pixels * 2 + sum(k * config.top_k * h * w * 2 for k, h, w in shapes.values())
         if self.run_dir is not None:
             _check_free_space(self.run_dir.path, needed)
             self.run_dir.prepare()
@@ -430,18 +323,24 @@ class _Engine:
             self._tempdir = tempfile.TemporaryDirectory(prefix="netdissect-")
             scratch = Path(self._tempdir.name)
             _check_free_space(scratch, needed)
+        if plan.minimum > plan.budget:
+            self._warn(f"--memory-budget {config.memory_budget_mb:g} MiB is below what the statistics of these "
+                       f"layers need at least ({plan.minimum / MIB:.1f} MiB: top-k maps and quantile counts); "
+                       "the run uses that much")
+        self.memory_plan = plan
+        if self.progress:
+            print(f"netdissect: memory plan of {config.memory_budget_mb:g} MiB: {plan.describe()}", file=sys.stderr)
         streams = {}
         for name in config.layers:
             k, h, w = shapes[name]
-            need = exact_memory_bytes(k, len(ds) * h * w, config.level)
-            sketch = need > budget
-            if sketch:
-                self._warn(f"layer {name!r}: the one-pass exact threshold needs {need / 2**20:.0f} MiB "
-                           f"(> --memory-budget {config.memory_budget_mb} MiB); using a quantile sketch "
-                           "of 65,536 bins per unit and a second pass over the data (still exact)")
+            share = plan.layers[name]
+            if share.two_pass:
+                self._warn(f"layer {name!r}: the one-pass exact threshold needs {share.exact_need / MIB:.1f} MiB, "
+                           f"more than its share of --memory-budget {config.memory_budget_mb:g} MiB; using the "
+                           "two-pass radix quantile (65,536 counts per unit, a second pass over the data; "
+                           "still exact)")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
-                                        scratch, max(int(budget // (4 * len(config.layers))), 4096),
-                                        self.device, sketch=sketch)
+                                        scratch, share.candidates, self.device, sketch=share.two_pass)
         store = SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
                                   offset=self.shard.start)
         return streams, store
@@ -504,15 +403,17 @@ class _Engine:
             save_checkpoint()  # a failure in the tally does not cost a long pass
         store.flush()
 
-    def _all_ranks(self, step, *args) -> None:
+    def _all_ranks(self, step, *args):
         """Run one step of the dissection; in a sharded run, an error on any rank stops all."""
         if self.group is None:
             return step(*args)
+        value = None
         try:
-            step(*args)
+            value = step(*args)
         except NetDissectError as exc:
             self.group.agree(exc)
         self.group.agree(None)
+        return value
 
     def _merge_ranks(self, streams) -> None:
         """A sharded run after the pass: every rank gets the whole dataset's thresholds state,
@@ -560,77 +461,8 @@ def _check_free_space(directory: Path, needed: int) -> None:
                        "or choose another --out")
 
 
-class _LayerTally:
-    """The final IoU tally of one layer, fed chunks of (unit, image) pairs with their maps."""
-
-    def __init__(self, stream, thresholds, n_concepts, n_categories, mode, native, size, field,
-                 image, store, combinations=None):
-        self.tally = IoUTally(stream.units, n_concepts, n_categories)
-        self.combinations = None if combinations is None else UnitCombinationCounts(stream.units, combinations)
-        self.thr = torch.from_numpy(thresholds)
-        self.size = size
-        self.store = store
-        self.upsample = make_upsampler(mode, native, size, field=field, image=image)
-        self.fused = mode == "bilinear" and kernel.exact_for(native, size)
-        self.max_pairs = _pairs_per_chunk(size[0] * size[1])
-
-    def add(self, chunk: dict) -> None:
-        for part in _subchunks([chunk], self.max_pairs):
-            unit_thr = self.thr[part["unit"]]
-            images_u, local = torch.unique(part["image"], return_inverse=True)
-            combo_ids, tables, image_concepts, labeled = self.store.gather(images_u)
-            if self.fused:
-                per_combo, act = kernel.fused_tally(part["maps"], unit_thr, local, combo_ids, self.size,
-                                                    tables.shape[1])
-            else:
-                masks = self.upsample(part["maps"]) > unit_thr[:, None, None]
-                per_combo, act = combination_counts(masks.reshape(masks.shape[0], -1), local, combo_ids,
-                                                    tables.shape[1])
-            self.tally.add_counts(per_combo, act, part["unit"], local, tables, image_concepts, labeled)
-            if self.combinations is not None:
-                self.combinations.add(per_combo, part["unit"], images_u[local])
-
-
-def _pairs_per_chunk(pixels: int, budget_bytes: int = 256 * 2 ** 20) -> int:
-    return max(64, budget_bytes // (pixels * 9))
-
-
-def _subchunks(chunks, max_pairs: int):
-    for chunk in chunks:
-        n = chunk["unit"].shape[0]
-        for s in range(0, n, max_pairs):
-            yield {key: value[s:s + max_pairs] for key, value in chunk.items()}
-
-
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     from .progress import progress_bar
     return progress_bar(enabled, total, desc, "img", initial=initial)
 
 
-def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig,
-             files: Optional[dict] = None) -> dict:
-    """What the numbers were computed from: a changed entry means they must be recomputed."""
-    from . import __version__
-    labeling = ("iou_threshold", "min_category_images")
-    how_it_runs = ("batch_size", "workers", "device", "memory_budget_mb", "layers")
-    from .broden import digest_of
-    model = {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
-             "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)}
-    if loaded.weights is None and loaded.extra.get("seed") is not None:
-        model["seed"] = loaded.extra["seed"]  # a random init: its seed reproduces it
-    dataset = {"index_digest": ds.index_digest(), "images": len(ds)}
-    if files is None:
-        files = {"stats": ds.file_stats()}
-    dataset["files_digest"] = digest_of(files["stats"])
-    if "hashes" in files:
-        dataset["content_digest"] = digest_of(files["hashes"])
-    return {
-        "model": model,
-        "dataset": dataset,
-        "layers": list(config.layers),
-        "parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
-                       if k not in how_it_runs + labeling},
-        "labeling": {k: getattr(config, k) for k in labeling},
-        "netdissect": __version__,
-        "torch": torch.__version__,
-    }

@@ -222,9 +222,6 @@ class RadixQuantile:
         pair = np.stack([v_lo.cpu().numpy(), v_hi.cpu().numpy()], axis=1)
         return np.quantile(pair, gamma, axis=1).astype(np.float32)
 
-    def rank_error(self) -> float:
-        return 0.0
-
     def state_dict(self) -> dict:
         if self.low_counts is not None:
             raise ValueError("the second pass is not checkpointed")

@@ -77,8 +77,10 @@ class RunDirectory:
         self.dataset_files: Optional[dict] = None  # this run's {"stats": ..., "hashes": ...}
         self._prepared = False
         self._lock = None
-        if rank > 0:
-            return  # rank 0 claimed and locked the directory (and cleared it with force) before this rank came
+        if rank > 0:  # rank 0 claimed and locked the directory (and cleared it with force) before this rank came
+            if not owns(self.path):  # unless this rank's machine does not share rank 0's --out: its own one
+                claim_directory(self.path, MARKER, "run", "--out")
+            return
         claim_directory(self.path, MARKER, "run", "--out")
         self._lock = _RunLock(self.path / LOCK)
         if force and world > 1:
@@ -130,8 +132,7 @@ class RunDirectory:
         # a single process clears everything; a rank of a sharded run only its own files
         clear = self.clear if self.world == 1 else self._clear_own
         if self.force:
-            if self.world == 1:
-                self.clear()
+            clear()  # a rank of a sharded run: its own files again, in case its --out is not rank 0's
             return
         path = self.checkpoint_path
         if not path.exists():
@@ -192,6 +193,11 @@ class RunDirectory:
 
     def finish(self) -> None:
         self.clear()
+        if self.rank > 0:  # a --out of this machine alone keeps no empty .scratch (every rank is done)
+            try:
+                (self.path / SCRATCH).rmdir()
+            except OSError:
+                pass  # not empty: other ranks' files on a shared --out, which rank 0 removes
 
 
 def claim_directory(path: Path, marker: str, what: str, option: str) -> None:

@@ -11,10 +11,7 @@ For each layer, every batch updates three small statistics and one buffer:
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
-import os
 import zipfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -22,6 +19,8 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .atomic import atomic_path
+from .memory import release_free_memory
 from .quantile import ExactTopQuantile, RadixQuantile
 from .runs import safe_name
 
@@ -131,10 +130,8 @@ class PairBuffer:
         # the layer name's digest keeps layers apart whose safe names collide ("a b", "a_b")
         digest = hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:8]
         path = self.spill_dir / f"{safe_name(self.name)}-{digest}.pairs{len(self.spilled):05d}.npz"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **{key: value.numpy() for key, value in merged.items()})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{key: value.numpy() for key, value in merged.items()})  # uncompressed: scratch
         self.spilled.append(path)
         self.chunks = []
         self.bytes = 0
@@ -169,25 +166,6 @@ def _load_spill(path: Path) -> dict:
         from .errors import RunError
         raise RunError(f"{path}: scratch file cannot be read ({exc.__class__.__name__}); rerun with "
                        "--force to recompute") from None
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-def release_free_memory() -> None:
-    """Give freed heap pages back to the system (glibc keeps them otherwise).
-
-    The candidate buffers allocate and free many large tensors; without this, the resident
-    size keeps every high-water mark and grows with the number of images.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _chunk_bytes(chunk: dict) -> int:

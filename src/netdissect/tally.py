@@ -118,10 +118,6 @@ class IoUTally:
         flat = (units[pair_c][:, None] * n_concepts + concepts)[valid]
         self.inter.view(-1).index_add_(0, flat, counts[:, None].expand_as(concepts)[valid])
 
-    def merge(self, other: "IoUTally") -> None:
-        self.inter += other.inter
-        self.active += other.active
-
     def iou(self, concept_pixels: torch.Tensor, concept_category: torch.Tensor) -> torch.Tensor:
         """(K, C) float64 IoU; 0 where the union is empty."""
         union = self.active[:, concept_category] + concept_pixels[None, :] - self.inter

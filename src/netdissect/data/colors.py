@@ -4,6 +4,10 @@ Broden computed its color category from the pixels of every image with a lookup 
 color-naming model of van de Weijer et al. (IEEE TIP 2009): ``w2color[R // 8, G // 8, B // 8]``
 is an index into :data:`COLOR_NAMES`. Using the same table (shipped as package data, MIT
 licence in ``w2color-LICENSE.md`` beside it) keeps ``red-c`` meaning what it means in Broden.
+
+This is the colour naming of every dataset built from real annotations (data/writer.py). The
+synthetic generator names its planted colours by their own prototypes instead
+(:mod:`netdissect.data.synthetic.colors` says why); both use these 11 names.
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def evaluate(loaded, layer: str, labeled, conditions: Dict[str, Sequence[int]], 
              device: str = "auto", progress: bool = False) -> Dict[str, dict]:
     """Accuracy (overall and per class) of the model with each condition's units zeroed."""
     from ..hooks import check_layer_names, layer_layout
-    from ..pipeline import Normalizer, resolve_device
+    from ..forward import Normalizer, resolve_device
     dev = resolve_device(device)
     module = loaded.module.eval().to(dev)
     check_layer_names(module, [layer])

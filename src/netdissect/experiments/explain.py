@@ -8,7 +8,8 @@ heads of torchvision's resnet, mobilenet_v2, efficientnet, ...), the logit of cl
 so unit k contributes W[c, k] * mean a_k to the prediction, exactly. The units that contribute
 most are shown with their dissection label and IoU (read from the run directory where L was
 dissected) and their activation map over the image, outlined where the unit exceeds its
-dissection threshold. Output: explain.html (self-contained), explain.png and explain.json.
+dissection threshold. Output: explain.html (self-contained; report/templates/explain.html),
+explain.png and explain.json.
 
 Vision transformers (layouts.py): the head of a ViT sees either the mean of the patch tokens
 (timm ``global_pool='avg'`` without ``fc_norm``: the same exact decomposition over the patch
@@ -21,7 +22,6 @@ a norm after the pooling (``fc_norm``) is refused.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import sys
 from pathlib import Path
@@ -100,7 +100,7 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: O
 def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, size: Optional[int] = 224,
                   device: str = "auto") -> dict:
     """The numbers of one explanation (see the module docstring), plus the maps for drawing."""
-    from ..pipeline import resolve_device
+    from ..forward import resolve_device
     from ..runs import load_layer, read_json
     from ..upsample import make_upsampler
     from .common import class_names_of, load_rgb
@@ -284,50 +284,13 @@ def _summary_png(info: dict, tiles) -> bytes:
 
 
 def _html(info: dict, tiles) -> str:
+    """The page (report/templates/explain.html, autoescaped): every name is text, never markup."""
+    from ..report.html import render
     from .style import category_color
-    e = html.escape
-    pred, expl = info["predicted"], info["explained"]
-    big = _enlarge(info["_rgb"])
-    rows = []
-    for rank, u in enumerate(info["units"], 1):
-        color = category_color(u["category"]) if u["detector"] else "#9A9A9A"
-        rows.append(
-            f"<tr><td>{rank}</td><td><img src='{_data_uri(_png_bytes(tiles[u['unit']]))}' alt='unit {u['unit']}'></td>"
-            f"<td><b>unit {u['unit']}</b><br><span class='chip' style='background:{color}'></span>"
-            f"<b>{e(u['label'] or '-')}</b> ({e(u['category'] or '-')})<br>IoU {u['iou']:.3f}"
-            f"{'' if u['detector'] else ' &middot; <i>not a detector</i>'}</td>"
-            f"<td class='num'>{u['contribution']:+.4g}<br><small>{100 * u['share_of_positive']:.1f}% of the positive sum</small></td>"
-            f"<td class='num'>{u['weight']:+.4g} &times; {u['mean_activation']:.4g}</td>"
-            f"<td class='num'>{100 * u['active_fraction']:.1f}%</td></tr>")
-    top = "".join(f"<li>{e(t['name'])}: {t['probability']:.3f}</li>" for t in info["top_classes"])
-    warn = "".join(f"<p class='warn'>{e(w)}</p>" for w in info["warnings"])
-    target_note = "" if expl["index"] == pred["index"] else \
-        f"<p>Explaining class <b>{e(expl['name'])}</b> (p = {expl['probability']:.3f}), not the prediction.</p>"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>explain {e(Path(info['image']).name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: 6px 10px; border-bottom: 1px solid #ddd; vertical-align: middle; text-align: left; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }} img {{ display: block; image-rendering: pixelated; max-width: 224px; }}
-.chip {{ display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 5px; }}
-.warn {{ color: #a33; }} .head {{ display: flex; gap: 24px; align-items: flex-start; }} small {{ color: #666; }}
-</style></head><body>
-<h1>Why <q>{e(pred['name'])}</q>?</h1>
-{warn}
-<div class="head"><img src="{_data_uri(_png_bytes(big))}" alt="input image">
-<div><p><b>image</b> {e(info['image'])}<br><b>model</b> {e(str(info['model']))}<br><b>layer</b> {e(info['layer'])}
- &rarr; {e(info.get('pooling', 'global average pooling'))} &rarr; <code>{e(info['classifier'])}</code><br><b>dissection</b> {e(info['run'])}</p>
-<p><b>predicted</b> {e(pred['name'])} (p = {pred['probability']:.3f})</p>{target_note}
-<p>top classes:</p><ol>{top}</ol>
-<p>logit of <q>{e(expl['name'])}</q> = {expl['logit']:.4g} = sum of unit contributions {info['sum_of_contributions']:.4g}
- + bias {expl['bias']:.4g}. Contribution of a unit = class weight &times; {'its value in the class token' if info.get('pooling') == 'the class token' else 'its mean activation over the image'}.</p></div></div>
-<h2>Units that contribute most</h2>
-<p>Heat map: the unit's activation over the image; outlined in magenta where it exceeds the unit's dissection
-threshold (the level its top activations exceed over the whole dataset). Label and IoU come from the dissection (IoU &gt; {info['iou_threshold']:g}: a detector).</p>
-<table><tr><th>#</th><th>activation</th><th>unit, label</th><th>contribution</th><th>weight &times; mean activation</th><th>area above threshold</th></tr>
-{''.join(rows)}
-</table></body></html>
-"""
+    units = [dict(u, tile=_data_uri(_png_bytes(tiles[u["unit"]])),
+                  color=category_color(u["category"]) if u["detector"] else "#9A9A9A") for u in info["units"]]
+    return render("explain.html", info=info, pred=info["predicted"], expl=info["explained"], units=units,
+                  image_name=Path(info["image"]).name, picture=_data_uri(_png_bytes(_enlarge(info["_rgb"]))))
 
 
 def default_out(run, image) -> Path:

@@ -32,9 +32,11 @@ What an image holds
   column. The generator picks a target scene and composes content for it, but the label
   written is always the rule's verdict on the rendered content.
 * color (pixel level): computed FROM THE PIXELS of the final JPEG as decoded:
-  the image is box-downsampled to the segmentation size and every pixel gets the nearest
-  of the 11 colour prototypes :data:`COLOR_PROTOTYPES` in CIE L*a*b* (CIE76 distance). Every
-  pixel is assigned a colour name (none is left 0): see :func:`name_colors`.
+  the image is box-downsampled to the segmentation size and every pixel gets the name of the
+  nearest colour prototype in CIE L*a*b* (CIE76 distance): the 11 :data:`COLOR_PROTOTYPES` the
+  colours are painted around, and their lighter, darker and greyer :data:`COLOR_VARIANTS`.
+  Every pixel is assigned a colour name (none is left 0): see :func:`name_colors`. This is
+  the generator's own rule, not Broden's w2color table (see data/synthetic/colors.py).
 
 Files and statistics
 --------------------

@@ -1,4 +1,13 @@
-"""Colour naming of the synthetic set (shared with netdissect.voc): nearest prototype in CIE L*a*b*.
+"""Colour naming of the synthetic set (and of netdissect.voc's sample): nearest prototype in CIE L*a*b*.
+
+Not Broden's rule. Real images get their colour labels from the w2color table
+(:mod:`netdissect.data.colors`, used by every dataset builder). The synthetic generator plants
+its colours: it paints regions around :data:`COLOR_PROTOTYPES`, so the naming must give back
+the planted name, and it names by the same prototypes. The two rules agree on every prototype
+(tests/test_synthetic.py checks it) and on about 91% of the synthetic set's colour pixels, but
+not on all, and the label numbers differ (the vocabulary lists green before grey, w2color grey
+before green): naming the synthetic set with w2color would change the published dataset.
+What the two share is the 11 names.
 
 Part of the synthetic Broden generator (see netdissect.data.synthetic)."""
 from __future__ import annotations

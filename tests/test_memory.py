@@ -1,0 +1,78 @@
+"""--memory-budget: one split of one number (netdissect.memory), checked against hand sums."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import netdissect
+from netdissect.errors import DissectionWarning
+from engine_data import TinyNet, make_dataset
+from netdissect.memory import FORCE_TWO_PASS, MIB, plan_memory
+from netdissect.quantile import top_count
+
+ONE_LAYER = {"conv": (10, 7, 7)}
+LAYERS = ["relu1", "relu2", "conv3"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("memory") / "data", n_images=10, seed=3)
+
+
+def test_a_split_by_hand():
+    """10 units of 7x7 maps, 1,000 images, top 0.5%, k = 8, 1 MiB."""
+    plan = plan_memory(MIB, ONE_LAYER, 1000, 0.995, 8)
+    share = plan.layers["conv"]
+    top = 10 * 8 * (4 + 8 + 2 * 4 * 49)                 # scores, indices, two copies of the maps
+    assert share.top_images == top == 32_320
+    rest = MIB - top
+    assert share.candidates == rest // 2
+    assert top_count(49_000, 0.995) == 246               # 49,000 - floor(0.995 * 48,999)
+    assert share.thresholds == share.exact_need == 10 * 246 * 12 and not share.two_pass
+    assert plan.tally == rest - rest // 2
+    assert plan.held <= MIB
+
+
+def test_layers_share_the_candidates_by_map_size_and_the_exact_states_smallest_first():
+    shapes = {"early": (24, 56, 56), "late": (1280, 7, 7)}   # 75,264 and 62,720 values an image
+    images = 60_000
+    plan = plan_memory(512 * MIB, shapes, images, 0.995, 8)
+    early, late = plan.layers["early"], plan.layers["late"]
+    assert early.top_images == 24 * 8 * (12 + 8 * 3136) and late.top_images == 1280 * 8 * (12 + 8 * 49)
+    rest = 512 * MIB - early.top_images - late.top_images
+    assert early.candidates == rest // 2 * 75_264 // 137_984
+    assert late.candidates == rest // 2 * 62_720 // 137_984
+    # late: 1280 units x 14,701 kept values x 12 bytes = 225.8 MB, less than its radix counts
+    # (1280 x 65,536 x 4 = 335.5 MB): exact, first
+    assert late.exact_need == 1280 * top_count(images * 49, 0.995) * 12 == 1280 * 14_701 * 12
+    assert not late.two_pass
+    # early: 24 x 940,801 x 12 = 271 MB, more than the 38 MB left of the half: two passes,
+    # in 24 x 65,536 x 4 bytes
+    assert early.exact_need == 24 * 940_801 * 12 > (rest - rest // 2) - late.exact_need
+    assert early.two_pass and early.thresholds == 24 * 65_536 * 4
+    assert plan.tally == rest - early.candidates - late.candidates
+    assert plan.held <= 512 * MIB
+
+
+def test_two_passes_only_where_they_save_memory():
+    """A small dataset never takes the radix counts (they would need more memory), even when
+    the budget is tiny: the plan then says that it needs more than the budget."""
+    plan = plan_memory(1000, ONE_LAYER, 50, 0.995, 8)
+    share = plan.layers["conv"]
+    assert not share.two_pass and share.exact_need < 10 * 65_536 * 4
+    assert plan.minimum == share.top_images + share.exact_need > plan.budget
+
+
+def test_the_test_switch_forces_two_passes(monkeypatch):
+    monkeypatch.setenv(FORCE_TWO_PASS, "1")
+    assert plan_memory(1024 * MIB, ONE_LAYER, 50, 0.995, 8).layers["conv"].two_pass
+
+
+def test_a_budget_below_the_minimum_is_said_and_changes_no_number(dataset):
+    params = dict(batch_size=4, workers=0, progress=False, min_category_images=0)
+    with pytest.warns(DissectionWarning, match="below what the statistics"):
+        small = netdissect.dissect(TinyNet(), LAYERS, dataset, memory_budget_mb=0.001, **params)
+    large = netdissect.dissect(TinyNet(), LAYERS, dataset, **params)
+    for layer in LAYERS:
+        np.testing.assert_array_equal(small[layer].thresholds, large[layer].thresholds)
+        np.testing.assert_array_equal(small[layer].iou, large[layer].iou)
