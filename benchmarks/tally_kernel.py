@@ -25,21 +25,22 @@ from overhead import LAYERS, ensure_data  # noqa: E402
 
 def run(loaded, ds, batch_size, workers, fused: bool):
     from netdissect import kernel, pipeline
+    from netdissect.final_tally import LayerTally
     spent = defaultdict(float)
-    original_add, original_exact = pipeline._LayerTally.add, kernel.exact_for
+    original_add, original_exact = LayerTally.add, kernel.exact_for
 
     def timed_add(self, chunk):
         start = time.process_time()
         original_add(self, chunk)
         spent[self.name] += time.process_time() - start
 
-    original_init = pipeline._LayerTally.__init__
+    original_init = LayerTally.__init__
 
     def named_init(self, stream, *args, **kwargs):
         original_init(self, stream, *args, **kwargs)
         self.name = stream.name
 
-    pipeline._LayerTally.add, pipeline._LayerTally.__init__ = timed_add, named_init
+    LayerTally.add, LayerTally.__init__ = timed_add, named_init
     if not fused:
         kernel.exact_for = lambda native, size: False
     try:
@@ -49,7 +50,7 @@ def run(loaded, ds, batch_size, workers, fused: bool):
                                       workers=workers, progress=False)
             return time.perf_counter() - start, dict(spent), result
     finally:
-        pipeline._LayerTally.add, pipeline._LayerTally.__init__ = original_add, original_init
+        LayerTally.add, LayerTally.__init__ = original_add, original_init
         kernel.exact_for = original_exact
 
 
