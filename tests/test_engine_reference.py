@@ -190,3 +190,22 @@ def batched_activations(model, ds, batch):
             for name, out in capture(normalize(images)).items():
                 acts[name].append(out.float().numpy())
     return {name: np.concatenate(v) for name, v in acts.items()}
+
+
+def test_top_images_equal_a_sort_of_every_image(dataset):
+    """Each unit's top-k images: the k largest maxima over the dataset (ties: lower index), with
+    their maps, as a full sort of every (image, maximum) finds them; batches of 3 make the kept
+    set change across batches, and k = 5 exceeds a batch."""
+    model = TinyNet(seed=4).eval()
+    ds = BrodenDataset(dataset)
+    acts = batched_activations(model, ds, batch=3)
+    result = netdissect.dissect(model, LAYERS, dataset, batch_size=3, workers=0, top_k=5, progress=False,
+                                min_category_images=0)
+    for layer in LAYERS:
+        maxima = acts[layer].max(axis=(2, 3))                          # (N, K)
+        got = result[layer]
+        for u in range(maxima.shape[1]):
+            order = sorted(range(len(maxima)), key=lambda i: (-maxima[i, u], i))[:5]
+            assert got.topk_index[u].tolist() == order, (layer, u)
+            np.testing.assert_array_equal(got.topk_score[u], maxima[order, u])
+            np.testing.assert_array_equal(got.topk_maps[u], acts[layer][order, u])

@@ -260,14 +260,15 @@ class _Engine:
         layers = {}
         for name, stream in streams.items():
             tally = tallies[name]
+            top_score, top_index, top_maps = stream.topk.ranked()
             layers[name] = LayerResult(
                 name=name, thresholds=thresholds[name],
                 iou=tally.tally.iou(concept_pixels, concept_category).numpy().astype(np.float32),
                 concepts=vocab.concepts, concept_names=[ds.labels[c].name for c in vocab.concepts],
                 concept_categories=[ds.labels[c].category for c in vocab.concepts],
                 categories=vocab.categories, iou_threshold=config.iou_threshold, map_shape=stream.map_shape,
-                topk_index=stream.topk.index.cpu().numpy(), topk_score=stream.topk.score.cpu().numpy(),
-                topk_maps=stream.topk.maps.cpu().numpy(),
+                topk_index=top_index.cpu().numpy(), topk_score=top_score.cpu().numpy(),
+                topk_maps=top_maps.cpu().numpy(),
                 layout=self.layouts[name].to_dict() if name in self.layouts else None,
                 receptive_field=tally.field,
                 combinations=None if tally.combinations is None else

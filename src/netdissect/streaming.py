@@ -29,7 +29,9 @@ class TopKImages:
     """For each unit, the k images with the largest maximum activation, and their maps.
 
     Ties go to the lower image index, so the kept images are a function of the dataset alone,
-    not of the order of the batches: shards merged give what one process keeps.
+    not of the order of the batches: shards merged give what one process keeps. The k entries
+    of a unit sit in fixed slots in no particular order (a new image takes the slot of the one
+    it evicts, so a batch writes only the maps that enter); ``ranked()`` orders them.
     """
 
     def __init__(self, units: int, k: int, map_shape: Tuple[int, int], device="cpu"):
@@ -41,23 +43,32 @@ class TopKImages:
     def add(self, maxima: torch.Tensor, acts: torch.Tensor, images: torch.Tensor) -> None:
         """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
         k = self.k
-        # only the units where an image of the batch beats the k-th kept one change
-        last_score, last_index = self.score[:, -1:], self.index[:, -1:]
+        # only the units where an image of the batch beats the worst kept one change
+        worst = best_slots(self.score, self.index, k)[:, -1:]
+        last_score, last_index = self.score.gather(1, worst), self.index.gather(1, worst)
         beats = (maxima.t() > last_score) | ((maxima.t() == last_score) & (images[None, :] < last_index))
         changed = torch.nonzero(beats.any(dim=1)).flatten()
         if changed.numel() == 0:
             return
         scores = torch.cat([self.score[changed], maxima.t()[changed]], dim=1)   # (K', k + B)
         index = torch.cat([self.index[changed], images[None, :].expand(changed.numel(), -1)], dim=1)
-        slots = best_slots(scores, index, k)
-        from_batch = slots >= k
-        old = torch.where(from_batch, torch.zeros_like(slots), slots)
-        new_maps = self.maps[changed[:, None], old]                       # (K', k, h, w)
-        r, s = torch.nonzero(from_batch, as_tuple=True)
-        new_maps[r, s] = acts[slots[r, s] - k, changed[r]]
-        self.score[changed] = scores.gather(1, slots)
-        self.index[changed] = index.gather(1, slots)
-        self.maps[changed] = new_maps
+        slots = best_slots(scores, index, k)                                  # (K', k)
+        stays = torch.zeros((changed.numel(), k + 1), dtype=torch.bool, device=slots.device)
+        stays.scatter_(1, slots.clamp(max=k), True)                           # column k: "from the batch"
+        # row by row, the evicted slots and the entering images come out of nonzero() in the
+        # same row order and in equal numbers: pair them
+        rows, free = torch.nonzero(~stays[:, :k], as_tuple=True)
+        entering = slots[slots >= k] - k                                      # batch positions, row-major
+        units = changed[rows]
+        self.score[units, free] = maxima[entering, units]
+        self.index[units, free] = images[entering]
+        self.maps[units, free] = acts[entering, units]
+
+    def ranked(self):
+        """(score, index, maps) of every unit, best first: score descending, then index ascending."""
+        slots = best_slots(self.score, self.index, self.k)
+        units = torch.arange(self.score.shape[0], device=slots.device)[:, None].expand_as(slots)
+        return self.score.gather(1, slots), self.index.gather(1, slots), self.maps[units, slots]
 
     def merge_ranks(self, group) -> None:
         """The top k over every rank's images (a sharded run)."""
