@@ -21,6 +21,8 @@ try:
     from . import _tallykernel
 except ImportError:  # not compiled (a C compiler was missing at install): the torch path
     _tallykernel = None
+if not hasattr(_tallykernel, "tally_bilinear"):
+    _tallykernel = None  # built from an older source (rebuild: pip install -e .): the torch path
 
 _PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more than it saves
 
