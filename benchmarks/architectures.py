@@ -25,7 +25,7 @@ ARCHITECTURES = [
 
 def main() -> None:
     import netdissect
-    from netdissect.synthetic import generate_synthetic
+    from netdissect.data.synthetic import generate_synthetic
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=50)
     p.add_argument("--size", type=int, default=224)

@@ -1,4 +1,4 @@
-"""Formula search on combination counts (netdissect.formulas) against the dense-mask strategy.
+"""Formula search on combination counts (netdissect.formulas.search) against the dense-mask strategy.
 
     python benchmarks/formulas_vs_dense.py [--images 200] [--layer features.14] [--units 8]
                                            [--length 3] [--beam 10] [--data runs/bench-data]
@@ -43,8 +43,8 @@ MODEL, WEIGHTS = "torchvision:mobilenet_v2", "IMAGENET1K_V1"
 
 def dense_unit_masks(loaded, ds, layer, thresholds, units, batch_size=32):
     """(U, N, P) bool masks with netdissect's own forward-pass preparation (bit-identical maps)."""
-    from netdissect.hooks import LayerCapture
-    from netdissect.forward import Normalizer, prepare_model
+    from netdissect.engine.forward import Normalizer, prepare_model
+    from netdissect.models.capture import LayerCapture
     module = prepare_model(loaded, torch.device("cpu"))
     normalize = Normalizer(loaded.mean, loaded.std, torch.device("cpu"))
     rec = ds.records[0]
@@ -62,7 +62,7 @@ def dense_unit_masks(loaded, ds, layer, thresholds, units, batch_size=32):
 def dissection_time(loaded, ds, layer, batch_size, collect: bool):
     """(wall time of the dissection, time spent inside the collection: index, counts, result)."""
     import netdissect
-    from netdissect import combinations
+    from netdissect.tally import combinations
     spent = [0.0]
 
     def timed(function):
@@ -104,9 +104,9 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     import netdissect
-    from netdissect.broden import BrodenDataset
-    from netdissect.formulas import FormulaSearch, formula_text
-    from netdissect.models import load_model
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.formulas.search import FormulaSearch, formula_text
+    from netdissect.models.specs import load_model
 
     data = ensure_data(args.data, args.images)
     ds = BrodenDataset(data, limit=args.images)

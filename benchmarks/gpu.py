@@ -29,7 +29,7 @@ from overhead import LAYERS, bare_pass, ensure_data  # noqa: E402
 
 
 def dissect_timed(loaded, ds, device, batch_size, workers):
-    from netdissect.pipeline import dissect
+    from netdissect.engine.pipeline import dissect
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         result = dissect(loaded, LAYERS, ds, out=Path(out) / "run", batch_size=batch_size, workers=workers,
@@ -41,7 +41,7 @@ def dissect_timed(loaded, ds, device, batch_size, workers):
 
 def load(weights):
     from netdissect.errors import NetDissectError
-    from netdissect.models import load_model
+    from netdissect.models.specs import load_model
     try:
         return load_model("torchvision:mobilenet_v2", weights=weights), weights
     except NetDissectError:
@@ -60,7 +60,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run this on a GPU machine")
-    from netdissect.broden import BrodenDataset
+    from netdissect.data.broden import BrodenDataset
     data = ensure_data(args.data, max(args.images, args.cpu_images))
     loaded, weights = load(args.weights)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {torch.get_num_threads()} CPU threads, "

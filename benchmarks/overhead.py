@@ -27,7 +27,7 @@ LAYERS = ["features.3", "features.10", "features.18"]
 
 
 def ensure_data(path: Path, images: int) -> Path:
-    from netdissect.synthetic import generate_synthetic
+    from netdissect.data.synthetic import generate_synthetic
     index = path / "index.csv"
     if not index.exists() or len(index.read_text().splitlines()) - 1 < images:
         print(f"generating {images} synthetic images in {path} ...", flush=True)
@@ -37,9 +37,9 @@ def ensure_data(path: Path, images: int) -> Path:
 
 def bare_pass(loaded, ds, layers, batch_size, workers, device="cpu") -> float:
     """Decode images, normalize, run the model up to the last layer with the same hooks."""
-    from netdissect.hooks import LayerCapture
-    from netdissect.forward import Normalizer, prepare_model
-    from netdissect.loading import ImagesAndLabels, make_loader
+    from netdissect.engine.forward import Normalizer, prepare_model
+    from netdissect.engine.loading import ImagesAndLabels, make_loader
+    from netdissect.models.capture import LayerCapture
     device = torch.device(device)
     module = prepare_model(loaded, device)
     normalize = Normalizer(loaded.mean, loaded.std, device)
@@ -56,7 +56,7 @@ def bare_pass(loaded, ds, layers, batch_size, workers, device="cpu") -> float:
 
 
 def full_dissection(loaded, ds, layers, batch_size, workers) -> float:
-    from netdissect.pipeline import dissect
+    from netdissect.engine.pipeline import dissect
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         dissect(loaded, layers, ds, out=Path(out) / "run", batch_size=batch_size, workers=workers,
@@ -80,7 +80,7 @@ def measured(fn, *args):
 MEMORY_CHILD = """
 import json, resource, sys, warnings, tempfile
 warnings.simplefilter("ignore")
-from netdissect.pipeline import dissect
+from netdissect.engine.pipeline import dissect
 data, images, batch, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 with tempfile.TemporaryDirectory() as out:
     dissect("torchvision:mobilenet_v2", %r, data, out=out + "/run", weights="IMAGENET1K_V1",
@@ -112,8 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
-    from netdissect.broden import BrodenDataset
-    from netdissect.models import load_model
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.models.specs import load_model
     total = max(args.images, *(args.memory_images if not args.skip_memory else (0,)))
     data = ensure_data(args.data, total)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "

@@ -30,7 +30,7 @@ def worker(args) -> None:
     """One rank (or the single process): dissect, then report its peak memory."""
     import warnings
     warnings.simplefilter("ignore")
-    from netdissect.pipeline import dissect
+    from netdissect.engine.pipeline import dissect
     dissect("torchvision:mobilenet_v2", LAYERS, args.data, out=args.out, weights="IMAGENET1K_V1",
             limit=args.images, batch_size=args.batch_size, workers=args.workers, progress=False,
             force=True)

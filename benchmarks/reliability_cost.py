@@ -56,9 +56,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--units", type=int, default=1280)
     args = ap.parse_args()
-    from netdissect import statefile
-    from netdissect.broden import _index_digest, open_dataset
-    from netdissect.synthetic import generate_synthetic
+    from netdissect.data.broden import _index_digest, open_dataset
+    from netdissect.data.synthetic import generate_synthetic
+    from netdissect.runs import statefile
 
     with tempfile.TemporaryDirectory() as tmp:
         data = generate_synthetic(Path(tmp) / "data", images=args.images, size=224, workers=2)

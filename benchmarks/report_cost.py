@@ -41,9 +41,10 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     import torch
-    from netdissect.broden import BrodenDataset
-    from netdissect.models import load_model
-    from netdissect.pipeline import dissect
+
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.engine.pipeline import dissect
+    from netdissect.models.specs import load_model
     from netdissect.report import render_report
 
     data = ensure_data(args.data, args.images)

@@ -1,4 +1,4 @@
-"""What the compiled tally kernel (_tallykernel.c) gains over the torch path, on real maps.
+"""What the compiled tally kernel (tally/_kernel.c) gains over the torch path, on real maps.
 
     python benchmarks/tally_kernel.py [--images 200]
 
@@ -24,8 +24,9 @@ from overhead import LAYERS, ensure_data  # noqa: E402
 
 
 def run(loaded, ds, batch_size, workers, fused: bool):
-    from netdissect import kernel, pipeline
-    from netdissect.final_tally import LayerTally
+    from netdissect.engine import pipeline
+    from netdissect.engine.final_tally import LayerTally
+    from netdissect.tally import kernel
     spent = defaultdict(float)
     original_add, original_exact = LayerTally.add, kernel.exact_for
 
@@ -62,9 +63,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    from netdissect import kernel
-    from netdissect.broden import BrodenDataset
-    from netdissect.models import load_model
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.models.specs import load_model
+    from netdissect.tally import kernel
     if not kernel.available():
         raise SystemExit("the C kernel is not compiled here (pip install -e . builds it)")
     ds = BrodenDataset(ensure_data(args.data, args.images), limit=args.images)

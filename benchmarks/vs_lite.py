@@ -47,7 +47,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from overhead import ensure_data  # benchmarks/ is the script's directory, hence on sys.path
 
 MODEL = "torchvision:mobilenet_v2"
@@ -75,9 +74,9 @@ def peak_rss_mib() -> dict:
 # --------------------------------------------------------------------------- netdissect side
 
 def run_netdissect(args, result_path: Path) -> dict:
-    from netdissect.broden import BrodenDataset
-    from netdissect.models import load_model
-    from netdissect.pipeline import dissect
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.engine.pipeline import dissect
+    from netdissect.models.specs import load_model
     loaded = load_model(MODEL, weights=WEIGHTS)
     ds = BrodenDataset(args.data, limit=args.images)
     start = time.perf_counter()
@@ -237,9 +236,10 @@ def lite_tally(dump: np.ndarray, thr: np.ndarray, ds, seg_size, batch_size, work
 
 def run_lite(args, result_path: Path) -> dict:
     import torch
-    from netdissect.broden import BrodenDataset
-    from netdissect.models import load_model
-    from netdissect.forward import Normalizer, prepare_model
+
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.engine.forward import Normalizer, prepare_model
+    from netdissect.models.specs import load_model
     loaded = load_model(MODEL, weights=WEIGHTS)
     ds = BrodenDataset(args.data, limit=args.images)
     seg_size = (ds.records[0].sh, ds.records[0].sw)
@@ -353,7 +353,7 @@ def main() -> None:
             args.data = Path("runs/bench-data-lite")
     ensure_data(args.data, args.images)
     args.scratch.mkdir(parents=True, exist_ok=True)
-    from netdissect.broden import BrodenDataset
+    from netdissect.data.broden import BrodenDataset
     ds = BrodenDataset(args.data, limit=args.images)
     warm_page_cache(ds)
     import torch

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from netdissect.labelpng import write_label_png
+from netdissect.data.labelpng import write_label_png
 
 CATEGORIES = ["color", "object", "part", "material", "scene", "texture"]
 PIXEL = ["color", "object", "part", "material"]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from netdissect.labelpng import write_label_png
+from netdissect.data.labelpng import write_label_png
 
 CATEGORIES = ["color", "object", "part", "material", "scene", "texture"]
 PIXEL = {"color", "object", "part", "material"}

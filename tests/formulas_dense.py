@@ -2,7 +2,7 @@
 
 A boolean mask per concept over every pixel of every image (N x P), a unit's mask from its
 upsampled, thresholded activations, and every candidate formula's mask materialized and
-counted. The semantics and the beam rules are the ones netdissect.formulas documents, written
+counted. The semantics and the beam rules are the ones netdissect.formulas.search documents, written
 independently here (plain numpy over dense masks, exact Fractions), so the tests and
 benchmarks/formulas_vs_dense.py can check the combination-count engine against it.
 """

@@ -1,6 +1,6 @@
 """A small, fake-but-consistent run directory for the report's tests.
 
-`build_run(out)` writes a dataset (netdissect.synthetic's generator when available, else a tiny
+`build_run(out)` writes a dataset (netdissect.data.synthetic's generator when available, else a tiny
 Broden set of simple scenes written here: `use_synthetic=False`), then fakes a dissection over
 it, with the files laid out as netdissect.runs writes them:
 
@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from netdissect.labelpng import write_label_png
+from netdissect.data.labelpng import write_label_png
 
 CATEGORIES = ["color", "object", "part", "material", "scene", "texture"]
 PIXEL = ["color", "object", "part", "material"]
@@ -174,11 +174,11 @@ def write_tiny_broden(root: Path, images: int = 24, size: int = 96, seed: int = 
 
 def make_dataset(root: Path, images: int = 24, size: int = 96, seed: int = 0,
                  use_synthetic: Optional[bool] = None) -> Path:
-    """netdissect.synthetic's dataset when the module exists (or use_synthetic=True), else
+    """netdissect.data.synthetic's dataset when the module exists (or use_synthetic=True), else
     the tiny set above."""
     if use_synthetic is not False:
         try:
-            from netdissect.synthetic import generate_synthetic
+            from netdissect.data.synthetic import generate_synthetic
         except ImportError:
             if use_synthetic:
                 raise
@@ -226,8 +226,8 @@ def build_run(out: Path, dataset: Optional[Path] = None, *, images: int = 24, si
 
     layers: (name, units, native map size). quantile: the top fraction used for thresholds
     (larger than the method's 0.005 so that a 24-image set shows visible regions)."""
-    from netdissect.broden import BrodenDataset
-    from netdissect.pipeline import LayerResult
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.engine.pipeline import LayerResult
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from engine_data import TinyNet, make_dataset
 from torch import nn
 
 import netdissect
 from netdissect.errors import ActivationError, DatasetError, ModelError
-from netdissect.models import load_checkpoint
-
-from engine_data import TinyNet, make_dataset
+from netdissect.models.specs import load_checkpoint
 
 
 @pytest.fixture()

@@ -5,15 +5,20 @@ import pickle
 
 import numpy as np
 import pytest
+from broden_fixtures import CATEGORIES, EXPECTED_PRIMARY, LABELS, FixtureImage, build_broden, default_images
 from PIL import Image
 
-from netdissect.broden import (BrodenDataset, CheckReport, ImageRecord, Label, Segmentation,
-                               check_dataset, open_dataset)
+from netdissect.data.broden import (
+    BrodenDataset,
+    CheckReport,
+    ImageRecord,
+    Label,
+    Segmentation,
+    check_dataset,
+    open_dataset,
+)
+from netdissect.data.labelpng import write_label_png
 from netdissect.errors import DatasetError
-from netdissect.labelpng import write_label_png
-
-from broden_fixtures import (CATEGORIES, EXPECTED_PRIMARY, LABELS, FixtureImage, build_broden,
-                             default_images)
 
 
 @pytest.fixture

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from broden_fixtures import IMAGE, INDEX_HEADER, LABELS, PIXEL, build_broden, write_csv, write_tables
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from netdissect.broden import BrodenDataset, ImageRecord, check_dataset
+from netdissect.data.broden import BrodenDataset, ImageRecord, check_dataset
+from netdissect.data.labelpng import MAX_LABEL, read_label_png, write_label_png
 from netdissect.errors import NetDissectError
-from netdissect.labelpng import MAX_LABEL, read_label_png, write_label_png
-
-from broden_fixtures import (IMAGE, INDEX_HEADER, LABELS, PIXEL, build_broden, write_csv,
-                             write_tables)
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

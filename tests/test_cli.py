@@ -16,7 +16,7 @@ TESTS = Path(__file__).parent
 
 def run_cli(*args, check=True, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "netdissect.cli", *map(str, args)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "netdissect", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"netdissect {' '.join(map(str, args))} failed ({proc.returncode}):\n"

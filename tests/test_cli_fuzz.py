@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from netdissect import cli
+from netdissect.cli import commands as cli
 
 BOUNDARY = ["0", "-1", "1", "2", "-0", "9223372036854775808", "1e309", "nan", "inf", "-inf", "0.5",
             "1.0", "-0.5", "", "x", "--", "1,2", "\u00e9\u00e8", "../../../etc"]

@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from engine_data import TinyNet, make_dataset
 
 import netdissect
-from engine_data import TinyNet, make_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device here: the CPU path is tested everywhere else; "
@@ -44,7 +44,7 @@ def test_cuda_gives_the_cpu_labels(dataset, upsample):
 
 
 def test_cuda_sketch_mode_gives_the_cpu_labels(dataset, monkeypatch):
-    from netdissect.memory import FORCE_TWO_PASS
+    from netdissect.stats.memory import FORCE_TWO_PASS
     monkeypatch.setenv(FORCE_TWO_PASS, "1")
     gpu = run(dataset, "cuda")
     monkeypatch.delenv(FORCE_TWO_PASS)
@@ -54,7 +54,7 @@ def test_cuda_sketch_mode_gives_the_cpu_labels(dataset, monkeypatch):
 
 def test_cuda_statistics_on_given_activations_equal_the_cpu_ones():
     """Same activations in, same thresholds and top images out: only the model's arithmetic differs."""
-    from netdissect.streaming import LayerStream
+    from netdissect.stats.streaming import LayerStream
     gen = torch.Generator().manual_seed(0)
     acts = torch.randn(40, 6, 7, 7, generator=gen).relu()
     results = []

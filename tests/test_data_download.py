@@ -20,12 +20,11 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
-
 from broden_fixtures import build_broden
-from netdissect.broden import BrodenDataset
-from netdissect.cli import main
-from netdissect.data.download import (BRODEN_VERSIONS, RetryPolicy, broden_url, download,
-                                      fetch_broden)
+
+from netdissect.cli.commands import main
+from netdissect.data.broden import BrodenDataset
+from netdissect.data.download import BRODEN_VERSIONS, RetryPolicy, broden_url, download, fetch_broden
 from netdissect.errors import DatasetError, DownloadError, NetDissectError
 
 TESTS = Path(__file__).parent
@@ -282,7 +281,7 @@ def free_port() -> int:
 def run_cli(*args, timeout=60):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(TESTS.parent / "src"), str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "netdissect.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "netdissect", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -308,7 +307,7 @@ def test_kill_mid_download_resumes_from_the_part_file(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")]))
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "netdissect.cli", "data", "broden",
+        proc = subprocess.Popen([sys.executable, "-m", "netdissect", "data", "broden",
                                  "--url", server.url, "--out", str(out), "--quiet"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60

@@ -5,15 +5,15 @@ import csv
 import json
 from pathlib import Path
 
+import data_sources as F
 import numpy as np
 import pytest
 
-import data_sources as F
-from netdissect.broden import BrodenDataset, check_dataset
-from netdissect.cli import main
+from netdissect.cli.commands import main
+from netdissect.data.broden import BrodenDataset, check_dataset
+from netdissect.data.labelpng import read_label_png
 from netdissect.data.merge import NameUnifier, read_synonyms
 from netdissect.data.writer import Annotation, SourceItem, build_broden
-from netdissect.labelpng import read_label_png
 
 LEFT = np.zeros((8, 8), dtype=bool)
 LEFT[:, :4] = True
@@ -90,7 +90,7 @@ def test_synonym_file_and_default(inputs, tmp_path, capsys):
 def test_sources_merged_and_dissected_end_to_end(tmp_path, capsys):
     """ADE20K + VOC fixtures -> builders -> merge -> check -> dissect (tiny model)."""
     pytest.importorskip("torch")
-    from netdissect.pipeline import dissect
+    from netdissect.engine.pipeline import dissect
     build = ["--size", "32", "--workers", "1", "--quiet"]
     assert main(["data", "ade20k", str(F.write_ade20k_2021(tmp_path / "ade")), "--out",
                  str(tmp_path / "b1"), *build]) == 0

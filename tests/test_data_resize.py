@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from broden_fixtures import build_broden, default_images
 from PIL import Image
 
-from broden_fixtures import build_broden, default_images
-from netdissect.broden import BrodenDataset, check_dataset
-from netdissect.cli import main
+from netdissect.cli.commands import main
 from netdissect.data import resize as resize_module
+from netdissect.data.broden import BrodenDataset, check_dataset
+from netdissect.data.labelpng import read_label_png
 from netdissect.data.resize import nearest_resize, resize_broden
 from netdissect.errors import NetDissectError
-from netdissect.labelpng import read_label_png
 
 
 def test_nearest_resize_by_hand():

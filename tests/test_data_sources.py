@@ -11,14 +11,14 @@ import hashlib
 import pickle
 from pathlib import Path
 
+import data_sources as F
 import numpy as np
 import pytest
 
-import data_sources as F
-from netdissect.broden import BrodenDataset, check_dataset
-from netdissect.cli import main
+from netdissect.cli.commands import main
+from netdissect.data.broden import BrodenDataset, check_dataset
+from netdissect.data.labelpng import read_label_png
 from netdissect.errors import NetDissectError
-from netdissect.labelpng import read_label_png
 
 LEFT = np.zeros((8, 8), dtype=bool)
 LEFT[:, :4] = True

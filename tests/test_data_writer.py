@@ -4,14 +4,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import data_sources as F
 import numpy as np
 import pytest
 
-import data_sources as F
 from netdissect.data import colors, writer
+from netdissect.data.labelpng import read_label_png
 from netdissect.data.writer import Annotation, SourceItem, build_broden
 from netdissect.errors import NetDissectError
-from netdissect.labelpng import read_label_png
 
 PARAMS = {"source": "test", "src": "memory"}
 
@@ -160,7 +160,7 @@ def test_killed_cli_build_resumes(tmp_path):
     for i in range(100):         # enough work (seconds) that the kill lands part-way
         rgb = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
         F.save_jpeg(tmp_path / "src" / ("cls_a" if i % 2 else "cls_b") / f"im{i:03d}.jpg", rgb)
-    cmd = [sys.executable, "-m", "netdissect.cli", "data", "folder", str(tmp_path / "src"),
+    cmd = [sys.executable, "-m", "netdissect", "data", "folder", str(tmp_path / "src"),
            "--size", "64", "--workers", "1", "--quiet", "--out"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     subprocess.run(cmd + [str(tmp_path / "ref")], check=True, env=env, capture_output=True)

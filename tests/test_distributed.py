@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_data import TinyNet, make_dataset
 
 import netdissect
-from netdissect.memory import FORCE_TWO_PASS
-from engine_data import TinyNet, make_dataset
-from netdissect.distributed import shard_range
+from netdissect.engine.distributed import shard_range
+from netdissect.stats.memory import FORCE_TWO_PASS
 
 TESTS = Path(__file__).parent
 LAYERS = ["relu1", "relu2", "conv3"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from engine_data import make_dataset, run_files
 from test_distributed import LAYERS, SAME_BYTES, _worker_pids, dissect_args, env, single
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from netdissect.quantile import ExactTopQuantile, RadixQuantile, _halves, key_to_float
+from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile, _halves, key_to_float
 
 
 def hard_values(rng, units, n):

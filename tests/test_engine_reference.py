@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_data import TinyNet, make_dataset
 
 import netdissect
-from netdissect.broden import BrodenDataset
-from netdissect.models import IMAGENET_MEAN, IMAGENET_STD
-from netdissect.upsample import measure_receptive_field
-
-from engine_data import TinyNet, make_dataset
+from netdissect.data.broden import BrodenDataset
+from netdissect.models.specs import IMAGENET_MEAN, IMAGENET_STD
+from netdissect.tally.upsample import measure_receptive_field
 
 LAYERS = ["relu1", "relu2", "conv3"]
 
@@ -128,7 +127,7 @@ def test_engine_equals_brute_force(dataset, mode, quantile):
 
 
 def test_engine_thresholds_equal_numpy_on_many_sizes():
-    from netdissect.quantile import ExactTopQuantile
+    from netdissect.stats.quantile import ExactTopQuantile
     rng = np.random.default_rng(0)
     for n in [1, 2, 3, 199, 200, 201, 1000, 4097]:
         values = rng.standard_normal((3, n)).astype(np.float32)
@@ -143,7 +142,7 @@ def test_engine_thresholds_equal_numpy_on_many_sizes():
 
 
 def test_lower_bound_never_exceeds_final_threshold():
-    from netdissect.quantile import ExactTopQuantile
+    from netdissect.stats.quantile import ExactTopQuantile
     rng = np.random.default_rng(1)
     values = rng.standard_normal((4, 5000)).astype(np.float32)
     q = ExactTopQuantile(4, 5000, 0.995)
@@ -159,7 +158,7 @@ def test_lower_bound_never_exceeds_final_threshold():
 
 def test_sketch_mode_tallies_exactly_at_its_thresholds(dataset, monkeypatch):
     """Two-pass thresholds (radix counts): numpy.quantile's, then the second pass tallies exactly at them."""
-    from netdissect.memory import FORCE_TWO_PASS
+    from netdissect.stats.memory import FORCE_TWO_PASS
     monkeypatch.setenv(FORCE_TWO_PASS, "1")
     model = TinyNet(seed=1).eval()
     ds = BrodenDataset(dataset)
@@ -178,8 +177,8 @@ def test_sketch_mode_tallies_exactly_at_its_thresholds(dataset, monkeypatch):
 
 def batched_activations(model, ds, batch):
     """Activations computed as the engine computes them (same batches, memory format)."""
-    from netdissect.hooks import LayerCapture
-    from netdissect.forward import Normalizer
+    from netdissect.engine.forward import Normalizer
+    from netdissect.models.capture import LayerCapture
     normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"))
     model = model.to(memory_format=torch.channels_last)
     acts = {name: [] for name in LAYERS}

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_experiments_common import dissected_scene_run, identity_norm, scene_net
 
 from netdissect.errors import DatasetError, NetDissectError
 from netdissect.experiments import add_commands
 from netdissect.experiments.ablate import control_sets, run_ablation, select_units, zeroed
-from netdissect.models import load_model
-
-from test_experiments_common import dissected_scene_run, identity_norm, scene_net
+from netdissect.models.specs import load_model
 
 
 @pytest.fixture(scope="module")

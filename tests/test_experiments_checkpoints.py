@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
+from test_experiments_common import identity_norm, make_scene_set, scene_net
 
 from netdissect.errors import ModelError, NetDissectError
 from netdissect.experiments import add_commands
 from netdissect.experiments.checkpoints import assign_steps, expand_checkpoints, parse_step, run_checkpoints
-
-from test_experiments_common import identity_norm, make_scene_set, scene_net
 
 SPEC = "test_experiments_common:scene_net"
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from netdissect.labelpng import write_label_png
+from netdissect.data.labelpng import write_label_png
 
 CODE_STEP = 3  # red value of concept k = CODE_STEP * (k + 1)
 
@@ -220,6 +220,7 @@ def test_style_colors_are_fixed_per_category():
 
 def test_add_commands_registers_every_subcommand():
     import argparse
+
     from netdissect.experiments import add_commands
     parser = argparse.ArgumentParser(prog="netdissect")
     sub = parser.add_subparsers(dest="command")

@@ -87,8 +87,9 @@ def test_command_prints_the_table(runs, tmp_path, capsys):
 
 
 def test_real_run_directory(tmp_path):
-    import netdissect
     from engine_data import TinyNet, make_dataset
+
+    import netdissect
     data = make_dataset(tmp_path / "data", n_images=8)
     netdissect.dissect(TinyNet(), ["relu1", "conv3"], data, tmp_path / "run", progress=False, workers=0,
                        min_category_images=1)

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from netdissect.experiments import add_commands
-from netdissect.experiments.conditions import (CONDITIONS, LAST_LAYER, SCENES, SceneCNN, Settings, make_conditions,
-                                               run_conditions)
+from netdissect.experiments.conditions import (
+    CONDITIONS,
+    LAST_LAYER,
+    SCENES,
+    SceneCNN,
+    Settings,
+    make_conditions,
+    run_conditions,
+)
 from netdissect.experiments.explain import pooled_head
 
 
@@ -59,7 +66,7 @@ def test_conditions_differ_as_specified(quick):
 
 def test_trained_models_work_with_explain_and_ablate(quick, tmp_path):
     from netdissect.experiments.ablate import run_ablation
-    from netdissect.models import load_model
+    from netdissect.models.specs import load_model
     out, settings, info = quick
     cond = make_conditions(settings.width, settings.seed)["baseline"]
     loaded = load_model(cond.build(), checkpoint=out / "train" / "baseline" / "final.pth")
@@ -122,8 +129,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
 
 def test_resume_state_that_parses_but_does_not_fit_is_ignored(tmp_path):
     """A resume.npz with the right key but a foreign model state: one line, training from the start."""
-    from netdissect import statefile
     from netdissect.experiments.conditions import train_condition
+    from netdissect.runs import statefile
     train, val = tiny_training_set()
     settings = Settings.quick(epochs=2, width=4, batch_size=8)
     cond = make_conditions(4, 0)["baseline"]

@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 from PIL import Image
+from test_experiments_common import dissected_scene_run, identity_norm, scene_net
 from torch import nn
 
 from netdissect.errors import LayerError, NetDissectError
 from netdissect.experiments import add_commands
 from netdissect.experiments.explain import explain_image, pooled_head, write_explanation
-from netdissect.models import load_model
-
-from test_experiments_common import dissected_scene_run, identity_norm, scene_net
+from netdissect.models.specs import load_model
 
 
 @pytest.fixture(scope="module")

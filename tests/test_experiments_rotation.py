@@ -6,12 +6,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_experiments_common import PlantedNet, identity_norm, make_rotation_set
 
 from netdissect.errors import NetDissectError
-from netdissect.experiments.rotation import (RotatedLayer, alpha_key, have_scipy, random_rotation,
-                                             rotation_power, run_rotation)
-
-from test_experiments_common import PlantedNet, identity_norm, make_rotation_set
+from netdissect.experiments.rotation import (
+    RotatedLayer,
+    alpha_key,
+    have_scipy,
+    random_rotation,
+    rotation_power,
+    run_rotation,
+)
 
 METHODS = ["symmetric"] + (["schur"] if have_scipy() else [])
 
@@ -94,7 +99,7 @@ def test_wrapper_rotates_at_every_position_and_keeps_the_output():
 def test_planted_units_lose_their_labels_under_rotation(tmp_path):
     root = make_rotation_set(tmp_path / "data", concepts=64, images=60)
     net = PlantedNet(64, sigma=0.4, seed=0)
-    from netdissect.models import load_model
+    from netdissect.models.specs import load_model
     loaded = load_model(net, **identity_norm())
     info = run_rotation(loaded, "units", root, tmp_path / "out", alphas=[0, 0.5, 1.0], seed=1,
                         progress=False, workers=0, batch_size=30, min_category_images=1)
@@ -122,7 +127,7 @@ def test_planted_units_lose_their_labels_under_rotation(tmp_path):
 
 def test_alpha_zero_is_the_plain_dissection(tmp_path):
     import netdissect
-    from netdissect.models import load_model
+    from netdissect.models.specs import load_model
     from netdissect.runs import load_layer
     root = make_rotation_set(tmp_path / "data", concepts=8, images=12, per_image=4)
     net = PlantedNet(8, sigma=0.2)

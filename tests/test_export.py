@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import netdissect
-from netdissect.hooks import list_layers
-from netdissect.models import load_model
-
 from engine_data import make_dataset, tiny_net
 from test_layouts import TinyViT
 from test_planted import make_planted_dataset
+
+import netdissect
+from netdissect.models.capture import list_layers
+from netdissect.models.specs import load_model
 
 
 def export(model, path, batch, dynamic_batch=False, keep=()):

@@ -7,19 +7,26 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
-import netdissect
-from netdissect import combinations as combinations_mod
-from netdissect.broden import BrodenDataset
-from netdissect.cli import main
-from netdissect.combinations import LayerCombinations
-from netdissect.errors import NetDissectError, RunError
-from netdissect.formulas import (AND, AND_NOT, OR, FormulaSearch, LayerFormulas, explain_layer,
-                                 formula_text, parse_formula)
-from netdissect.models import IMAGENET_MEAN, IMAGENET_STD
-
 from engine_data import TinyNet, make_dataset
 from formulas_dense import DenseConcepts, all_formulas, dense_beam_search, unit_masks
+
+import netdissect
+from netdissect.cli.commands import main
+from netdissect.data.broden import BrodenDataset
+from netdissect.errors import NetDissectError, RunError
+from netdissect.formulas.search import (
+    AND,
+    AND_NOT,
+    OR,
+    FormulaSearch,
+    LayerFormulas,
+    explain_layer,
+    formula_text,
+    parse_formula,
+)
+from netdissect.models.specs import IMAGENET_MEAN, IMAGENET_STD
+from netdissect.tally import combinations as combinations_mod
+from netdissect.tally.combinations import LayerCombinations
 
 LAYERS = ["relu1", "relu2", "conv3"]
 
@@ -196,14 +203,14 @@ def test_cli_dissect_then_formulas(tmp_path, monkeypatch):
     assert main(["formulas", str(out), "--layer", "nope", "--quiet"]) == 1
     (out / "conv3" / "combinations.npz").unlink()
     with pytest.raises(RunError, match="combinations.npz: not found"):
-        from netdissect.runformulas import explain_run
+        from netdissect.formulas.rundir import explain_run
         explain_run(out, layers=["conv3"], length=2, beam=3, progress=False, force=True)
 
 
 def test_sketch_mode_second_pass_collects_too(tmp_path, monkeypatch):
     """With two-pass thresholds the candidates come from the second pass: so do the counts, and
     single concepts still equal the dissection."""
-    from netdissect.memory import FORCE_TWO_PASS
+    from netdissect.stats.memory import FORCE_TWO_PASS
     monkeypatch.setenv(FORCE_TWO_PASS, "1")
     root = make_dataset(tmp_path / "data", n_images=8, seed=5)
     with pytest.warns(UserWarning, match="two-pass radix quantile"):
@@ -216,11 +223,11 @@ def test_sketch_mode_second_pass_collects_too(tmp_path, monkeypatch):
 
 def test_index_from_an_old_checkpoint_counts_pixels_from_the_ids(tmp_path):
     """A checkpoint written before the per-combination pixel counts existed still gives the same index."""
-    from netdissect.broden import BrodenDataset
-    from netdissect.combinations import CombinationIndex
-    from netdissect.vocabulary import Vocabulary
-    from netdissect.segstore import SegmentationStore
-    from netdissect.tally import encode_segmentation
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.engine.vocabulary import Vocabulary
+    from netdissect.tally.combinations import CombinationIndex
+    from netdissect.tally.counts import encode_segmentation
+    from netdissect.tally.labelstore import SegmentationStore
     ds = BrodenDataset(make_dataset(tmp_path / "data", n_images=6, seed=2))
     vocab = Vocabulary.of(ds)
     pixels = ds.records[0].sh * ds.records[0].sw
@@ -241,7 +248,7 @@ def test_index_from_an_old_checkpoint_counts_pixels_from_the_ids(tmp_path):
 
 
 def test_formula_mask_of_one_image_equals_the_dense_mask(dissected):
-    from netdissect.formulas import formula_mask
+    from netdissect.formulas.search import formula_mask
     _, ds, dense, _ = dissected
     for tokens in [(0,), (2, OR, 5), (3, AND, 7), (4, AND_NOT, 0, OR, 9), (8, AND, 6)]:
         for x in range(len(ds)):

@@ -6,16 +6,15 @@ import re
 
 import numpy as np
 import pytest
+from engine_data import TinyNet, make_dataset
 from PIL import Image
 
 import netdissect
-from netdissect.broden import BrodenDataset
-from netdissect.formulas import formula_mask
+from netdissect.data.broden import BrodenDataset
+from netdissect.formulas.search import formula_mask
 from netdissect.report import render_report
 from netdissect.report.tiles import IN_REGION, compose_overlays, visible_radius
 from netdissect.runs import load_layer
-
-from engine_data import TinyNet, make_dataset
 
 LAYER = "relu2"
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from netdissect import kernel
-from netdissect.tally import combination_counts
+from netdissect.tally import kernel
+from netdissect.tally.counts import combination_counts
 
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the C kernel was not compiled")
 
@@ -74,14 +74,14 @@ def test_slices_of_pairs_add_up_to_one_call():
     arrays = (maps.numpy(), thr.numpy(), images.numpy(), combo_ids.view(-1, 28, 28).numpy())
     whole = np.empty((50, 9), dtype=np.int64), np.empty(50, dtype=np.int64)
     parts = np.full((50, 9), -7, dtype=np.int64), np.full(50, -7, dtype=np.int64)
-    kernel._tallykernel.tally_bilinear(*arrays, *whole)
+    kernel._kernel.tally_bilinear(*arrays, *whole)
     for start, stop in [(0, 17), (17, 17), (17, 50)]:
-        kernel._tallykernel.tally_bilinear(*arrays, *parts, start, stop=stop)
+        kernel._kernel.tally_bilinear(*arrays, *parts, start, stop=stop)
     assert np.array_equal(whole[0], parts[0]) and np.array_equal(whole[1], parts[1])
 
 
 def test_without_the_kernel_no_shape_is_exact(monkeypatch):
-    monkeypatch.setattr(kernel, "_tallykernel", None)
+    monkeypatch.setattr(kernel, "_kernel", None)
     kernel.exact_for.cache_clear()
     try:
         assert not kernel.available()
@@ -131,7 +131,7 @@ def test_tally_rejects_mismatched_arguments(name, value, error, words):
     args = valid_arguments()
     args[name] = value
     with pytest.raises(error) as caught:
-        kernel._tallykernel.tally_bilinear(**args)
+        kernel._kernel.tally_bilinear(**args)
     for word in words:
         assert word in str(caught.value)
 
@@ -143,28 +143,28 @@ def test_tally_rejects_a_combination_id_beyond_per_combo():
     args["images"][2] = 1
     args["combo_ids"][1, 4, 5] = 3  # per_combo has 3 columns
     with pytest.raises(ValueError, match=r"combo_ids of image 1 \(pair 2\) holds id 3"):
-        kernel._tallykernel.tally_bilinear(**args)
+        kernel._kernel.tally_bilinear(**args)
     args["combo_ids"][1, 4, 5] = -1
     with pytest.raises(ValueError, match="holds id -1"):
-        kernel._tallykernel.tally_bilinear(**args)
+        kernel._kernel.tally_bilinear(**args)
 
 
 @needs_kernel
 @pytest.mark.parametrize("start, stop", [(-1, 4), (3, 2), (0, 5)])
 def test_tally_rejects_pairs_out_of_range(start, stop):
     with pytest.raises(ValueError, match="not within"):
-        kernel._tallykernel.tally_bilinear(**valid_arguments(), start=start, stop=stop)
+        kernel._kernel.tally_bilinear(**valid_arguments(), start=start, stop=stop)
 
 
 @needs_kernel
 def test_upsample_checks_its_output():
     maps = np.zeros((2, 3, 3), dtype=np.float32)
     with pytest.raises(TypeError, match="'out' must hold float32"):
-        kernel._tallykernel.upsample_bilinear(maps, np.zeros((2, 6, 6)))
+        kernel._kernel.upsample_bilinear(maps, np.zeros((2, 6, 6)))
     with pytest.raises(ValueError, match="'out' is read-only"):
-        kernel._tallykernel.upsample_bilinear(maps, read_only(np.zeros((2, 6, 6), dtype=np.float32)))
+        kernel._kernel.upsample_bilinear(maps, read_only(np.zeros((2, 6, 6), dtype=np.float32)))
     with pytest.raises(ValueError, match="'out' has 3 along axis 0, expected 2"):
-        kernel._tallykernel.upsample_bilinear(maps, np.zeros((3, 6, 6), dtype=np.float32))
+        kernel._kernel.upsample_bilinear(maps, np.zeros((3, 6, 6), dtype=np.float32))
 
 
 @needs_kernel

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_planted import SEG, make_planted_dataset, red_cells
 from torch import nn
 
 import netdissect
 from netdissect.errors import LayerError
-from netdissect.hooks import LayerCapture, list_layers
-from netdissect.layouts import Layout, decide_layout, probe_sizes, select_output, split_layer
-
-from test_planted import SEG, make_planted_dataset, red_cells
+from netdissect.models.capture import LayerCapture, list_layers
+from netdissect.models.layouts import Layout, decide_layout, probe_sizes, select_output, split_layer
 
 HW = (32, 48)
 
@@ -179,7 +178,7 @@ def test_capture_converts_tokens_to_maps_at_any_size():
 
 def test_ablation_zeroes_a_token_channel_in_the_native_layout():
     from netdissect.experiments.ablate import zeroed
-    from netdissect.hooks import layer_layout
+    from netdissect.models.capture import layer_layout
     model = TinyViT().eval()
     x = torch.rand(2, 3, 32, 32)
     layout = layer_layout(model, "blocks.0:0", (32, 32))
@@ -215,6 +214,7 @@ def test_rotation_of_a_token_layer_rotates_its_maps():
 
 def test_cli_layout_override_is_used_and_recorded(tmp_path):
     import json
+
     from test_cli import run_cli
     root = make_planted_dataset(tmp_path / "d", n_images=4)
     out = tmp_path / "run"

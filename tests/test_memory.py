@@ -1,14 +1,14 @@
-"""--memory-budget: one split of one number (netdissect.memory), checked against hand sums."""
+"""--memory-budget: one split of one number (netdissect.stats.memory), checked against hand sums."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_data import TinyNet, make_dataset
 
 import netdissect
 from netdissect.errors import DissectionWarning
-from engine_data import TinyNet, make_dataset
-from netdissect.memory import FORCE_TWO_PASS, MIB, plan_memory
-from netdissect.quantile import top_count
+from netdissect.stats.memory import FORCE_TWO_PASS, MIB, plan_memory
+from netdissect.stats.quantile import top_count
 
 ONE_LAYER = {"conv": (10, 7, 7)}
 LAYERS = ["relu1", "relu2", "conv3"]

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 import netdissect
-from netdissect.labelpng import write_label_png
+from netdissect.data.labelpng import write_label_png
 
 SIZE, SEG = 32, 16
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

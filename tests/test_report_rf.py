@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_data import make_dataset
 from PIL import Image
 
 import netdissect
-from netdissect.broden import BrodenDataset
+from netdissect.data.broden import BrodenDataset
 from netdissect.report import render_report
 from netdissect.report import tiles as tiles_mod
-
-from engine_data import make_dataset
 
 
 class Eighths(torch.nn.Module):

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_data import TinyNet, assert_same_run, make_dataset, run_files
 
 import netdissect
-from netdissect import statefile
-from engine_data import TinyNet, assert_same_run, make_dataset, run_files
+from netdissect.runs import statefile
 
 TESTS = Path(__file__).parent
 LAYERS = ["relu1", "relu2", "conv3"]
@@ -27,7 +27,7 @@ def dataset(tmp_path_factory):
 
 
 def cli_command(dataset, out, *extra):
-    args = [sys.executable, "-m", "netdissect.cli", "dissect", "--model", "engine_data:slow_tiny_net",
+    args = [sys.executable, "-m", "netdissect", "dissect", "--model", "engine_data:slow_tiny_net",
             "--dataset", str(dataset), "--out", str(out), "--batch-size", "4", "--workers", "0",
             "--quiet", "--no-report", "--checkpoint-every", "1", "--min-category-images", "0",
             "--memory-budget", "0.02"]  # a tiny budget: pair buffers spill to disk too
@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_identical_results(dataset, tmp_path, uninterrupte
 
 def test_layers_whose_folder_names_collide_spill_to_separate_files(tmp_path):
     """Spill files are named per layer: "a b" and "a_b" share a safe name, never their pairs."""
-    from netdissect.streaming import PairBuffer
+    from netdissect.stats.streaming import PairBuffer
     buffers = {name: PairBuffer(tmp_path, 1, name) for name in ("a b", "a_b")}
     for value, (name, buffer) in enumerate(buffers.items(), start=1):
         buffer.add(torch.tensor([0, 1]), torch.tensor([3, 4]), torch.tensor([5.0, 6.0]),
@@ -96,7 +96,7 @@ def test_layers_whose_folder_names_collide_spill_to_separate_files(tmp_path):
 
 
 def test_spilled_pairs_give_the_same_numbers_as_in_memory(dataset, monkeypatch):
-    from netdissect.streaming import PairBuffer
+    from netdissect.stats.streaming import PairBuffer
     spills = []
     spill = PairBuffer.spill
     monkeypatch.setattr(PairBuffer, "spill", lambda self: (spills.append(len(self.chunks)), spill(self)))
@@ -258,17 +258,17 @@ def test_recompute_leaves_no_stale_layer_results(dataset, tmp_path):
 
 
 def test_failed_write_leaves_no_finished_looking_run(dataset, tmp_path, monkeypatch):
-    from netdissect import runs
+    from netdissect.runs import files
     out = tmp_path / "r"
     netdissect.dissect(TinyNet(), LAYERS, dataset, out=out, workers=0, progress=False, min_category_images=0)
-    real = runs.atomic_save_npz
+    real = files.atomic_save_npz
 
     def failing(path, **arrays):
         if path.name == "topk.npz" and path.parent.name == "conv3":
             raise netdissect.RunError(f"{path}: cannot write (No space left on device)")
         return real(path, **arrays)
 
-    monkeypatch.setattr(runs, "atomic_save_npz", failing)
+    monkeypatch.setattr(files, "atomic_save_npz", failing)
     with pytest.raises(netdissect.RunError, match="No space"):
         netdissect.dissect(TinyNet(), LAYERS, dataset, out=out, workers=0, progress=False,
                            min_category_images=0, force=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from netdissect import synthetic as S
+from netdissect.data import synthetic as S
+from netdissect.data.labelpng import read_label_png
 from netdissect.errors import NetDissectError
-from netdissect.labelpng import read_label_png
 
 N_IMAGES, SIZE = 12, 64
 
@@ -212,7 +212,8 @@ def test_color_naming_of_pure_colors():
 def test_planted_colors_mean_what_they_mean_in_broden():
     """The synthetic rule (nearest prototype) and Broden's w2color table (data/colors.py) use the
     same 11 names and name every prototype the same; only the label order differs."""
-    from netdissect.data.colors import COLOR_NAMES as BRODEN_NAMES, color_codes
+    from netdissect.data.colors import COLOR_NAMES as BRODEN_NAMES
+    from netdissect.data.colors import color_codes
     assert sorted(S.COLOR_NAMES) == sorted(BRODEN_NAMES)
     protos = np.array([list(S.COLOR_PROTOTYPES.values())], dtype=np.uint8)
     assert [BRODEN_NAMES[c - 1] for c in color_codes(protos)[0]] == list(S.COLOR_PROTOTYPES)
@@ -294,7 +295,7 @@ def test_refuses_to_overwrite(tmp_path):
 
 
 def test_reads_back_through_the_reader(data):
-    broden = pytest.importorskip("netdissect.broden")
+    broden = pytest.importorskip("netdissect.data.broden")
     ds = broden.BrodenDataset(data)
     assert ds.categories == list(S.CATEGORIES)
     assert ds.pixel_categories == list(S.PIXEL_CATEGORIES)

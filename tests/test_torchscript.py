@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from netdissect.errors import LayerError
-from netdissect.torchscript import capture_torchscript, torchscript_layer_names
+from netdissect.models.torchscript import capture_torchscript, torchscript_layer_names
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -248,7 +248,7 @@ def test_parameters_are_read_at_call_time():
 
 
 def test_hooks_module_uses_torchscript_capture():
-    from netdissect import hooks
+    from netdissect.models import capture as hooks
 
     model = torchvision.models.resnet18(weights=None).eval()
     ts = export(model, "script", torch.randn(1, 3, 32, 32))

@@ -11,7 +11,7 @@ import torch
 
 import netdissect
 from netdissect.errors import ModelError
-from netdissect.models import LoadedModel, load_model
+from netdissect.models.specs import LoadedModel, load_model
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -21,7 +21,7 @@ QUANTILE = 0.05
 
 @pytest.fixture(scope="module")
 def data64(tmp_path_factory):
-    from netdissect.synthetic import generate_synthetic
+    from netdissect.data.synthetic import generate_synthetic
     return generate_synthetic(tmp_path_factory.mktemp("tf") / "data", images=6, size=64, seed=3,
                               workers=0, progress=False, overwrite=True)
 
@@ -33,8 +33,8 @@ def dissect(model, layer, data):
 
 def hand_maps(module, layer, data, to_maps):
     """(K, N*h*w) activations from a plain forward hook, converted by ``to_maps``."""
-    from netdissect.broden import open_dataset
-    from netdissect.forward import Normalizer
+    from netdissect.data.broden import open_dataset
+    from netdissect.engine.forward import Normalizer
     ds = open_dataset(data)
     grabbed = []
     handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: grabbed.append(o))
@@ -166,8 +166,8 @@ def test_cli_layers_marks_transformer_layers():
     ("vit_base_patch16_clip_224", 32, 1, (2, 2)),             # a CLIP visual tower
 ])
 def test_prefix_tokens_of_timm_families(name, size, prefix, grid):
-    from netdissect.hooks import layer_layout
-    from netdissect.layouts import decide_layout, probe_sizes
+    from netdissect.models.capture import layer_layout
+    from netdissect.models.layouts import decide_layout, probe_sizes
     module = timm.create_model(name, pretrained=False, dynamic_img_size=True, depth=2).eval()
     found = layer_layout(module, "blocks.1", (size, size))
     assert (found.kind, found.prefix, found.grid, found.source) == ("tokens", prefix, grid, "model")
@@ -193,7 +193,7 @@ def test_a_model_of_another_input_size_is_a_clear_error(data64):
     ("swin_tiny_patch4_window7_224", "layers.1", 1, dict(depths=(1, 1, 1, 1), embed_dim=32, num_heads=(1, 2, 2, 2))),
 ])
 def test_maps_equal_timms_own_forward_intermediates(name, layer, index, kw):
-    from netdissect.hooks import LayerCapture
+    from netdissect.models.capture import LayerCapture
     module = timm.create_model(name, pretrained=False, dynamic_img_size=True, **kw).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad(), LayerCapture(module, [layer]) as capture:

@@ -2,11 +2,10 @@
 import pytest
 import torch
 import torchvision
+from engine_data import TinyNet
 from torch import nn
 
-from netdissect.upsample import ReceptiveField, measure_receptive_field, rf_grid, rf_upsample
-
-from engine_data import TinyNet
+from netdissect.tally.upsample import ReceptiveField, measure_receptive_field, rf_grid, rf_upsample
 
 
 @pytest.mark.parametrize("layer, stride", [("relu1", 2), ("relu2", 4), ("conv3", 8)])

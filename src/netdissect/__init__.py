@@ -5,8 +5,7 @@ the units, and counts the interpretable ones.
 """
 __version__ = "0.1.0"
 
-from .errors import (ActivationError, DatasetError, LayerError, ModelError, NetDissectError,  # noqa: E402
-                     RunError)
+from netdissect.errors import ActivationError, DatasetError, LayerError, ModelError, NetDissectError, RunError
 
 __all__ = [
     "__version__", "dissect", "DissectConfig", "DissectionResult", "LayerResult", "load_model",
@@ -18,15 +17,15 @@ __all__ = [
 def __getattr__(name):
     # Lazy re-exports keep `import netdissect` (and the CLI's --help) fast.
     if name in ("dissect", "DissectConfig", "DissectionResult", "LayerResult"):
-        from . import pipeline as _d
+        from netdissect.engine import pipeline as _d
         return getattr(_d, name)
     if name == "load_model":
-        from .models import load_model
+        from netdissect.models.specs import load_model
         return load_model
     if name == "list_layers":
-        from .hooks import list_layers
+        from netdissect.models.capture import list_layers
         return list_layers
     if name in ("BrodenDataset", "open_dataset"):
-        from . import broden
+        from netdissect.data import broden
         return getattr(broden, name)
     raise AttributeError(f"module 'netdissect' has no attribute {name!r}")

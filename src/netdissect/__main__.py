@@ -1,6 +1,6 @@
 """``python -m netdissect`` (and ``torchrun -m netdissect``): the command line."""
 import sys
 
-from .cli import main
+from netdissect.cli.commands import main
 
 sys.exit(main())

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import WriteError
+from netdissect.errors import WriteError
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "atomic_save_npz", "atomic_save_npy"]

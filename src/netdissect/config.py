@@ -1,7 +1,7 @@
 """The parameters of a dissection and their defaults, defined once.
 
 ``DissectConfig`` is what ``dissect()`` validates and records in config.json; the command line
-takes its defaults from here (cliargs.py), so a default changes in one place. Light on purpose
+takes its defaults from here (cli/options.py), so a default changes in one place. Light on purpose
 (no torch at import): the CLI's option parsing reads it.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
-from .errors import NetDissectError
+from netdissect.errors import NetDissectError
 
 __all__ = ["DissectConfig", "default"]
 
@@ -32,14 +32,14 @@ class DissectConfig:
     min_category_images: int = 20
     memory_budget_mb: float = 1024
     on_bad_image: str = "fail"
-    layout: str = "auto"  # auto | nchw | nhwc | tokens: how layer outputs hold unit maps (layouts.py)
+    layout: str = "auto"  # auto | nchw | nhwc | tokens: how layer outputs hold unit maps (models/layouts.py)
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
             raise NetDissectError(f"--quantile is the top fraction, in (0, 1); got {self.quantile}")
         if not 0.0 <= self.iou_threshold < 1.0:
             raise NetDissectError(f"--iou-threshold must be in [0, 1); got {self.iou_threshold}")
-        from .upsample import MODES
+        from netdissect.tally.upsample import MODES
         if self.upsample not in MODES:
             raise NetDissectError(f"--upsample must be one of {', '.join(MODES)}; got {self.upsample!r}")
         if self.batch_size < 1:

@@ -2,7 +2,7 @@
 and the summary statistics derived from them (detectors, unique detectors per category).
 
 ``LayerResult.summary()`` is the one place those statistics are computed: summary.json, the
-report and compare all take them from it (written and read back by runs.py).
+report and compare all take them from it (written and read back by netdissect.runs).
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .config import DissectConfig
+from netdissect.config import DissectConfig
 
 if TYPE_CHECKING:  # annotations only: no import at run time
-    from .upsample import ReceptiveField
+    from netdissect.tally.upsample import ReceptiveField
 
 __all__ = ["LayerResult", "DissectionResult"]
 
@@ -38,7 +38,7 @@ class LayerResult:
     topk_maps: Optional[np.ndarray] = None    # (K, k, h, w)
     combinations: Optional[object] = None     # combinations.LayerCombinations, for formulas
     formulas: Optional[object] = None         # formulas.LayerFormulas, when searched
-    layout: Optional[dict] = None             # how the layer's output was read as maps (layouts.py)
+    layout: Optional[dict] = None             # how the layer's output was read as maps (models/layouts.py)
     receptive_field: Optional[ReceptiveField] = None   # rf mode: how maps were placed (the report redraws them)
 
     @property

@@ -20,18 +20,17 @@ with '~' mean unlabeled.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import pickle
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
-from ..errors import NetDissectError
-from .writer import Annotation, SourceItem
+from netdissect.data.writer import Annotation, SourceItem
+from netdissect.errors import NetDissectError
 
 SOURCE = "ade20k"
 SCENE_SUFFIX = "-s"

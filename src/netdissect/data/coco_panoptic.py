@@ -16,9 +16,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import NetDissectError
-from .ade20k import _read_rgb, read_image
-from .writer import Annotation, SourceItem
+from netdissect.data.ade20k import _read_rgb, read_image
+from netdissect.data.writer import Annotation, SourceItem
+from netdissect.errors import NetDissectError
 
 SOURCE = "coco"
 

@@ -17,7 +17,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ..errors import NetDissectError
+from netdissect.errors import NetDissectError
 
 #: the 11 names in the table's index order.
 COLOR_NAMES: Tuple[str, ...] = ("black", "blue", "brown", "grey", "green", "orange", "pink",

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import NetDissectError
+from netdissect.errors import NetDissectError
 
 BUILDERS = {
     "ade20k": "ADE20K (2021 full release or ADEChallengeData2016): objects, parts, scenes",
@@ -66,18 +66,18 @@ def _workers(args) -> int:
 def _items(args):
     src = args.src
     if args.source == "ade20k":
-        from .ade20k import ade20k_items
+        from netdissect.data.ade20k import ade20k_items
         return ade20k_items(src, index=args.index)
     if args.source == "voc":
-        from .voc import voc_items
+        from netdissect.data.voc import voc_items
         return voc_items(src)
     if args.source == "pascal-context":
-        from .pascal_context import pascal_context_items
+        from netdissect.data.pascal_context import pascal_context_items
         return pascal_context_items(src, images=args.images)
     if args.source == "coco-panoptic":
-        from .coco_panoptic import coco_items
+        from netdissect.data.coco_panoptic import coco_items
         return coco_items(src, images=args.images)
-    from .folder import folder_items
+    from netdissect.data.folder import folder_items
     return folder_items(src, category=args.category)
 
 
@@ -88,11 +88,11 @@ def _finish(summary, quiet: bool) -> int:
 
 
 def cmd_build(args) -> int:
-    from .writer import build_broden
+    from netdissect.data.writer import build_broden
     if args.source == "voc" and args.example:
         if args.src:
             raise NetDissectError("data voc: give either SRC or --example, not both")
-        from ..voc import voc_to_broden
+        from netdissect.data.voc_example import voc_to_broden
         path = voc_to_broden(args.out, overwrite=args.overwrite)
         print(f"wrote the VOC image as a Broden set to {path}")
         return 0
@@ -109,8 +109,8 @@ def cmd_build(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .merge import NameUnifier, merge_items, read_synonyms
-    from .writer import build_broden
+    from netdissect.data.merge import NameUnifier, merge_items, read_synonyms
+    from netdissect.data.writer import build_broden
     items, text = merge_items(args.inputs)
     print(f"netdissect: merging\n{text}", file=sys.stderr)
     table = read_synonyms(args.synonyms)

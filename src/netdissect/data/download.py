@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from ..atomic import atomic_path
-from ..errors import DatasetError, DownloadError, NetDissectError
+from netdissect.atomic import atomic_path
+from netdissect.errors import DatasetError, DownloadError, NetDissectError
 
 try:
     import fcntl
@@ -219,7 +219,7 @@ def _truncate(part: Path) -> None:
 
 
 def _progress_bar(enabled: bool, desc: str, unit: str = "B"):
-    from ..progress import progress_bar
+    from netdissect.progress import progress_bar
     return progress_bar(enabled, None, desc, unit) if enabled else None
 
 
@@ -489,7 +489,7 @@ def fetch_broden(out: Union[str, Path], version: str = "broden1_224", url: Optio
     dataset is extracted, unless ``keep_zip`` (then it is renamed ``out + '.zip'``).  A zip the
     user gave is never modified.  Returns a FetchResult whose ``report`` is `check_dataset`'s.
     """
-    from ..broden import check_dataset
+    from netdissect.data.broden import check_dataset
 
     out = Path(os.path.abspath(os.path.expanduser(os.fspath(out))))
     expected = _normalize_sha256(sha256)

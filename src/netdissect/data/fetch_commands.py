@@ -1,6 +1,6 @@
 """`netdissect data broden` and `netdissect data resize`: registered on the `data` subparser.
 
-Kept apart from cli.py so the command line stays a thin list of entry points; the heavy
+Kept apart from cli/commands.py so the command line stays a thin list of entry points; the heavy
 modules are imported only when a command runs.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 
 def add_fetch_commands(data_sub) -> None:
     """Add the `broden` and `resize` subcommands to the `data` subparsers."""
-    from .download import BRODEN_VERSIONS
+    from netdissect.data.download import BRODEN_VERSIONS
 
     d = data_sub.add_parser(
         "broden", help="download a Broden release (resumable, verified, safely extracted)",
@@ -62,7 +62,7 @@ def _finish(report, notes, done: str) -> int:
 
 
 def cmd_data_broden(args: argparse.Namespace) -> int:
-    from .download import RetryPolicy, fetch_broden
+    from netdissect.data.download import RetryPolicy, fetch_broden
     policy = RetryPolicy(retries=max(0, args.retries), backoff=max(0.0, args.backoff),
                          timeout=args.timeout)
     result = fetch_broden(args.out, version=args.version, url=args.url, zip_path=args.zip_path,
@@ -73,7 +73,7 @@ def cmd_data_broden(args: argparse.Namespace) -> int:
 
 
 def cmd_data_resize(args: argparse.Namespace) -> int:
-    from .resize import resize_broden
+    from netdissect.data.resize import resize_broden
     result = resize_broden(args.src, args.out, args.size, workers=args.workers,
                            quality=args.quality, progress=not args.quiet)
     notes = list(result.notes)

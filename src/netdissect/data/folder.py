@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import NetDissectError
-from .ade20k import SCENE_SUFFIX, read_image
-from .writer import Annotation, SourceItem
+from netdissect.data.ade20k import SCENE_SUFFIX, read_image
+from netdissect.data.writer import Annotation, SourceItem
+from netdissect.errors import NetDissectError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CATEGORIES = ("texture", "scene")

@@ -15,9 +15,9 @@ import csv
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import NetDissectError
-from ..labelpng import read_label_png
-from .writer import Annotation, SourceItem
+from netdissect.data.labelpng import read_label_png
+from netdissect.data.writer import Annotation, SourceItem
+from netdissect.errors import NetDissectError
 
 #: spelling -> the name used by ADE20K/Broden (first WordNet synonym).
 SYNONYMS: Dict[str, str] = {
@@ -85,7 +85,7 @@ def _read_syns(root: Path) -> Dict[str, List[str]]:
 
 
 def merge_items(inputs: Sequence[str]) -> Tuple[List[SourceItem], str]:
-    from ..broden import BrodenDataset
+    from netdissect.data.broden import BrodenDataset
     items: List[SourceItem] = []
     used: set = set()
     lines = []

@@ -14,9 +14,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import NetDissectError
-from .ade20k import read_image
-from .writer import Annotation, SourceItem
+from netdissect.data.ade20k import read_image
+from netdissect.data.writer import Annotation, SourceItem
+from netdissect.errors import NetDissectError
 
 SOURCE = "pascal"  # Broden's folder for its PASCAL images: same paths, same hash split
 

@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_path
-from ..errors import DatasetError, NetDissectError
-from ..labelpng import read_label_png, write_label_png
+from netdissect.atomic import atomic_path
+from netdissect.data.labelpng import read_label_png, write_label_png
+from netdissect.errors import DatasetError, NetDissectError
 
 __all__ = ["nearest_resize", "resize_broden", "ResizeResult"]
 
@@ -74,7 +74,7 @@ def _image_format(name: str) -> str:
 def _resize_record(src: Path, work: Path, record, size: int, quality: int,
                    masks: List[str]) -> Tuple[int, int]:
     """Write one image and its masks (those assigned to this record) -> (written, reused)."""
-    from ..broden import _decode_image  # the reader's checks: size vs index.csv, decodable
+    from netdissect.data.broden import _decode_image  # the reader's checks: size vs index.csv, decodable
 
     written = reused = 0
     seg = size // 2
@@ -163,7 +163,7 @@ def resize_broden(src: Union[str, Path], out: Union[str, Path], size: int,
     target size are copied byte for byte.  Resumes an interrupted run for the same source and
     size.  Returns a ResizeResult whose ``report`` is `check_dataset`'s on ``out``.
     """
-    from ..broden import BrodenDataset, check_dataset
+    from netdissect.data.broden import BrodenDataset, check_dataset
 
     if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= 65535:
         raise NetDissectError(f"--size {size!r} must be an integer in [2, 65535] (the masks are "
@@ -200,7 +200,7 @@ def resize_broden(src: Union[str, Path], out: Union[str, Path], size: int,
     if any(r.ih < size or r.iw < size for r in ds.records):
         notes.append(f"some images are smaller than {size} px: upscaling adds no detail")
 
-    from ..progress import progress_bar
+    from netdissect.progress import progress_bar
     bar = progress_bar(progress, len(plan), f"resizing to {size}", "img")
     written = reused = 0
     workers = workers or min(8, os.cpu_count() or 1)

@@ -9,15 +9,15 @@ VOC20xx folder, or any folder with JPEGImages and SegmentationClass.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 
-from ..errors import NetDissectError
-from ..voc import VOC_CLASSES
-from .ade20k import read_image
-from .writer import Annotation, SourceItem
+from netdissect.data.ade20k import read_image
+from netdissect.data.voc_example import VOC_CLASSES
+from netdissect.data.writer import Annotation, SourceItem
+from netdissect.errors import NetDissectError
 
 SOURCE = "voc"
 VOID = 255

@@ -42,10 +42,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_path
-from ..errors import NetDissectError
-from ..labelpng import MAX_LABEL, write_label_png
-from .colors import color_codes, color_label_names
+from netdissect.atomic import atomic_path
+from netdissect.data.colors import color_codes, color_label_names
+from netdissect.data.labelpng import MAX_LABEL, write_label_png
+from netdissect.errors import NetDissectError
 
 #: index.csv always carries Broden's six category columns (empty where unlabeled).
 STANDARD_CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -441,12 +441,12 @@ def work_dir_for(out: Path) -> Path:
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
-    from ..progress import track
+    from netdissect.progress import track
     return track(iterable, total, enabled, desc)
 
 
 def _prepare_work(out: Path, params: dict, overwrite: bool, log) -> Path:
-    from .synthetic import check_output_dir
+    from netdissect.data.synthetic import check_output_dir
     check_output_dir(out, overwrite)  # --overwrite replaces only a dataset netdissect made
     work = work_dir_for(out)
     marker = work / "build.json"
@@ -481,7 +481,7 @@ def build_broden(out: Union[str, Path], items: Sequence[SourceItem], params: dic
     applied before counting (merge). Returns the summary; raises NetDissectError when the
     result does not pass the checker (the work directory is then kept for inspection).
     """
-    from ..broden import check_dataset
+    from netdissect.data.broden import check_dataset
     out = Path(out).absolute()
     if size is not None and size < 8:
         raise NetDissectError(f"--size must be at least 8 pixels, got {size}")
@@ -557,7 +557,7 @@ def build_broden(out: Union[str, Path], items: Sequence[SourceItem], params: dic
                               + report.summary_text())
     shutil.rmtree(records)
     (work / "build.json").unlink()
-    from .synthetic.writer import install_dataset_dir
+    from netdissect.data.synthetic.writer import install_dataset_dir
     install_dataset_dir(work, out, overwrite)
     labels = {c: sum(1 for (cc, _) in plan.freq if cc == c) for c in cats}
     images_labeled = {c: sum(1 for r in rows if r.get(c)) for c in cats}

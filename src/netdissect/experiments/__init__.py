@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ..cliargs import add_dissect_args, add_model_args
+from netdissect.cli.options import add_dissect_args, add_model_args
 
 __all__ = ["add_commands"]
 

@@ -21,8 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import NetDissectError
-
+from netdissect.errors import NetDissectError
 
 # --------------------------------------------------------------------------- choosing units
 
@@ -86,7 +85,7 @@ def zeroed(module: torch.nn.Module, layer: str, units: Sequence[int], layout=Non
     """Within the block, ``layer``'s output has ``units`` set to 0 (a forward hook), in the
     layer's own layout (``layouts.Layout``; default N x K x ...): a unit of a token or NHWC map
     is its channel, zeroed at every position (every token, the class token too)."""
-    from ..layouts import Layout, replace_selected, select_output, split_layer
+    from netdissect.models.layouts import Layout, replace_selected, select_output, split_layer
     if not units:
         yield
         return
@@ -111,8 +110,8 @@ def zeroed(module: torch.nn.Module, layer: str, units: Sequence[int], layout=Non
 def evaluate(loaded, layer: str, labeled, conditions: Dict[str, Sequence[int]], batch_size: int = 32,
              device: str = "auto", progress: bool = False) -> Dict[str, dict]:
     """Accuracy (overall and per class) of the model with each condition's units zeroed."""
-    from ..hooks import check_layer_names, layer_layout
-    from ..forward import Normalizer, resolve_device
+    from netdissect.engine.forward import Normalizer, resolve_device
+    from netdissect.models.capture import check_layer_names, layer_layout
     dev = resolve_device(device)
     module = loaded.module.eval().to(dev)
     check_layer_names(module, [layer])
@@ -120,7 +119,7 @@ def evaluate(loaded, layer: str, labeled, conditions: Dict[str, Sequence[int]], 
     n_classes = len(labeled.class_names)
     stats = {name: {"correct": 0, "class_correct": np.zeros(n_classes, np.int64)} for name in conditions}
     class_total = np.zeros(n_classes, np.int64)
-    from .common import batches
+    from netdissect.experiments.common import batches
     with torch.no_grad():
         layout = None
         for images, targets in batches(labeled, batch_size):
@@ -155,10 +154,10 @@ def evaluate(loaded, layer: str, labeled, conditions: Dict[str, Sequence[int]], 
 def run_ablation(loaded, layer: str, dataset, out=None, run=None, *, category=None, label=None, top=None,
                  random=None, units=None, seed: int = 0, controls: int = 3, split=None, limit=None,
                  size: int = 224, batch_size: int = 32, device: str = "auto") -> dict:
-    from ..atomic import atomic_write_json
-    from ..runs import load_layer
-    from .common import open_labeled, write_csv
-    from .rotation import layer_units
+    from netdissect.atomic import atomic_write_json
+    from netdissect.experiments.common import open_labeled, write_csv
+    from netdissect.experiments.rotation import layer_units
+    from netdissect.runs import load_layer
 
     labeled = open_labeled(dataset, loaded, size=size, split=split, limit=limit)
     probe = labeled.load(labeled.items[0][0])
@@ -209,13 +208,20 @@ def run_ablation(loaded, layer: str, dataset, out=None, run=None, *, category=No
 
 
 def plot_ablation(info: dict, class_names: Sequence[str], out: Path):
-    from .style import plotting
+    from netdissect.experiments.style import plotting
     with plotting():
         return _plot(info, class_names, out)
 
 
 def _plot(info, class_names, out):
-    from .style import BASELINE_COLOR, CONTROL_COLOR, NEUTRAL_COLOR, category_color, new_figure, save_figure
+    from netdissect.experiments.style import (
+        BASELINE_COLOR,
+        CONTROL_COLOR,
+        NEUTRAL_COLOR,
+        category_color,
+        new_figure,
+        save_figure,
+    )
     sel = info["selection"]
     color = category_color(sel["category"]) if sel["category"] else NEUTRAL_COLOR
     per_class = len(class_names) <= 30
@@ -271,8 +277,7 @@ def _plot(info, class_names, out):
 
 
 def command(args) -> int:
-    from .common import publish
-    from .common import format_table, load_model_args
+    from netdissect.experiments.common import format_table, load_model_args, publish
     loaded = load_model_args(args)
     info = run_ablation(loaded, args.layer, args.dataset, args.out, args.run, category=args.category,
                         label=args.label, top=args.top, random=args.random, units=args.units, seed=args.seed,

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..errors import ModelError, NetDissectError
+from netdissect.errors import ModelError, NetDissectError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -78,11 +78,11 @@ def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], laye
     """Dissect each checkpoint (or reuse its finished run): one summary row per (step, layer)."""
     import torch
 
-    from ..broden import BrodenDataset, open_dataset
-    from ..models import load_model
-    from ..pipeline import DissectConfig, dissect, manifest
-    from ..runs import finished_summary
-    from .common import log as default_log
+    from netdissect.data.broden import BrodenDataset, open_dataset
+    from netdissect.engine.pipeline import DissectConfig, dissect, manifest
+    from netdissect.experiments.common import log as default_log
+    from netdissect.models.specs import load_model
+    from netdissect.runs import finished_summary
 
     log = log or (lambda msg: default_log(msg, quiet=not progress))
     if params.get("categories") is not None:
@@ -119,9 +119,9 @@ def dissect_series(model_spec, files: Sequence[Path], steps: Sequence[int], laye
 def run_checkpoints(model_spec, checkpoints: Sequence, layers: Sequence[str], dataset, out,
                     steps: Optional[Sequence[int]] = None, **kw) -> dict:
     """Dissect a checkpoint series and write checkpoints.csv / .json / .svg / .png into ``out``."""
-    from ..atomic import atomic_write_json
-    from .common import write_csv
-    from .compare import row_categories
+    from netdissect.atomic import atomic_write_json
+    from netdissect.experiments.common import write_csv
+    from netdissect.experiments.compare import row_categories
 
     if isinstance(layers, str):
         layers = [layers]
@@ -144,13 +144,13 @@ def run_checkpoints(model_spec, checkpoints: Sequence, layers: Sequence[str], da
 
 def plot_checkpoints(rows: Sequence[dict], layers: Sequence[str], categories: Sequence[str], out: Path,
                      stem: str = "checkpoints", title: Optional[str] = None, step_label: str = "training step"):
-    from .style import plotting
+    from netdissect.experiments.style import plotting
     with plotting():
         return _plot(rows, layers, categories, out, stem, title, step_label)
 
 
 def _plot(rows, layers, categories, out, stem, title, step_label):
-    from .style import line_chart, new_figure, save_figure
+    from netdissect.experiments.style import line_chart, new_figure, save_figure
     fig, axes = new_figure(6.2 * len(layers), 4.0, ncols=len(layers))
     axes = axes if isinstance(axes, list) else [axes]
     for ax, layer in zip(axes, layers):
@@ -168,7 +168,7 @@ def _plot(rows, layers, categories, out, stem, title, step_label):
         ax.set_title(f"{layer} ({units} units)")
         acc = [r.get("val_accuracy") for r in sub]
         if sub and all(a is not None for a in acc):  # the task's accuracy on a second axis
-            from .style import CONTROL_COLOR
+            from netdissect.experiments.style import CONTROL_COLOR
             twin = ax.twinx()
             twin.plot(x, acc, color=CONTROL_COLOR, linestyle=":", marker="^", markersize=4, linewidth=1.6,
                       label="held-out accuracy (right axis)")
@@ -188,9 +188,8 @@ def _plot(rows, layers, categories, out, stem, title, step_label):
 
 
 def command(args) -> int:
-    from .common import publish
-    from ..cliargs import dissect_params
-    from .common import format_table
+    from netdissect.cli.options import dissect_params
+    from netdissect.experiments.common import format_table, publish
     weights = None if str(args.weights).lower() == "none" else args.weights
     info = run_checkpoints(args.model, args.checkpoints, args.layers, args.dataset, args.out, steps=args.steps,
                            weights=weights, mean=args.mean, std=args.std, progress=not args.quiet,

@@ -11,13 +11,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import DatasetError, ModelError
+from netdissect.errors import DatasetError, ModelError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def load_model_args(args):
-    from ..models import load_model
+    from netdissect.models.specs import load_model
     weights = None if str(args.weights).lower() == "none" else args.weights
     return load_model(args.model, weights=weights, checkpoint=args.checkpoint, mean=args.mean, std=args.std)
 
@@ -45,7 +45,7 @@ def _fmt_cell(v) -> str:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    from ..atomic import atomic_write_text
+    from netdissect.atomic import atomic_write_text
     atomic_write_text(Path(path), csv_text(header, rows))
     return Path(path)
 
@@ -98,7 +98,7 @@ def scene_classes(ds) -> List[Tuple[int, str]]:
 
 def broden_scene_images(root, split: Optional[str] = None, limit: Optional[int] = None) -> LabeledImages:
     """The images of a Broden-format dataset that carry a scene label, with its class index."""
-    from ..broden import BrodenDataset
+    from netdissect.data.broden import BrodenDataset
     try:
         ds = BrodenDataset(root, split=split, categories=["scene"])
     except DatasetError as exc:
@@ -246,7 +246,7 @@ def publish(out_dir, title: str, description: str = "", run_dir=None):
     was written into a run directory, say how to see it in that run's report."""
     page = None
     if out_dir is not None:
-        from ..report.experiments import write_experiment_page
+        from netdissect.report.experiments import write_experiment_page
         page = write_experiment_page(out_dir, title, description)
         print(f"page: {Path(page).resolve().as_uri()}")
     if run_dir is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..errors import NetDissectError, RunError
-from ..runs import read_run
+from netdissect.errors import NetDissectError, RunError
+from netdissect.runs import read_run
 
 
 def default_names(paths: Sequence[Path]) -> List[str]:
@@ -68,7 +68,7 @@ def compare_rows(runs: Sequence, names: Optional[Sequence[str]] = None,
 
 
 def row_categories(rows: Sequence[dict]) -> List[str]:
-    from .style import ordered_categories
+    from netdissect.experiments.style import ordered_categories
     cats: List[str] = []
     for r in rows:
         cats += list(r["unique_per_category"]) + list(r["detectors_per_category"])
@@ -87,8 +87,8 @@ def table(rows: Sequence[dict], categories: Sequence[str]):
 def run_compare(runs: Sequence, out, names: Optional[Sequence[str]] = None,
                 layers: Optional[Sequence[str]] = None, title: Optional[str] = None) -> dict:
     """Write compare.csv, compare.json and the compare.svg/.png figure into ``out``."""
-    from ..atomic import atomic_write_json
-    from .common import write_csv
+    from netdissect.atomic import atomic_write_json
+    from netdissect.experiments.common import write_csv
     out = Path(out)
     rows = compare_rows(runs, names, layers)
     cats = row_categories(rows)
@@ -104,13 +104,13 @@ def plot_compare(rows: Sequence[dict], categories: Sequence[str], out: Path, ste
     """Top: unique detectors per category. Bottom: share of units that are detectors, per
     category (the group's total share is written above it). ``extra``: a third panel of
     named per-row values (e.g. accuracy)."""
-    from .style import plotting
+    from netdissect.experiments.style import plotting
     with plotting():
         return _plot_compare(rows, categories, out, stem, title, extra)
 
 
 def _plot_compare(rows, categories, out, stem, title, extra):
-    from .style import TOTAL_COLOR, grouped_bars, integer_yaxis, new_figure, save_figure
+    from netdissect.experiments.style import TOTAL_COLOR, grouped_bars, integer_yaxis, new_figure, save_figure
     groups = [r["name"] for r in rows]
     shown = [c for c in categories if any(r["unique_per_category"].get(c, 0) or r["detectors_per_category"].get(c, 0)
                                           for r in rows)] or list(categories)
@@ -136,7 +136,7 @@ def _plot_compare(rows, categories, out, stem, title, extra):
     ax2.set_ylabel("% of units that are detectors")
     ax2.set_title("Detectors per category, as a share of the layer's units", pad=16)
     if extra:
-        from .style import NEUTRAL_COLOR
+        from netdissect.experiments.style import NEUTRAL_COLOR
         ax3 = axes[2]
         name, values = next(iter(extra.items()))
         ax3.bar(range(len(groups)), values, color=NEUTRAL_COLOR, width=0.5)
@@ -153,8 +153,7 @@ def _plot_compare(rows, categories, out, stem, title, extra):
 
 
 def command(args) -> int:
-    from .common import publish
-    from .common import format_table
+    from netdissect.experiments.common import format_table, publish
     result = run_compare(args.runs, args.out, names=args.names, layers=args.layers)
     cats = result["categories"]
     header = ["name", "units", "detectors", "share", "unique"] + cats

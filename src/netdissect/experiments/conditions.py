@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import NetDissectError
-from ..models import IMAGENET_MEAN, IMAGENET_STD
+from netdissect.errors import NetDissectError
+from netdissect.models.specs import IMAGENET_MEAN, IMAGENET_STD
 
 SCENES = ("seaside", "street", "forest", "garden", "playground", "sky")
 CONDITIONS = ("baseline", "no_dropout", "batchnorm", "wide", "seed1")
@@ -175,7 +175,7 @@ class Settings:
 
 def load_split(root: Path, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, H, W, 3) images and int64 (N,) scene classes of one split (scene-labeled only)."""
-    from .common import broden_scene_images
+    from netdissect.experiments.common import broden_scene_images
     labeled = broden_scene_images(root, split=split)
     if labeled.class_names != list(SCENES):
         raise NetDissectError(f"{root}: scene labels {labeled.class_names} are not the synthetic set's "
@@ -208,22 +208,22 @@ def _digest(obj) -> str:
 
 
 def _save_state(path: Path, state) -> None:
-    from ..atomic import atomic_write_bytes
+    from netdissect.atomic import atomic_write_bytes
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def statefile_save(path: Path, state) -> None:
-    from .. import statefile
+    from netdissect.runs import statefile
     statefile.save(path, state)
 
 
 def train_condition(cond: Condition, settings: Settings, data_digest: str, train, val, out: Path,
                     force: bool = False, log=print) -> dict:
     """Train one condition (resuming after its last finished epoch); returns train.json's content."""
-    from ..atomic import atomic_write_json
-    from ..runs import read_json
+    from netdissect.atomic import atomic_write_json
+    from netdissect.runs import read_json
     key = {"condition": asdict(cond), "training": settings.training_key(), "data": data_digest}
     key_digest = _digest(key)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,7 @@ def train_condition(cond: Condition, settings: Settings, data_digest: str, train
     if (out / "resume.pt").exists():
         log(f"{cond.name}: ignoring {out / 'resume.pt'} (a pickled state of an older version is never loaded)")
     if not force and resume.exists():
-        from .. import statefile
+        from netdissect.runs import statefile
         try:
             state = statefile.load(resume)
         except statefile.StateFileError as exc:
@@ -319,14 +319,15 @@ def train_condition(cond: Condition, settings: Settings, data_digest: str, train
 
 def run_conditions(out, settings: Settings = Settings(), force: bool = False, progress: bool = True,
                    threads: Optional[int] = None) -> dict:
-    from ..broden import open_dataset
-    from ..models import load_model
-    from ..atomic import atomic_write_json, atomic_write_text
-    from ..data.synthetic import generate_synthetic
-    from ..runs import finished_summary
-    from .checkpoints import dissect_series, plot_checkpoints
-    from .common import log as _log, write_csv
-    from .compare import compare_rows, plot_compare, row_categories
+    from netdissect.atomic import atomic_write_json, atomic_write_text
+    from netdissect.data.broden import open_dataset
+    from netdissect.data.synthetic import generate_synthetic
+    from netdissect.experiments.checkpoints import dissect_series, plot_checkpoints
+    from netdissect.experiments.common import log as _log
+    from netdissect.experiments.common import write_csv
+    from netdissect.experiments.compare import compare_rows, plot_compare, row_categories
+    from netdissect.models.specs import load_model
+    from netdissect.runs import finished_summary
 
     def log(msg):
         _log(msg, quiet=not progress)
@@ -371,7 +372,7 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
     layers = [EARLY_LAYER, LAST_LAYER]
     dissect_ds = open_dataset(data, split=settings.dissect_split)
     params = dict(workers=0, batch_size=100, min_category_images=1, split=settings.dissect_split)
-    from ..pipeline import DissectConfig, dissect, manifest
+    from netdissect.engine.pipeline import DissectConfig, dissect, manifest
     config = DissectConfig(layers=tuple(layers), **params)
     run_dirs = []
     for name in settings.conditions:
@@ -392,7 +393,7 @@ def run_conditions(out, settings: Settings = Settings(), force: bool = False, pr
     dynamics_rows: List[dict] = []
     if settings.dynamics and "baseline" in settings.conditions:
         t0 = time.time()
-        from .checkpoints import assign_steps
+        from netdissect.experiments.checkpoints import assign_steps
         files = dynamics_checkpoints(sorted((out / "train" / "baseline" / "ckpt").glob("iter_*.pth")))
         dynamics_rows = dissect_series(_BaselineFactory(conds["baseline"]), files, assign_steps(files), [LAST_LAYER],
                                        dissect_ds, out / "dynamics" / "runs", mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -471,10 +472,10 @@ class _BaselineFactory:
 
 
 def plot_training(trained: Dict[str, dict], out: Path):
-    from .style import plotting
+    from netdissect.experiments.style import plotting
     with plotting():
-        from ..report.colors import EXTRA_COLORS
-        from .style import new_figure, save_figure
+        from netdissect.experiments.style import new_figure, save_figure
+        from netdissect.report.colors import EXTRA_COLORS
         fig, ax = new_figure(6.5, 3.8)
         palette = ["#222222", "#0072B2", "#009E73", "#D55E00", "#CC79A7"] + list(EXTRA_COLORS)
         for color, (name, t) in zip(palette, trained.items()):
@@ -492,8 +493,7 @@ def plot_training(trained: Dict[str, dict], out: Path):
 
 
 def command(args) -> int:
-    from .common import publish
-    from .common import format_table
+    from netdissect.experiments.common import format_table, publish
     overrides = dict(images=args.images, size=args.size, epochs=args.epochs, width=args.width, seed=args.seed,
                      conditions=tuple(args.conditions) if args.conditions else None)
     if args.quick:

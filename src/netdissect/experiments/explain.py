@@ -11,7 +11,7 @@ dissected) and their activation map over the image, outlined where the unit exce
 dissection threshold. Output: explain.html (self-contained; report/templates/explain.html),
 explain.png and explain.json.
 
-Vision transformers (layouts.py): the head of a ViT sees either the mean of the patch tokens
+Vision transformers (models/layouts.py): the head of a ViT sees either the mean of the patch tokens
 (timm ``global_pool='avg'`` without ``fc_norm``: the same exact decomposition over the patch
 maps) or the class token (timm ``global_pool='token'``, torchvision ``vit_b_16``): then
 logit_c = sum_k W[c, k] * cls_k + b_c, so unit k contributes W[c, k] times its class-token
@@ -31,9 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import LayerError, ModelError, NetDissectError
-
-from ..report.colors import UNIT_REGION_RGB   # the report's colour for where the unit exceeds its threshold
+from netdissect.errors import LayerError, ModelError, NetDissectError
+from netdissect.report.colors import (
+    UNIT_REGION_RGB,  # the report's colour for where the unit exceeds its threshold
+)
 
 
 def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: Optional[dict] = None):
@@ -42,9 +43,9 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: O
     Checks that the final nn.Linear's input is the global average of the layer's output (or of
     its ReLU), or for a token layer its class token; raises LayerError otherwise. ``details``
     receives ``pooling`` (what the head reads) and ``pooled`` (1, K): the values it reads."""
-    from ..hooks import check_layer_names, layer_layout
-    from ..layouts import select_output, split_layer
-    from .common import final_linear
+    from netdissect.experiments.common import final_linear
+    from netdissect.models.capture import check_layer_names, layer_layout
+    from netdissect.models.layouts import select_output, split_layer
     check_layer_names(module, [layer])
     layout = layer_layout(module, layer, tuple(x.shape[-2:]))
     fc_name, fc = final_linear(module)
@@ -100,10 +101,10 @@ def pooled_head(module: torch.nn.Module, layer: str, x: torch.Tensor, details: O
 def explain_image(loaded, layer: str, run, image, top: int = 8, target=None, size: Optional[int] = 224,
                   device: str = "auto") -> dict:
     """The numbers of one explanation (see the module docstring), plus the maps for drawing."""
-    from ..forward import resolve_device
-    from ..runs import load_layer, read_json
-    from ..upsample import make_upsampler
-    from .common import class_names_of, load_rgb
+    from netdissect.engine.forward import resolve_device
+    from netdissect.experiments.common import class_names_of, load_rgb
+    from netdissect.runs import load_layer, read_json
+    from netdissect.tally.upsample import make_upsampler
 
     device = resolve_device(device)
     module = loaded.module.eval().to(device)
@@ -237,7 +238,7 @@ def _data_uri(png: bytes) -> str:
 
 def write_explanation(info: dict, out) -> List[Path]:
     """explain.json, explain.png and explain.html (images embedded) into ``out``."""
-    from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from netdissect.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
     out = Path(out)
     rgb, maps = info["_rgb"], info["_maps"]
     tiles = {u["unit"]: heat_tile(rgb, maps[u["unit"]], u["threshold"]) for u in info["units"]}
@@ -258,7 +259,7 @@ def _title(u: dict) -> str:
 
 
 def _summary_png(info: dict, tiles) -> bytes:
-    from .style import category_color, new_figure, plotting
+    from netdissect.experiments.style import category_color, new_figure, plotting
     units = info["units"]
     n = len(units) + 1
     cols = min(n, 5)
@@ -285,8 +286,8 @@ def _summary_png(info: dict, tiles) -> bytes:
 
 def _html(info: dict, tiles) -> str:
     """The page (report/templates/explain.html, autoescaped): every name is text, never markup."""
-    from ..report.html import render
-    from .style import category_color
+    from netdissect.experiments.style import category_color
+    from netdissect.report.html import render
     units = [dict(u, tile=_data_uri(_png_bytes(tiles[u["unit"]])),
                   color=category_color(u["category"]) if u["detector"] else "#9A9A9A") for u in info["units"]]
     return render("explain.html", info=info, pred=info["predicted"], expl=info["explained"], units=units,
@@ -298,8 +299,7 @@ def default_out(run, image) -> Path:
 
 
 def command(args) -> int:
-    from .common import publish
-    from .common import format_table, load_model_args
+    from netdissect.experiments.common import format_table, load_model_args, publish
     loaded = load_model_args(args)
     images = list(args.image)
     for image in images:

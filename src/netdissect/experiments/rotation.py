@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LayerError, NetDissectError
+from netdissect.errors import LayerError, NetDissectError
 
 ROTATION_TOLERANCE = 1e-6
 
@@ -188,10 +188,10 @@ class RotatedLayer(nn.Module):
     def __init__(self, model: nn.Module, layer: str, rotation: np.ndarray, alphas: Sequence[float],
                  method: str = "auto", layout: str = "auto"):
         super().__init__()
-        from ..layouts import split_layer
+        from netdissect.models.layouts import split_layer
         modules = dict(model.named_modules())
         if split_layer(layer)[0] not in modules or not layer:
-            from ..hooks import check_layer_names
+            from netdissect.models.capture import check_layer_names
             check_layer_names(model, [layer])
         self.model = model
         self.layer = layer
@@ -203,12 +203,12 @@ class RotatedLayer(nn.Module):
                                                    else np.eye(rotation.shape[0]))
                                       for key, a in zip(keys, self.alphas)})
         self.layer_names = {a: f"rotated.{key}" for a, key in zip(self.alphas, keys)}
-        self.layout = layout   # how the layer holds maps (layouts.py), decided at the first forward
+        self.layout = layout   # how the layer holds maps (models/layouts.py), decided at the first forward
         self._layouts = {}
         self._size = None
 
     def _fan_out(self, module, inputs, output):
-        from ..layouts import select_output
+        from netdissect.models.layouts import select_output
         output = self._layouts[self._size].to_maps(select_output(output, self.layer), self._size)
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
             raise LayerError(f"layer {self.layer!r} does not output N x K x h x w activations; rotate a "
@@ -220,8 +220,8 @@ class RotatedLayer(nn.Module):
             rot(output)
 
     def forward(self, x):
-        from ..hooks import layer_layout
-        from ..layouts import split_layer
+        from netdissect.models.capture import layer_layout
+        from netdissect.models.layouts import split_layer
         self._size = tuple(x.shape[-2:])
         if self._size not in self._layouts:
             self._layouts[self._size] = layer_layout(self.model, self.layer, self._size, self.layout)
@@ -234,7 +234,7 @@ class RotatedLayer(nn.Module):
 
 def layer_units(module: nn.Module, layer: str, image_size, layout: str = "auto") -> int:
     """K of a layer, from one forward pass on a blank image of the given (h, w)."""
-    from ..hooks import LayerCapture, check_activation_shape
+    from netdissect.models.capture import LayerCapture, check_activation_shape
     x = torch.zeros(1, 3, *image_size)
     with torch.no_grad(), LayerCapture(module.eval(), [layer], layout=layout) as capture:
         out = capture(x)[layer]
@@ -251,11 +251,11 @@ def run_rotation(model, layer: str, dataset, out, alphas: Sequence[float] = (0, 
     Files in ``out``: rotation.csv, rotation.json, rotation.svg/.png, and the dissection run
     directory ``out/dissection`` (one layer ``rotated.alpha_*`` per alpha).
     """
-    from ..broden import BrodenDataset, open_dataset
-    from ..models import LoadedModel, load_model
-    from ..pipeline import dissect
-    from ..atomic import atomic_save_npy, atomic_write_json
-    from .common import write_csv
+    from netdissect.atomic import atomic_save_npy, atomic_write_json
+    from netdissect.data.broden import BrodenDataset, open_dataset
+    from netdissect.engine.pipeline import dissect
+    from netdissect.experiments.common import write_csv
+    from netdissect.models.specs import LoadedModel, load_model
 
     alphas = [float(a) for a in alphas]
     if not alphas:
@@ -287,7 +287,7 @@ def run_rotation(model, layer: str, dataset, out, alphas: Sequence[float] = (0, 
                      "unique_per_category": s["unique_per_category"],
                      "detectors_per_category": s["detectors_per_category"],
                      "mean_best_iou": float(result.layers[name].best_iou.mean())})
-    from .style import ordered_categories
+    from netdissect.experiments.style import ordered_categories
     cats = ordered_categories(categories or [])
     header = ["alpha", "units", "detectors", "unique_detectors", "mean_best_iou"] + \
         [f"unique_{c}" for c in cats] + [f"detectors_{c}" for c in cats]
@@ -307,13 +307,13 @@ def run_rotation(model, layer: str, dataset, out, alphas: Sequence[float] = (0, 
 
 
 def plot_rotation(info: dict, categories: Sequence[str], out: Path) -> List[Path]:
-    from .style import plotting
+    from netdissect.experiments.style import plotting
     with plotting():
         return _plot_rotation(info, categories, out)
 
 
 def _plot_rotation(info: dict, categories: Sequence[str], out: Path) -> List[Path]:
-    from .style import line_chart, new_figure, save_figure
+    from netdissect.experiments.style import line_chart, new_figure, save_figure
     rows = info["rows"]
     x = [r["alpha"] for r in rows]
     fig, (ax1, ax2) = new_figure(10.5, 4.0, ncols=2)
@@ -335,9 +335,8 @@ def _plot_rotation(info: dict, categories: Sequence[str], out: Path) -> List[Pat
 
 
 def command(args) -> int:
-    from .common import publish
-    from ..cliargs import dissect_params
-    from .common import format_table, load_model_args
+    from netdissect.cli.options import dissect_params
+    from netdissect.experiments.common import format_table, load_model_args, publish
     loaded = load_model_args(args)
     info = run_rotation(loaded, args.layer, args.dataset, args.out, alphas=args.alpha, seed=args.seed,
                         method=args.method, progress=not args.quiet, force=args.force, **dissect_params(args))
@@ -352,6 +351,6 @@ def command(args) -> int:
     dissection = Path(info["dissection"])
     (dissection / "rotation").mkdir(exist_ok=True)
     shutil.copyfile(page, dissection / "rotation" / page.name)
-    from ..report import render_report
+    from netdissect.report import render_report
     print(f"report: {render_report(dissection, progress=not args.quiet).resolve().as_uri()}")
     return 0

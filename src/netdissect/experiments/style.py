@@ -13,8 +13,8 @@ import io
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
 
-from ..report.colors import FIXED_CATEGORY_COLORS as CATEGORY_COLORS
-from ..report.colors import MPL_RC, category_colors
+from netdissect.report.colors import FIXED_CATEGORY_COLORS as CATEGORY_COLORS
+from netdissect.report.colors import MPL_RC, category_colors
 
 #: Broden's categories in the order the figures list them (the paper's order).
 CATEGORY_ORDER = ("object", "scene", "part", "material", "texture", "color")
@@ -77,7 +77,7 @@ def save_figure(fig, out_dir, stem: str) -> List[Path]:
     """Write ``stem.svg`` and ``stem.png`` (150 dpi) into out_dir, atomically; returns the paths."""
     import matplotlib
 
-    from ..atomic import atomic_write_bytes
+    from netdissect.atomic import atomic_write_bytes
 
     out_dir = Path(out_dir)
     paths = []

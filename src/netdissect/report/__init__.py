@@ -25,15 +25,36 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..errors import NetDissectError, RunError
-from . import figures as _figures
-from .experiments import copy_experiment_pages
-from .html import (category_bars, common, concept_sections, formula_info, heat_data, iou_scale, layer_data,
-                   layer_page, quantile_text, render, search_index, atlas_data, tiles_layout,
-                   unit_tiles, category_data)
-from .runview import IMAGE_CATEGORIES, RunView, load_run
-from .tiles import (LayerTiles, load_images, progress_bar, render_layer_tiles, wanted_images,
-                    write_atlases, write_paper_strips)
+from netdissect.errors import NetDissectError, RunError
+from netdissect.report import figures as _figures
+from netdissect.report.experiments import copy_experiment_pages
+from netdissect.report.html import (
+    atlas_data,
+    category_bars,
+    category_data,
+    common,
+    concept_sections,
+    formula_info,
+    heat_data,
+    iou_scale,
+    layer_data,
+    layer_page,
+    quantile_text,
+    render,
+    search_index,
+    tiles_layout,
+    unit_tiles,
+)
+from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
+from netdissect.report.tiles import (
+    LayerTiles,
+    load_images,
+    progress_bar,
+    render_layer_tiles,
+    wanted_images,
+    write_atlases,
+    write_paper_strips,
+)
 
 __all__ = ["render_report"]
 
@@ -69,7 +90,7 @@ def _open_dataset(run: RunView) -> Tuple[Any, str]:
         return None, "config.json records no dataset path, so the images cannot be shown"
     if not ds.path.exists():
         return None, f"dataset {ds.path} not found (moved or deleted?): the images cannot be shown"
-    from ..broden import BrodenDataset
+    from netdissect.data.broden import BrodenDataset
     try:
         dataset = BrodenDataset(ds.path, split=ds.split, categories=ds.categories, limit=ds.limit)
     except NetDissectError as exc:
@@ -254,7 +275,7 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
             "concepts.html", **common(run, "concepts", version), page_kind="concepts",
             sections=sections, by_cat=by_cat, cats=cats, data=concepts_data), encoding="utf-8")
 
-        formula_fig = None   # written by netdissect.formulas next to the other figures
+        formula_fig = None   # written by netdissect.formulas.search next to the other figures
         if (root / "figures" / "formula_gain.svg").exists():
             for p in (root / "figures").glob("formula_gain.*"):
                 _copy(p, stage / "figures" / p.name)

@@ -39,8 +39,8 @@ def _figure(path: Path) -> dict:
 
 def write_experiment_page(out_dir, title: str, description: str = "") -> Path:
     """Write ``out_dir/experiment.html`` from the figures and CSV tables in ``out_dir``."""
-    from ..atomic import atomic_write_text
-    from .html import render
+    from netdissect.atomic import atomic_write_text
+    from netdissect.report.html import render
     out_dir = Path(out_dir)
     figures = sorted(out_dir.glob("*.svg"))
     svg_stems = {p.stem for p in figures}

@@ -11,9 +11,9 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from ..atomic import atomic_path
-from .colors import MPL_RC, category_colors
-from .runview import LayerView
+from netdissect.atomic import atomic_path
+from netdissect.report.colors import MPL_RC, category_colors
+from netdissect.report.runview import LayerView
 
 
 def _plt():

@@ -18,9 +18,9 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from .colors import LABEL_REGION_HEX, UNIT_REGION_HEX, category_colors, text_color_on
-from .runview import LayerView, RunView
-from .tiles import Atlas, LayerTiles
+from netdissect.report.colors import LABEL_REGION_HEX, UNIT_REGION_HEX, category_colors, text_color_on
+from netdissect.report.runview import LayerView, RunView
+from netdissect.report.tiles import Atlas, LayerTiles
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -148,7 +148,7 @@ def layer_data(run: RunView, layer: LayerView, tiles: Optional[LayerTiles], atla
                                    for cat, (lab, v) in u.per_category.items()],
                              "t": _num(layer.result.thresholds[u.unit], 5)}
         formulas = getattr(layer.result, "formulas", None)
-        if formulas is not None:   # compositional explanation (netdissect.formulas)
+        if formulas is not None:   # compositional explanation (netdissect.formulas.search)
             d["f"] = formulas.text(u.unit)
             d["fi"] = _num(formulas.iou[u.unit])
             d["fo"] = sorted(set(formulas.operators(u.unit)))

@@ -1,7 +1,7 @@
 """A unit's region in an image, exactly as the dissection scored it.
 
 The tally upsamples a unit's native map to the segmentation size with the run's upsampler
-(``netdissect.upsample.make_upsampler``: bilinear, or receptive-field placement in ``rf`` mode)
+(``netdissect.tally.upsample.make_upsampler``: bilinear, or receptive-field placement in ``rf`` mode)
 and keeps the pixels strictly above the unit's threshold. The report calls the same function
 with the same arguments, so what a strip draws is the mask that entered the IoU (up to the
 float16 rounding of the stored top-k maps), in both modes.
@@ -13,7 +13,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import torch
 
-from ..upsample import make_upsampler
+from netdissect.tally.upsample import make_upsampler
 
 
 def layer_upsampler(result, mode: str, image_size: Tuple[int, int],

@@ -14,10 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..broden import IMAGE_CATEGORIES  # noqa: F401  (image-level labels: the whole image is the region)
-from ..errors import RunError
-from ..runs import layer_dir, load_layer, read_json
-
+from netdissect.data.broden import IMAGE_CATEGORIES  # noqa: F401  (image-level labels: the whole image is the region)
+from netdissect.errors import RunError
+from netdissect.runs import layer_dir, load_layer, read_json
 
 
 @dataclass
@@ -46,7 +45,7 @@ class UnitView:
 class LayerView:
     name: str
     dirname: str
-    result: Any                        # netdissect.pipeline.LayerResult
+    result: Any                        # netdissect.engine.pipeline.LayerResult
     stats: Dict[str, Any]              # LayerResult.summary(): what summary.json holds
     units: List[UnitView]
 

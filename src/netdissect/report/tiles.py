@@ -31,12 +31,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_path
-from ..progress import progress_bar as _progress_bar
-from .colors import (DIM_RGBA, LABEL_DARK_RGB, LABEL_REGION_RGB, SPECK_ALPHA, UNIT_FILL_ALPHA,
-                     UNIT_REGION_RGB)
-from .regions import layer_upsampler, map_placement, unit_regions
-from .runview import IMAGE_CATEGORIES, LayerView
+from netdissect.atomic import atomic_path
+from netdissect.progress import progress_bar as _progress_bar
+from netdissect.report.colors import (
+    DIM_RGBA,
+    LABEL_DARK_RGB,
+    LABEL_REGION_RGB,
+    SPECK_ALPHA,
+    UNIT_FILL_ALPHA,
+    UNIT_REGION_RGB,
+)
+from netdissect.report.regions import layer_upsampler, map_placement, unit_regions
+from netdissect.report.runview import IMAGE_CATEGORIES, LayerView
 
 ATLAS_COLS = 8                 # dataset images per atlas row (an atlas holds ATLAS_COLS ** 2)
 UNITS_PER_SHEET = 16           # overlay rows per sheet
@@ -442,8 +448,8 @@ def _formula_labels(result, k: int, level) -> List[Tuple[int, bool]]:
 
 
 def _formula_region(tokens, image_masks: Dict[int, tuple], numbers, hw) -> np.ndarray:
-    """A formula's region in one image from its concepts' masks (netdissect.formulas semantics)."""
-    from ..formulas import AND, OR
+    """A formula's region in one image from its concepts' masks (netdissect.formulas.search semantics)."""
+    from netdissect.formulas.search import AND, OR
 
     def concept(c: int) -> np.ndarray:
         m = image_masks.get(int(numbers[c]), (None, None))[0]

@@ -42,7 +42,7 @@ Files and statistics
 --------------------
 * ``images/NNNNNN.jpg`` (JPEG quality 90, 4:4:4 chroma), masks ``NNNNNN_color.png``,
   ``NNNNNN_object.png``, ``NNNNNN_part_1.png``, ``NNNNNN_material.png`` at half resolution
-  (``sh = sw = size // 2``), label number = R + 256 * G (:mod:`netdissect.labelpng`).
+  (``sh = sw = size // 2``), label number = R + 256 * G (:mod:`netdissect.data.labelpng`).
   Segmentation pixel (i, j) is the label at the image point ((j + 0.5) / sw, (i + 0.5) / sh)
   in relative coordinates: the label maps are rendered directly at that resolution from the
   same geometry as the image.
@@ -64,63 +64,35 @@ files are byte-identical for the same seed whatever the number of workers.
 """
 from __future__ import annotations
 
-from ...broden import IMAGE_CATEGORIES, PIXEL_CATEGORIES  # noqa: F401  (Broden's lists, as before)
-from .vocabulary import (  # noqa: F401
-    CATEGORIES,
-    CATEGORY_LABELS,
-    COLOR_NAMES,
-    INDEX_HEADER,
-    LABELS,
-    MATERIAL_NAMES,
-    OBJECT_NAMES,
-    PART_NAMES,
-    PART_OF,
-    SCENE_NAMES,
-    TEXTURE_NAMES,
-    VOCABULARY,
-)
-from .colors import (  # noqa: F401
-    COLOR_PROTOTYPES,
-    COLOR_VARIANTS,
+from netdissect.data.broden import IMAGE_CATEGORIES, PIXEL_CATEGORIES  # noqa: F401  (Broden's lists, as before)
+from netdissect.data.synthetic.colors import (
     _NAMING,
     _PROTOTYPE_LAB,
     _PROTOTYPE_NAME,
+    COLOR_PROTOTYPES,
+    COLOR_VARIANTS,
     color_label_map,
     name_colors,
     srgb_to_lab,
 )
-from .geometry import (  # noqa: F401
+from netdissect.data.synthetic.geometry import (
     _Below,
     _Capsule,
+    _circle,
     _Ellipse,
     _Everything,
     _Intersection,
     _Polygon,
-    _Shape,
-    _Union,
-    _circle,
     _rect,
     _rot_rect,
+    _Shape,
+    _Union,
 )
-from .textures import (  # noqa: F401
-    Fill,
-    _Palette,
-    _frac,
-    _hash01,
-    _mix,
-    _rotate,
-    _shade,
-    _texture_fill,
-)
-from .materials import (  # noqa: F401
-    MATERIAL_COLORS,
-    _material_fill,
-)
-from .objects import (  # noqa: F401
-    _Canvas,
+from netdissect.data.synthetic.materials import MATERIAL_COLORS, _material_fill
+from netdissect.data.synthetic.objects import (
     _OBJECTS,
     _PLANES,
-    _Piece,
+    _Canvas,
     _maybe_material,
     _obj_ball,
     _obj_bird,
@@ -134,8 +106,9 @@ from .objects import (  # noqa: F401
     _obj_person,
     _obj_sun,
     _obj_tree,
+    _Piece,
 )
-from .scenes import (  # noqa: F401
+from netdissect.data.synthetic.scenes import (
     NO_SCENE_SHARE,
     SURFACE_FRACTION,
     TEXTURE_ONLY_SHARE,
@@ -145,7 +118,31 @@ from .scenes import (  # noqa: F401
     render_image,
     scene_rule,
 )
-from .writer import (  # noqa: F401
+from netdissect.data.synthetic.textures import (
+    Fill,
+    _frac,
+    _hash01,
+    _mix,
+    _Palette,
+    _rotate,
+    _shade,
+    _texture_fill,
+)
+from netdissect.data.synthetic.vocabulary import (
+    CATEGORIES,
+    CATEGORY_LABELS,
+    COLOR_NAMES,
+    INDEX_HEADER,
+    LABELS,
+    MATERIAL_NAMES,
+    OBJECT_NAMES,
+    PART_NAMES,
+    PART_OF,
+    SCENE_NAMES,
+    TEXTURE_NAMES,
+    VOCABULARY,
+)
+from netdissect.data.synthetic.writer import (
     DATASET_MARKER,
     _fmt,
     _label_counts,
@@ -155,7 +152,6 @@ from .writer import (  # noqa: F401
     check_output_dir,
     encode_jpeg,
     generate_synthetic,
-    main,
+    main,  # noqa: F401,E402
     write_tables,
 )
-from .writer import main  # noqa: F401,E402

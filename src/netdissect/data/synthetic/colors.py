@@ -1,4 +1,4 @@
-"""Colour naming of the synthetic set (and of netdissect.voc's sample): nearest prototype in CIE L*a*b*.
+"""Colour naming of the synthetic set (and of netdissect.data.voc_example's sample): nearest prototype in CIE L*a*b*.
 
 Not Broden's rule. Real images get their colour labels from the w2color table
 (:mod:`netdissect.data.colors`, used by every dataset builder). The synthetic generator plants
@@ -17,8 +17,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from .vocabulary import COLOR_NAMES
-
+from netdissect.data.synthetic.vocabulary import COLOR_NAMES
 
 #: sRGB prototype of each colour name; rendering draws colours around these, naming picks
 #: the nearest one in CIE L*a*b*.

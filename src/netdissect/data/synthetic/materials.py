@@ -8,10 +8,9 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .colors import COLOR_PROTOTYPES
-from .textures import Fill, _frac, _hash01, _mix, _rotate, _shade
-from .vocabulary import COLOR_NAMES
-
+from netdissect.data.synthetic.colors import COLOR_PROTOTYPES
+from netdissect.data.synthetic.textures import Fill, _frac, _hash01, _mix, _rotate, _shade
+from netdissect.data.synthetic.vocabulary import COLOR_NAMES
 
 #: colour names a material is drawn in (its natural range; several per material).
 MATERIAL_COLORS: Dict[str, Tuple[str, ...]] = {

@@ -8,11 +8,20 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .geometry import _Capsule, _Ellipse, _Intersection, _Polygon, _Shape, _Union, _circle, _rect, _rot_rect
-from .materials import _material_fill
-from .textures import Fill
-from .vocabulary import OBJECT_NAMES
-
+from netdissect.data.synthetic.geometry import (
+    _Capsule,
+    _circle,
+    _Ellipse,
+    _Intersection,
+    _Polygon,
+    _rect,
+    _rot_rect,
+    _Shape,
+    _Union,
+)
+from netdissect.data.synthetic.materials import _material_fill
+from netdissect.data.synthetic.textures import Fill
+from netdissect.data.synthetic.vocabulary import OBJECT_NAMES
 
 _PLANES = ("object", "part", "material", "instance")
 

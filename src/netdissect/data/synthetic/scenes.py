@@ -7,13 +7,19 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .geometry import _Below, _Everything
-from .materials import _material_fill
-from .objects import _Canvas, _OBJECTS
-from .textures import _Palette, _texture_fill
-from .vocabulary import LABELS, MATERIAL_NAMES, OBJECT_NAMES, SCENE_NAMES, TEXTURE_NAMES, VOCABULARY
-from ...errors import NetDissectError
-
+from netdissect.data.synthetic.geometry import _Below, _Everything
+from netdissect.data.synthetic.materials import _material_fill
+from netdissect.data.synthetic.objects import _OBJECTS, _Canvas
+from netdissect.data.synthetic.textures import _Palette, _texture_fill
+from netdissect.data.synthetic.vocabulary import (
+    LABELS,
+    MATERIAL_NAMES,
+    OBJECT_NAMES,
+    SCENE_NAMES,
+    TEXTURE_NAMES,
+    VOCABULARY,
+)
+from netdissect.errors import NetDissectError
 
 #: minimum visible share of the segmentation pixels for an instance to count as present.
 VISIBLE_FRACTION = 0.005

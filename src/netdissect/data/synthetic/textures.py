@@ -8,9 +8,8 @@ from typing import Callable, Iterable, Tuple, Union
 
 import numpy as np
 
-from .colors import COLOR_PROTOTYPES
-from .vocabulary import COLOR_NAMES
-
+from netdissect.data.synthetic.colors import COLOR_PROTOTYPES
+from netdissect.data.synthetic.vocabulary import COLOR_NAMES
 
 Fill = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-from ...broden import IMAGE_CATEGORIES, PIXEL_CATEGORIES
+from netdissect.data.broden import IMAGE_CATEGORIES, PIXEL_CATEGORIES
 
-
-CATEGORIES: Tuple[str, ...] = PIXEL_CATEGORIES + IMAGE_CATEGORIES   # Broden's six, from broden.py
+CATEGORIES: Tuple[str, ...] = PIXEL_CATEGORIES + IMAGE_CATEGORIES   # Broden's six, from data/broden.py
 INDEX_HEADER: Tuple[str, ...] = ("image", "split", "ih", "iw", "sh", "sw") + CATEGORIES
 
 COLOR_NAMES: Tuple[str, ...] = ("black", "blue", "brown", "green", "grey", "orange", "pink",

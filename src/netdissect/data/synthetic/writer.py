@@ -20,12 +20,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .colors import color_label_map
-from .scenes import render_image
-from .vocabulary import CATEGORIES, INDEX_HEADER, VOCABULARY
-from ...broden import PIXEL_CATEGORIES
-from ...errors import NetDissectError
-from ...labelpng import write_label_png
+from netdissect.data.broden import PIXEL_CATEGORIES
+from netdissect.data.labelpng import write_label_png
+from netdissect.data.synthetic.colors import color_label_map
+from netdissect.data.synthetic.scenes import render_image
+from netdissect.data.synthetic.vocabulary import CATEGORIES, INDEX_HEADER, VOCABULARY
+from netdissect.errors import NetDissectError
 
 
 def _label_counts(plane: np.ndarray) -> Dict[int, int]:
@@ -209,7 +209,7 @@ def install_dataset_dir(work: Path, out: Path, overwrite: bool) -> None:
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
-    from ...progress import track
+    from netdissect.progress import track
     return track(iterable, total, enabled, desc)
 
 
@@ -247,7 +247,7 @@ def generate_synthetic(out_dir: Union[str, Path], images: int = 1000, size: int 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m netdissect.synthetic",
+    p = argparse.ArgumentParser(prog="python -m netdissect.data.synthetic",
                                 description="Write a synthetic dataset in the Broden format.")
     p.add_argument("out_dir")
     p.add_argument("--images", type=int, default=1000)

@@ -1,0 +1,2 @@
+"""Models: specs to modules (specs), capturing layer outputs (capture) as unit maps (layouts),
+exported and TorchScript programs."""

@@ -1,0 +1,132 @@
+"""``--memory-budget``: one number for the whole run's statistics, split once, up front.
+
+The budget bounds what a dissection holds besides the model and one batch: for every layer its
+top-k images (maps included), its threshold state and its candidate maps (the (unit, image)
+maps that may still exceed the threshold, kept in memory until they spill to scratch files),
+then the final tally's working chunk. ``plan_memory`` splits it before the pass:
+
+1. Top-k images come first: the report needs them, so they are never traded away.
+2. Of the rest R, half holds candidate maps, split between layers by the size of one image's
+   maps (a layer of larger maps finds more candidates); a buffer spills to disk when full.
+3. The other half holds the threshold states: a layer's exact one-pass state when it fits
+   (smallest first), else the two-pass radix counts (``quantile.RadixQuantile``, 65,536 bins a
+   unit, still exact) when they are smaller; they take a second forward pass.
+4. The final tally runs after the pass, when the threshold states are gone: it upsamples chunks
+   of candidate maps within what the candidates do not hold, R minus their share.
+
+When the top-k maps and the smaller threshold state of each layer alone exceed the budget, the
+run still goes ahead with that minimum, and says so: nothing smaller gives exact thresholds.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
+
+from netdissect.stats.quantile import BINS, exact_memory_bytes
+
+__all__ = ["LayerShare", "MemoryPlan", "plan_memory", "release_free_memory"]
+
+MIB = 2 ** 20
+MIN_CANDIDATES = 4096  # bytes: a buffer smaller than one map would spill on every batch
+# "1": every layer takes the two-pass thresholds, whatever they cost (the tests of that path use
+# it on datasets far too small to need it)
+FORCE_TWO_PASS = "NETDISSECT_TWO_PASS"
+
+
+@dataclass(frozen=True)
+class LayerShare:
+    """One layer's part of the budget, in bytes."""
+
+    top_images: int
+    thresholds: int
+    candidates: int
+    two_pass: bool      # thresholds from the radix counts (a second forward pass)
+    exact_need: int     # what the one-pass exact state would have needed
+    least_thresholds: int  # the smaller of the exact state and the radix counts
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    budget: int
+    layers: Dict[str, LayerShare]
+    tally: int          # bytes of upsampled masks the final tally works on at a time
+
+    @property
+    def minimum(self) -> int:
+        """What the statistics need whatever the budget: the top-k maps and the smaller of
+        each layer's two threshold states."""
+        return sum(s.top_images + s.least_thresholds for s in self.layers.values())
+
+    @property
+    def held(self) -> int:
+        """The most the pass holds at once: top-k maps, threshold states, candidate buffers."""
+        return sum(s.top_images + s.thresholds + s.candidates for s in self.layers.values())
+
+    def describe(self) -> str:
+        parts = [f"{name}: {s.thresholds / MIB:.1f} MiB thresholds ({'two passes' if s.two_pass else 'exact'}), "
+                 f"{s.candidates / MIB:.1f} MiB candidates, {s.top_images / MIB:.1f} MiB top images"
+                 for name, s in self.layers.items()]
+        return "; ".join(parts) + f"; tally chunks {self.tally / MIB:.1f} MiB"
+
+
+def top_images_bytes(units: int, top_k: int, map_shape: Tuple[int, int]) -> int:
+    """TopKImages: scores, indices and float32 maps, plus one update's copy of the maps."""
+    h, w = map_shape
+    return units * top_k * (4 + 8 + 2 * 4 * h * w)
+
+
+def radix_bytes(units: int, values: int) -> int:
+    """RadixQuantile: 65,536 counts per unit (int64 beyond 2**31 values), one pass at a time."""
+    return units * BINS * (4 if values < 2 ** 31 else 8)
+
+
+def plan_memory(budget_bytes: int, shapes: Dict[str, Tuple[int, int, int]], images: int, level: float,
+                top_k: int) -> MemoryPlan:
+    """Split ``budget_bytes`` between the layers ``shapes`` (name -> units, h, w) for ``images``."""
+    names: Sequence[str] = list(shapes)
+    top = {name: top_images_bytes(k, top_k, (h, w)) for name, (k, h, w) in shapes.items()}
+    rest = max(budget_bytes - sum(top.values()), 0)
+    # candidates: half the rest, by the size of one image's maps
+    per_image = {name: k * h * w for name, (k, h, w) in shapes.items()}
+    total = sum(per_image.values()) or 1
+    candidates = {name: max(rest // 2 * per_image[name] // total, MIN_CANDIDATES) for name in names}
+    # thresholds: the exact state while it fits in the other half, smallest first; the radix
+    # counts only where they are the smaller (on a small dataset the exact state always is)
+    exact = {name: exact_memory_bytes(k, images * h * w, level) for name, (k, h, w) in shapes.items()}
+    radix = {name: radix_bytes(k, images * h * w) for name, (k, h, w) in shapes.items()}
+    forced = os.environ.get(FORCE_TWO_PASS) == "1"
+    room = rest - rest // 2
+    two_pass = {}
+    for name in sorted(names, key=lambda n: (exact[n] > radix[n], exact[n], names.index(n))):
+        two_pass[name] = forced or (exact[name] > room and exact[name] > radix[name])
+        room -= radix[name] if two_pass[name] else exact[name]
+    layers = {}
+    for name in names:
+        k, h, w = shapes[name]
+        thresholds = radix[name] if two_pass[name] else exact[name]
+        layers[name] = LayerShare(top[name], thresholds, candidates[name], two_pass[name], exact[name],
+                                  min(exact[name], radix[name]))
+    tally = max(rest - sum(candidates.values()), MIN_CANDIDATES)
+    return MemoryPlan(budget_bytes, layers, tally)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the system (glibc keeps them otherwise).
+
+    The candidate buffers allocate and free many large tensors; without this the resident size
+    keeps every high-water mark and outgrows the budget as the number of images grows.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

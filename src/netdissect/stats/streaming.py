@@ -1,0 +1,241 @@
+"""Per-layer streaming state of one dissection pass.
+
+For each layer, every batch updates three small statistics and one buffer:
+- the exact top quantile of each unit (``ExactTopQuantile``),
+- the running top-k images of each unit by maximum activation, with their maps (for the report),
+- the buffer of (unit, image) native maps whose maximum reaches the quantile's current lower
+  bound. Only those pairs can have active pixels once the threshold is known, so the IoU is
+  tallied from them after the pass, without a second forward pass. The buffer is pruned as the
+  bound rises and spilled to disk beyond a memory budget, so memory does not grow with the
+  number of images.
+"""
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from netdissect.atomic import atomic_path
+from netdissect.runs import safe_name
+from netdissect.stats.memory import release_free_memory
+from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile
+
+
+class TopKImages:
+    """For each unit, the k images with the largest maximum activation, and their maps.
+
+    Ties go to the lower image index, so the kept images are a function of the dataset alone,
+    not of the order of the batches: shards merged give what one process keeps. The k entries
+    of a unit sit in fixed slots in no particular order (a new image takes the slot of the one
+    it evicts, so a batch writes only the maps that enter); ``ranked()`` orders them.
+    """
+
+    def __init__(self, units: int, k: int, map_shape: Tuple[int, int], device="cpu"):
+        self.k = k
+        self.score = torch.full((units, k), -float("inf"), device=device)
+        self.index = torch.full((units, k), -1, dtype=torch.int64, device=device)
+        self.maps = torch.zeros((units, k) + tuple(map_shape), device=device)
+
+    def add(self, maxima: torch.Tensor, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
+        k = self.k
+        # only the units where an image of the batch beats the worst kept one change
+        worst = best_slots(self.score, self.index, k)[:, -1:]
+        last_score, last_index = self.score.gather(1, worst), self.index.gather(1, worst)
+        beats = (maxima.t() > last_score) | ((maxima.t() == last_score) & (images[None, :] < last_index))
+        changed = torch.nonzero(beats.any(dim=1)).flatten()
+        if changed.numel() == 0:
+            return
+        scores = torch.cat([self.score[changed], maxima.t()[changed]], dim=1)   # (K', k + B)
+        index = torch.cat([self.index[changed], images[None, :].expand(changed.numel(), -1)], dim=1)
+        slots = best_slots(scores, index, k)                                  # (K', k)
+        stays = torch.zeros((changed.numel(), k + 1), dtype=torch.bool, device=slots.device)
+        stays.scatter_(1, slots.clamp(max=k), True)                           # column k: "from the batch"
+        # row by row, the evicted slots and the entering images come out of nonzero() in the
+        # same row order and in equal numbers: pair them
+        rows, free = torch.nonzero(~stays[:, :k], as_tuple=True)
+        entering = slots[slots >= k] - k                                      # batch positions, row-major
+        units = changed[rows]
+        self.score[units, free] = maxima[entering, units]
+        self.index[units, free] = images[entering]
+        self.maps[units, free] = acts[entering, units]
+
+    def ranked(self):
+        """(score, index, maps) of every unit, best first: score descending, then index ascending."""
+        slots = best_slots(self.score, self.index, self.k)
+        units = torch.arange(self.score.shape[0], device=slots.device)[:, None].expand_as(slots)
+        return self.score.gather(1, slots), self.index.gather(1, slots), self.maps[units, slots]
+
+    def merge_ranks(self, group) -> None:
+        """The top k over every rank's images (a sharded run)."""
+        score, index = group.gather(self.score, dim=1), group.gather(self.index, dim=1)
+        maps = group.gather(self.maps, dim=1)
+        slots = best_slots(score, index, self.k)
+        units = torch.arange(score.shape[0])[:, None].expand_as(slots)
+        device = self.score.device
+        self.score, self.index = score.gather(1, slots).to(device), index.gather(1, slots).to(device)
+        self.maps = maps[units, slots].to(device)
+
+    def state_dict(self) -> dict:
+        return {"score": self.score.cpu(), "index": self.index.cpu(), "maps": self.maps.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.score.device
+        self.score, self.index, self.maps = (state["score"].to(device), state["index"].to(device),
+                                             state["maps"].to(device))
+
+
+def best_slots(score: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, k) positions of the k best entries per row: score descending, then index ascending."""
+    by_index = torch.sort(index, dim=1, stable=True).indices
+    by_score = torch.sort(score.gather(1, by_index), dim=1, descending=True, stable=True).indices
+    return by_index.gather(1, by_score[:, :k])
+
+
+class PairBuffer:
+    """Native maps of (unit, image) pairs that may still exceed the final threshold."""
+
+    def __init__(self, spill_dir: Optional[Path], budget_bytes: int, name: str):
+        self.spill_dir = spill_dir
+        self.budget = budget_bytes
+        self.name = name
+        self.chunks: List[dict] = []
+        self.spilled: List[Path] = []
+        self.bytes = 0
+
+    def add(self, units: torch.Tensor, images: torch.Tensor, maxima: torch.Tensor,
+            maps: torch.Tensor) -> None:
+        if units.numel() == 0:
+            return
+        chunk = {"unit": units.cpu(), "image": images.cpu(), "max": maxima.cpu(), "maps": maps.cpu()}
+        self.chunks.append(chunk)
+        self.bytes += _chunk_bytes(chunk)
+
+    def over_budget(self) -> bool:
+        return self.bytes > self.budget
+
+    def prune(self, bound: torch.Tensor) -> None:
+        """Drop pairs whose maximum cannot exceed the final threshold any more."""
+        bound = bound.cpu()
+        kept = []
+        self.bytes = 0
+        for chunk in self.chunks:
+            keep = chunk["max"] > bound[chunk["unit"]]
+            if not bool(keep.all()):
+                chunk = {key: value[keep] for key, value in chunk.items()}
+            if chunk["unit"].numel():
+                kept.append(chunk)
+                self.bytes += _chunk_bytes(chunk)
+        self.chunks = kept
+
+    def spill(self) -> None:
+        """Move the in-memory pairs to one file in the spill directory."""
+        if not self.chunks or self.spill_dir is None:
+            return
+        merged = {key: torch.cat([c[key] for c in self.chunks]) for key in self.chunks[0]}
+        # plain arrays (no pickle): a checkpoint names these files, so they are read on resume
+        # the layer name's digest keeps layers apart whose safe names collide ("a b", "a_b")
+        digest = hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:8]
+        path = self.spill_dir / f"{safe_name(self.name)}-{digest}.pairs{len(self.spilled):05d}.npz"
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{key: value.numpy() for key, value in merged.items()})  # uncompressed: scratch
+        self.spilled.append(path)
+        self.chunks = []
+        self.bytes = 0
+
+    def final_pairs(self, thresholds: torch.Tensor) -> Iterator[dict]:
+        """Chunks of the pairs whose maximum exceeds the final threshold, in image order."""
+        thresholds = thresholds.cpu()
+        for source in list(self.spilled) + [None]:
+            chunks = [_load_spill(source)] if source is not None else self.chunks
+            for chunk in chunks:
+                keep = chunk["max"] > thresholds[chunk["unit"]]
+                if bool(keep.all()):
+                    yield chunk  # no copy of the maps
+                elif bool(keep.any()):
+                    yield {key: value[keep] for key, value in chunk.items()}
+
+    def state_dict(self) -> dict:
+        # file names only: a run directory that was moved still resumes
+        return {"chunks": self.chunks, "spilled": [p.name for p in self.spilled]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.chunks = state["chunks"]
+        self.spilled = [self.spill_dir / name for name in state["spilled"]]
+        self.bytes = sum(_chunk_bytes(c) for c in self.chunks)
+
+
+def _load_spill(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: torch.from_numpy(z[key]) for key in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        from netdissect.errors import RunError
+        raise RunError(f"{path}: scratch file cannot be read ({exc.__class__.__name__}); rerun with "
+                       "--force to recompute") from None
+
+
+def _chunk_bytes(chunk: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in chunk.values())
+
+
+class LayerStream:
+    """Everything one layer accumulates during the pass."""
+
+    def __init__(self, name: str, units: int, map_shape: Tuple[int, int], expected_n_images: int,
+                 level: float, top_k: int, spill_dir: Optional[Path], budget_bytes: int, device,
+                 sketch: bool = False):
+        self.name = name
+        self.units = units
+        self.map_shape = map_shape
+        self.sketch = sketch
+        h, w = map_shape
+        if sketch:
+            self.quantile = RadixQuantile(units, expected_n_images * h * w, level, device=device)
+        else:
+            self.quantile = ExactTopQuantile(units, expected_n_images * h * w, level, device=device)
+        self.topk = TopKImages(units, top_k, map_shape, device=device)
+        self.pairs = PairBuffer(spill_dir, budget_bytes, name)
+
+    def add(self, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """acts: (B, K, h, w) float32; images: (B,) global image indices."""
+        maxima = acts.amax(dim=(2, 3))                                   # (B, K)
+        self.topk.add(maxima, acts, images.to(acts.device))
+        self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
+        if self.sketch:
+            return  # no lower bound to filter with: the maps are kept in the second pass
+        self._keep_candidates(acts, maxima, images)
+
+    def refine(self, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """The second pass of a sketched layer: resolve the thresholds, keep the candidates."""
+        self.quantile.refine(acts.transpose(0, 1).reshape(self.units, -1))
+        self._keep_candidates(acts, acts.amax(dim=(2, 3)), images)
+
+    def _keep_candidates(self, acts: torch.Tensor, maxima: torch.Tensor, images: torch.Tensor) -> None:
+        bound = self.quantile.lower_bound()
+        b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
+        self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
+        if self.pairs.over_budget():
+            self.pairs.prune(bound)
+            if self.pairs.bytes > self.pairs.budget // 2:
+                self.pairs.spill()
+                release_free_memory()
+
+    def merge_ranks(self, group) -> None:
+        """Fold the other ranks' thresholds state and top images into this one's (the candidate
+        maps stay on their rank: each tallies its own)."""
+        self.quantile.merge_ranks(group)
+        self.topk.merge_ranks(group)
+
+    def state_dict(self) -> dict:
+        return {"quantile": self.quantile.state_dict(), "topk": self.topk.state_dict(),
+                "pairs": self.pairs.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.quantile.load_state_dict(state["quantile"])
+        self.topk.load_state_dict(state["topk"])
+        self.pairs.load_state_dict(state["pairs"])

@@ -1,0 +1,556 @@
+/*
+ * netdissect.tally._kernel: fused bilinear upsample + threshold + count, for the final IoU tally.
+ *
+ * For each (unit, image) pair: upsample the native map to the segmentation size with the
+ * arithmetic of torch.nn.functional.interpolate(mode='bilinear', align_corners=False) on the
+ * CPU (source index scale * (i + 0.5) - 0.5 fused, weights clamped, the 2-D blend as nested
+ * fused multiply-adds), compare with the unit's threshold, and count the active pixels per
+ * label combination of the image, without materializing the upsampled map.
+ *
+ * Most output pixels lie far below the threshold (a unit is active on about 0.5% of them), so
+ * a block of output pixels is computed only when one of its four source values exceeds the
+ * threshold lowered by a small margin: below it, the rounded blend provably stays at or under
+ * the threshold (each rounded step is monotone in its operands and within a few float32 ulps of
+ * the exact convex combination; see skip_threshold). Skipping changes no count. Output rows
+ * that read the same two source rows share those rows interpolated along x, so each output
+ * pixel costs one multiply and one fused multiply-add, in loops that vectorize.
+ *
+ * netdissect.kernel checks at run time that upsample_bilinear() equals the torch upsampler bit
+ * for bit on the shapes in use and falls back to torch when it does not. Both functions take
+ * buffer-protocol objects (numpy arrays), check their format, shape, contiguity and
+ * writability, and release the GIL around the arithmetic, so that threads tallying separate
+ * slices of pairs run in parallel.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- argument checking ------------------------------------------------------------------ */
+
+enum kind { FLOAT32, INT32, INT64 };
+
+static const char *kind_name(enum kind k)
+{
+    return k == FLOAT32 ? "float32" : k == INT32 ? "int32" : "int64";
+}
+
+/* Whether a struct-module format string names a native-order scalar of this kind. */
+static int format_is(const char *format, Py_ssize_t itemsize, enum kind k)
+{
+    if (format == NULL)
+        format = "B";
+    char order = format[0];
+    if (order == '@' || order == '=' || order == '<' || order == '>' || order == '!') {
+#if PY_LITTLE_ENDIAN
+        if (order == '>' || order == '!')
+            return 0;
+#else
+        if (order == '<')
+            return 0;
+#endif
+        format++;
+    }
+    if (format[0] == '\0' || format[1] != '\0')
+        return 0;
+    switch (k) {
+    case FLOAT32:
+        return format[0] == 'f' && itemsize == 4;
+    case INT32:
+        return strchr("il", format[0]) != NULL && itemsize == 4;
+    case INT64:
+        return strchr("lqn", format[0]) != NULL && itemsize == 8;
+    }
+    return 0;
+}
+
+/*
+ * Fill view from obj: a C-contiguous buffer of the given kind and dimensions (writable when
+ * asked). On failure set a Python exception naming the function and argument, and return -1
+ * with view released.
+ */
+static int get_array(const char *fn, const char *arg, PyObject *obj, enum kind k, int ndim,
+                     int writable, Py_buffer *view)
+{
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s(): argument '%s' must be a %s numpy array (a torch tensor: pass "
+                     "tensor.numpy()), not %.100s", fn, arg, kind_name(k), Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) < 0)
+        return -1;
+    if (!format_is(view->format, view->itemsize, k)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s(): argument '%s' must hold %s, got buffer format '%s' with %zd-byte items",
+                     fn, arg, kind_name(k), view->format ? view->format : "B", view->itemsize);
+        goto fail;
+    }
+    if (view->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' must have %d dimension(s), got %d",
+                     fn, arg, ndim, view->ndim);
+        goto fail;
+    }
+    if (!PyBuffer_IsContiguous(view, 'C')) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s(): argument '%s' must be C-contiguous (numpy.ascontiguousarray, or "
+                     "tensor.contiguous())", fn, arg);
+        goto fail;
+    }
+    if (writable && view->readonly) {
+        PyErr_Format(PyExc_ValueError, "%s(): output argument '%s' is read-only", fn, arg);
+        goto fail;
+    }
+    return 0;
+fail:
+    PyBuffer_Release(view);
+    return -1;
+}
+
+static int check_dim(const char *fn, const char *arg, const Py_buffer *view, int axis,
+                     Py_ssize_t expected, const char *because)
+{
+    if (view->shape[axis] == expected)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%s(): argument '%s' has %zd along axis %d, expected %zd (%s)",
+                 fn, arg, view->shape[axis], axis, expected, because);
+    return -1;
+}
+
+/* ---- the interpolation grid ------------------------------------------------------------- */
+
+/* Output index i reads source indices i0[i], i1[i] with weights l0[i], l1[i]. */
+static void source_indices(Py_ssize_t in, Py_ssize_t out, Py_ssize_t *i0, Py_ssize_t *i1,
+                           float *l0, float *l1)
+{
+    float scale = (float)in / (float)out;
+    for (Py_ssize_t i = 0; i < out; i++) {
+        float real = fmaf(scale, (float)i + 0.5f, -0.5f);
+        if (real < 0.0f)
+            real = 0.0f;
+        Py_ssize_t lo = (Py_ssize_t)real;
+        i0[i] = lo;
+        i1[i] = lo + (lo < in - 1 ? 1 : 0);
+        float lam = real - (float)lo;
+        lam = lam < 0.0f ? 0.0f : (lam > 1.0f ? 1.0f : lam);
+        l1[i] = lam;
+        l0[i] = 1.0f - lam;
+    }
+}
+
+/*
+ * Output indices along one axis grouped into runs that read the same two source indices:
+ * run r covers [start[r], start[r + 1]) and reads src0[r], src1[r].
+ */
+typedef struct {
+    Py_ssize_t *i0, *i1;
+    float *l0, *l1;
+    Py_ssize_t runs, *start, *src0, *src1;
+} axis_t;
+
+/* Everything a call needs besides its arguments, allocated once per call. */
+typedef struct {
+    axis_t y, x;
+    float *top, *bottom, *values; /* (sw,) rows being interpolated */
+    unsigned char *rowhot;        /* (h,): some value of the source row above the skip threshold */
+    Py_ssize_t *ranges;           /* (2 * x.runs,): output column ranges to compute */
+} workspace_t;
+
+static void fill_axis(axis_t *a, Py_ssize_t in, Py_ssize_t out)
+{
+    source_indices(in, out, a->i0, a->i1, a->l0, a->l1);
+    a->runs = 0;
+    for (Py_ssize_t i = 0; i < out; i++) {
+        if (i == 0 || a->i0[i] != a->i0[i - 1] || a->i1[i] != a->i1[i - 1]) {
+            a->start[a->runs] = i;
+            a->src0[a->runs] = a->i0[i];
+            a->src1[a->runs] = a->i1[i];
+            a->runs++;
+        }
+    }
+    a->start[a->runs] = out;
+}
+
+/* The index arrays of an axis of `out` outputs, carved from ints (5 * out + 1 entries). */
+static void carve_axis(axis_t *a, Py_ssize_t out, Py_ssize_t *ints, float *floats)
+{
+    a->i0 = ints;
+    a->i1 = a->i0 + out;
+    a->start = a->i1 + out; /* out + 1 entries */
+    a->src0 = a->start + out + 1;
+    a->src1 = a->src0 + out;
+    a->l0 = floats;
+    a->l1 = floats + out;
+}
+
+static void free_workspace(workspace_t *ws)
+{
+    PyMem_RawFree(ws->y.i0);
+    PyMem_RawFree(ws->y.l0);
+    PyMem_RawFree(ws->rowhot);
+}
+
+/* Returns -1 (nothing left allocated) when memory runs out. */
+static int make_workspace(workspace_t *ws, Py_ssize_t h, Py_ssize_t w, Py_ssize_t sh,
+                          Py_ssize_t sw)
+{
+    memset(ws, 0, sizeof(*ws));
+    Py_ssize_t *ints = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(5 * (sh + sw) + 2 + 2 * sw));
+    float *floats = PyMem_RawMalloc(sizeof(float) * (size_t)(2 * sh + 5 * sw));
+    ws->rowhot = PyMem_RawMalloc((size_t)h);
+    ws->y.i0 = ints;
+    ws->y.l0 = floats;
+    if (!ints || !floats || !ws->rowhot) {
+        free_workspace(ws);
+        return -1;
+    }
+    carve_axis(&ws->y, sh, ints, floats);
+    carve_axis(&ws->x, sw, ints + 5 * sh + 1, floats + 2 * sh);
+    ws->ranges = ints + 5 * (sh + sw) + 2;
+    ws->top = floats + 2 * (sh + sw);
+    ws->bottom = ws->top + sw;
+    ws->values = ws->bottom + sw;
+    fill_axis(&ws->y, h, sh);
+    fill_axis(&ws->x, w, sw);
+    return 0;
+}
+
+/*
+ * The blend, in torch's order: along x within the two source rows (top and bottom), then
+ * along y between them; each step one fused multiply-add on a product. A row run shares its
+ * top and bottom rows, so they are computed once per run and reused by its output rows.
+ * MULTIVERSIONED functions get a clone for processors with FMA instructions (chosen at load
+ * time), where these loops vectorize; fmaf is correctly rounded either way, so both clones give
+ * the same bits.
+ */
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && __GNUC__ >= 8))
+#define MULTIVERSIONED __attribute__((target_clones("fma", "default")))
+#else
+#define MULTIVERSIONED
+#endif
+
+/* out[j] = source row interpolated at output columns [j0, j1), one run of source columns xa, xb */
+static inline void lerp_x(const float *row, Py_ssize_t xa, Py_ssize_t xb, const float *restrict l0,
+                          const float *restrict l1, Py_ssize_t j0, Py_ssize_t j1,
+                          float *restrict out)
+{
+    const float a = row[xa], b = row[xb];
+    for (Py_ssize_t j = j0; j < j1; j++)
+        out[j] = fmaf(l0[j], a, l1[j] * b);
+}
+
+/* out[j] = the output row between the interpolated rows top and bottom, for j in [j0, j1) */
+static inline void lerp_y(const float *restrict top, const float *restrict bottom, float wy0,
+                          float wy1, Py_ssize_t j0, Py_ssize_t j1, float *restrict out)
+{
+    for (Py_ssize_t j = j0; j < j1; j++)
+        out[j] = fmaf(wy0, top[j], wy1 * bottom[j]);
+}
+
+/*
+ * A value s such that blending sources that are all <= s (or NaN) never gives more than t.
+ * The weights lie in [0, 1] and sum to 1 within 2^-25, each rounded step is monotone in its
+ * operands and adds at most 2^-24 relative error, so the blend of sources <= M stays at or
+ * under M (1 + 2^-21) for normal M > 0 and under M (1 - 2^-21) for M < 0 (rounding is
+ * sign-symmetric); a relative margin of 2^-18 covers that with room to spare. Near zero, where
+ * subnormal rounding is absolute, s = 0 for t > 0 (sources <= 0 blend to <= 0) and nothing is
+ * skipped for t < 0. Pixels between s and t are computed, never guessed.
+ */
+static float skip_threshold(float t)
+{
+    if (t >= 0x1p-100f)
+        return t * (1.0f - 0x1p-18f);
+    if (t <= -0x1p-100f)
+        return t * (1.0f + 0x1p-18f);
+    if (t > 0.0f)
+        return 0.0f;
+    if (t < 0.0f)
+        return -INFINITY;
+    return t; /* 0, or NaN: nothing is ever above a NaN threshold */
+}
+
+/* Whether some value of row (n,) exceeds s; NaN does not. */
+static inline int any_above(const float *restrict row, Py_ssize_t n, float s)
+{
+    int above = 0;
+    for (Py_ssize_t q = 0; q < n; q++)
+        above |= row[q] > s;
+    return above;
+}
+
+/* ---- upsample_bilinear ------------------------------------------------------------------ */
+
+MULTIVERSIONED
+static void upsample(const float *maps, Py_ssize_t p, Py_ssize_t h, Py_ssize_t w,
+                     const workspace_t *ws, float *out)
+{
+    const axis_t *ay = &ws->y, *ax = &ws->x;
+    const Py_ssize_t sh = ay->start[ay->runs], sw = ax->start[ax->runs];
+    for (Py_ssize_t k = 0; k < p; k++) {
+        const float *m = maps + k * h * w;
+        for (Py_ssize_t ry = 0; ry < ay->runs; ry++) {
+            const float *ra = m + ay->src0[ry] * w, *rb = m + ay->src1[ry] * w;
+            for (Py_ssize_t rx = 0; rx < ax->runs; rx++) {
+                lerp_x(ra, ax->src0[rx], ax->src1[rx], ax->l0, ax->l1, ax->start[rx],
+                       ax->start[rx + 1], ws->top);
+                lerp_x(rb, ax->src0[rx], ax->src1[rx], ax->l0, ax->l1, ax->start[rx],
+                       ax->start[rx + 1], ws->bottom);
+            }
+            for (Py_ssize_t i = ay->start[ry]; i < ay->start[ry + 1]; i++)
+                lerp_y(ws->top, ws->bottom, ay->l0[i], ay->l1[i], 0, sw, out + (k * sh + i) * sw);
+        }
+    }
+}
+
+PyDoc_STRVAR(upsample_bilinear_doc,
+"upsample_bilinear(maps, out)\n--\n\n"
+"Write into out (p, sh, sw) float32 the bilinear upsampling of maps (p, h, w) float32, with the\n"
+"arithmetic of torch's F.interpolate(mode='bilinear', align_corners=False) and the code that\n"
+"tally_bilinear uses. It exists to check that arithmetic against torch on the shapes in use.");
+
+static PyObject *upsample_bilinear(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static const char *fn = "upsample_bilinear";
+    static char *names[] = {"maps", "out", NULL};
+    PyObject *maps_obj, *out_obj, *result = NULL;
+    Py_buffer maps, out;
+    workspace_t ws;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:upsample_bilinear", names, &maps_obj,
+                                     &out_obj))
+        return NULL;
+    if (get_array(fn, "maps", maps_obj, FLOAT32, 3, 0, &maps) < 0)
+        return NULL;
+    if (get_array(fn, "out", out_obj, FLOAT32, 3, 1, &out) < 0) {
+        PyBuffer_Release(&maps);
+        return NULL;
+    }
+    const Py_ssize_t p = maps.shape[0], h = maps.shape[1], w = maps.shape[2];
+    const Py_ssize_t sh = out.shape[1], sw = out.shape[2];
+    if (check_dim(fn, "out", &out, 0, p, "one upsampled map per map"))
+        goto done;
+    if (p > 0 && sh > 0 && sw > 0) {
+        if (h == 0 || w == 0) {
+            PyErr_Format(PyExc_ValueError, "%s(): argument 'maps' holds empty (%zd, %zd) maps",
+                         fn, h, w);
+            goto done;
+        }
+        if (make_workspace(&ws, h, w, sh, sw) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        upsample(maps.buf, p, h, w, &ws, out.buf);
+        Py_END_ALLOW_THREADS
+        free_workspace(&ws);
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&maps);
+    return result;
+}
+
+/* ---- tally_bilinear --------------------------------------------------------------------- */
+
+typedef struct {
+    const float *maps, *thr;
+    const int64_t *image;
+    const int32_t *ids;
+    int64_t *per_combo, *act;
+    Py_ssize_t h, w, max_combos;
+} tally_args_t;
+
+/*
+ * Count the pairs [start, stop). Returns the first pair holding a combination id outside
+ * [0, max_combos) at an active pixel (its id in *bad_id), or -1 when there was none.
+ */
+MULTIVERSIONED
+static Py_ssize_t tally_pairs(const tally_args_t *c, workspace_t *ws, Py_ssize_t start,
+                              Py_ssize_t stop, int32_t *bad_id)
+{
+    const axis_t *ay = &ws->y, *ax = &ws->x;
+    const Py_ssize_t h = c->h, w = c->w, sw = ax->start[ax->runs];
+    const Py_ssize_t pixels = ay->start[ay->runs] * sw;
+    const uint32_t limit = (uint32_t)c->max_combos;
+    for (Py_ssize_t k = start; k < stop; k++) {
+        const float *m = c->maps + k * h * w;
+        const float t = c->thr[k], s = skip_threshold(t);
+        const int32_t *ids = c->ids + c->image[k] * pixels;
+        int64_t *counts = c->per_combo + k * c->max_combos;
+        int64_t active = 0;
+        int any = 0;
+        memset(counts, 0, sizeof(int64_t) * (size_t)c->max_combos);
+        for (Py_ssize_t r = 0; r < h; r++)
+            any |= ws->rowhot[r] = any_above(m + r * w, w, s);
+        for (Py_ssize_t ry = 0; any && ry < ay->runs; ry++) {
+            const Py_ssize_t ya = ay->src0[ry], yb = ay->src1[ry];
+            if (!ws->rowhot[ya] && !ws->rowhot[yb])
+                continue;
+            /* the column runs with a hot source among their four, merged into ranges, and the
+               interpolated top and bottom rows over them */
+            const float *ra = m + ya * w, *rb = m + yb * w;
+            Py_ssize_t nranges = 0;
+            for (Py_ssize_t rx = 0; rx < ax->runs; rx++) {
+                const Py_ssize_t xa = ax->src0[rx], xb = ax->src1[rx];
+                if (!((ra[xa] > s) | (ra[xb] > s) | (rb[xa] > s) | (rb[xb] > s)))
+                    continue;
+                const Py_ssize_t j0 = ax->start[rx], j1 = ax->start[rx + 1];
+                lerp_x(ra, xa, xb, ax->l0, ax->l1, j0, j1, ws->top);
+                lerp_x(rb, xa, xb, ax->l0, ax->l1, j0, j1, ws->bottom);
+                if (nranges > 0 && ws->ranges[2 * nranges - 1] == j0) {
+                    ws->ranges[2 * nranges - 1] = j1;
+                } else {
+                    ws->ranges[2 * nranges] = j0;
+                    ws->ranges[2 * nranges + 1] = j1;
+                    nranges++;
+                }
+            }
+            for (Py_ssize_t i = ay->start[ry]; i < ay->start[ry + 1]; i++) {
+                const int32_t *row_ids = ids + i * sw;
+                for (Py_ssize_t n = 0; n < nranges; n++) {
+                    const Py_ssize_t j0 = ws->ranges[2 * n], j1 = ws->ranges[2 * n + 1];
+                    lerp_y(ws->top, ws->bottom, ay->l0[i], ay->l1[i], j0, j1, ws->values);
+                    const float *values = ws->values;
+                    int64_t above = 0;
+                    for (Py_ssize_t j = j0; j < j1; j++)
+                        above += values[j] > t;
+                    if (!above)
+                        continue;
+                    active += above;
+                    for (Py_ssize_t j = j0; j < j1; j++) {
+                        if (values[j] > t) {
+                            const int32_t id = row_ids[j];
+                            if ((uint32_t)id >= limit) {
+                                *bad_id = id;
+                                return k;
+                            }
+                            counts[id]++;
+                        }
+                    }
+                }
+            }
+        }
+        c->act[k] = active;
+    }
+    return -1;
+}
+
+PyDoc_STRVAR(tally_bilinear_doc,
+"tally_bilinear(maps, thresholds, images, combo_ids, per_combo, active, start=0, stop=None)\n--\n\n"
+"For the pairs k in [start, stop): upsample maps[k] (h, w) to the (sh, sw) of combo_ids as\n"
+"upsample_bilinear does, and count the pixels above thresholds[k]: per combination id of image\n"
+"images[k] into the row per_combo[k] (overwritten), and in all into active[k].\n\n"
+"maps (p, h, w) float32; thresholds (p,) float32; images (p,) int64 in [0, n);\n"
+"combo_ids (n, sh, sw) int32 in [0, max_combos); per_combo (p, max_combos) int64 and\n"
+"active (p,) int64, writable. All C-contiguous. Releases the GIL while it counts.");
+
+static PyObject *tally_bilinear(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static const char *fn = "tally_bilinear";
+    static char *names[] = {"maps", "thresholds", "images", "combo_ids", "per_combo", "active",
+                            "start", "stop", NULL};
+    enum { MAPS, THR, IMAGES, IDS, PER_COMBO, ACT, NARGS };
+    static const enum kind kinds[NARGS] = {FLOAT32, FLOAT32, INT64, INT32, INT64, INT64};
+    static const int ndims[NARGS] = {3, 1, 1, 3, 2, 1};
+    PyObject *objs[NARGS], *stop_obj = Py_None, *result = NULL;
+    Py_ssize_t start = 0, stop;
+    Py_buffer v[NARGS];
+    int got = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|nO:tally_bilinear", names, &objs[0],
+                                     &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &start,
+                                     &stop_obj))
+        return NULL;
+    for (; got < NARGS; got++)
+        if (get_array(fn, names[got], objs[got], kinds[got], ndims[got], got >= PER_COMBO,
+                      &v[got]) < 0)
+            goto done;
+
+    const Py_ssize_t p = v[MAPS].shape[0], h = v[MAPS].shape[1], w = v[MAPS].shape[2];
+    const Py_ssize_t n = v[IDS].shape[0], sh = v[IDS].shape[1], sw = v[IDS].shape[2];
+    const Py_ssize_t max_combos = v[PER_COMBO].shape[1];
+    const int64_t *image = v[IMAGES].buf;
+    if (check_dim(fn, "thresholds", &v[THR], 0, p, "one per map") ||
+        check_dim(fn, "images", &v[IMAGES], 0, p, "one per map") ||
+        check_dim(fn, "per_combo", &v[PER_COMBO], 0, p, "one row per map") ||
+        check_dim(fn, "active", &v[ACT], 0, p, "one per map"))
+        goto done;
+    if (stop_obj == Py_None) {
+        stop = p;
+    } else {
+        stop = PyNumber_AsSsize_t(stop_obj, PyExc_OverflowError);
+        if (stop == -1 && PyErr_Occurred())
+            goto done;
+    }
+    if (start < 0 || start > stop || stop > p) {
+        PyErr_Format(PyExc_ValueError, "%s(): pairs [start=%zd, stop=%zd) are not within [0, %zd)",
+                     fn, start, stop, p);
+        goto done;
+    }
+    if (start < stop && (h == 0 || w == 0 || sh == 0 || sw == 0)) {
+        PyErr_Format(PyExc_ValueError, "%s(): empty maps (%zd, %zd) or combo_ids (%zd, %zd)",
+                     fn, h, w, sh, sw);
+        goto done;
+    }
+    if (max_combos > (Py_ssize_t)INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s(): per_combo has %zd columns, more than int32 ids reach",
+                     fn, max_combos);
+        goto done;
+    }
+    for (Py_ssize_t k = start; k < stop; k++)
+        if (image[k] < 0 || image[k] >= n) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s(): images[%zd] = %lld is not a row of combo_ids (%zd images)", fn, k,
+                         (long long)image[k], n);
+            goto done;
+        }
+    if (start < stop) {
+        const tally_args_t c = {v[MAPS].buf, v[THR].buf, image, v[IDS].buf, v[PER_COMBO].buf,
+                                v[ACT].buf, h, w, max_combos};
+        workspace_t ws;
+        int32_t bad_id = 0;
+        Py_ssize_t bad_pair;
+        if (make_workspace(&ws, h, w, sh, sw) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        bad_pair = tally_pairs(&c, &ws, start, stop, &bad_id);
+        Py_END_ALLOW_THREADS
+        free_workspace(&ws);
+        if (bad_pair >= 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s(): combo_ids of image %lld (pair %zd) holds id %ld, outside [0, %zd) "
+                         "(the columns of per_combo)", fn, (long long)image[bad_pair], bad_pair,
+                         (long)bad_id, max_combos);
+            goto done;
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    while (got-- > 0)
+        PyBuffer_Release(&v[got]);
+    return result;
+}
+
+/* ---- the module ------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"upsample_bilinear", (PyCFunction)(void (*)(void))upsample_bilinear,
+     METH_VARARGS | METH_KEYWORDS, upsample_bilinear_doc},
+    {"tally_bilinear", (PyCFunction)(void (*)(void))tally_bilinear, METH_VARARGS | METH_KEYWORDS,
+     tally_bilinear_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernel",
+    "Fused bilinear upsample + threshold + count for the final IoU tally (see netdissect.kernel).",
+    0, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModuleDef_Init(&module); }

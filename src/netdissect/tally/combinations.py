@@ -1,0 +1,207 @@
+"""Dataset-wide label combinations, and each unit's active pixels counted over them.
+
+The tally already reduces every pixel to the id of its label combination within its image.
+Compositional explanations (netdissect.formulas.search) need the same thing across the dataset: a
+pixel's *global combination* is the set of concepts at that pixel (its pixel-level concepts
+and its image's image-level concepts) together with the set of categories labeled in its
+image. Any formula over concepts, and the set of images it is scored on, is a function of the
+global combination, so its mask never has to be materialized:
+
+    |M_k AND F| = sum over combinations g where F(g) of unit_count[k, g]
+    |F|         = sum over combinations g where F(g) of pixels[g]
+
+Both are exact integers. The counts are collected in the dissection's own tally (no second
+forward pass) and saved as OUT/<layer>/combinations.npz (plain arrays, no pickle).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import torch
+
+from netdissect.errors import RunError
+
+FILE = "combinations.npz"
+DENSE_LIMIT = 1 << 23   # units x combinations up to this (64 MiB): one dense counter, else sparse batches
+
+
+@dataclass
+class CombinationIndex:
+    """The dataset's distinct (labeled categories, concept set) pairs, and each image's map to them."""
+
+    table: np.ndarray       # (n, W) int32 concept indices of each combination, ascending, -1 padded
+    pattern: np.ndarray     # (n,) int64 bit g set when category g is labeled in the combination's images
+    pixels: np.ndarray      # (n,) int64 pixels of the dataset in each combination
+    lookup: np.ndarray      # (sum of local combinations,) int64 global id of each image's local ids
+    offset: np.ndarray      # (N,) int64 start of each image's local ids in ``lookup`` (-1: skipped)
+    n_local: np.ndarray     # (N,) int64 local combinations of each image
+
+    @property
+    def size(self) -> int:
+        return len(self.pattern)
+
+    @classmethod
+    def from_store(cls, store) -> "CombinationIndex":
+        """Built once after the pass from the segmentation store's per-image tables."""
+        n_images = store.n_images
+        labeled = np.asarray(store.labeled, dtype=bool)
+        bits = (labeled.astype(np.int64) << np.arange(labeled.shape[1], dtype=np.int64)).sum(axis=1) \
+            if labeled.size else np.zeros(n_images, dtype=np.int64)
+        rows, weights = [], []
+        offset = np.full(n_images, -1, dtype=np.int64)
+        n_local = np.zeros(n_images, dtype=np.int64)
+        start = 0
+        for i in range(n_images):
+            table = store.tables[i]
+            if table is None:  # a skipped image
+                continue
+            concepts = np.concatenate(
+                [table, np.broadcast_to(store.image_concepts[i], (table.shape[0], len(store.image_concepts[i])))],
+                axis=1) if len(store.image_concepts[i]) else table
+            rows.append((bits[i], concepts))
+            weights.append(store.pixels_per_combination(i))
+            offset[i], n_local[i] = start, table.shape[0]
+            start += table.shape[0]
+        width = max((c.shape[1] for _, c in rows), default=0)
+        keys = np.full((start, width + 1), -1, dtype=np.int64)
+        at = 0
+        for pat, concepts in rows:
+            keys[at:at + len(concepts), 0] = pat
+            keys[at:at + len(concepts), 1:1 + concepts.shape[1]] = concepts
+            at += len(concepts)
+        body = keys[:, 1:]
+        if width:
+            # a set of concepts, whatever plane or image label it came from: sorted, each once
+            big = np.iinfo(np.int64).max
+            body[:] = np.sort(np.where(body < 0, big, body), axis=1)
+            dup = np.zeros_like(body, dtype=bool)
+            dup[:, 1:] = body[:, 1:] == body[:, :-1]
+            body[dup] = big
+            body[:] = np.sort(body, axis=1)
+            body[body == big] = -1
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True) if start else \
+            (np.zeros((0, width + 1), dtype=np.int64), np.zeros(0, dtype=np.int64))
+        inverse = inverse.reshape(-1)
+        pixels = np.bincount(inverse, weights=np.concatenate(weights) if weights else None,
+                             minlength=len(unique))
+        table = unique[:, 1:]
+        used = int((table >= 0).sum(axis=1).max()) if len(table) else 0
+        return cls(table=table[:, :used].astype(np.int32), pattern=unique[:, 0].copy(),
+                   pixels=np.rint(pixels).astype(np.int64), lookup=inverse.astype(np.int64),
+                   offset=offset, n_local=n_local)
+
+    def local_to_global(self, images: torch.Tensor, width: int) -> torch.Tensor:
+        """(n, width) int64 global id of each of the given images' local combination ids."""
+        img = images.numpy()
+        cols = np.arange(width, dtype=np.int64)
+        valid = cols[None, :] < self.n_local[img][:, None]
+        idx = np.where(valid, self.offset[img][:, None] + cols[None, :], 0)
+        return torch.from_numpy(np.where(valid, self.lookup[idx], 0))
+
+
+class UnitCombinationCounts:
+    """Accumulates, for every unit of a layer, its active pixels per global combination."""
+
+    def __init__(self, units: int, index: CombinationIndex):
+        self.units = units
+        self.index = index
+        self.dense = torch.zeros(units * index.size, dtype=torch.int64) \
+            if units * index.size <= DENSE_LIMIT else None
+        self.keys: List[torch.Tensor] = []
+        self.counts: List[torch.Tensor] = []
+        self.buffered = 0
+
+    def add(self, per_combo: torch.Tensor, units: torch.Tensor, images: torch.Tensor) -> None:
+        """per_combo: (p, width) active pixels of each pair per local combination id;
+        units, images: (p,) the pairs' unit and dataset image index."""
+        pair, local = torch.nonzero(per_combo, as_tuple=True)
+        if pair.numel() == 0:
+            return
+        counts = per_combo[pair, local]
+        images_u, which = torch.unique(images, return_inverse=True)
+        lut = self.index.local_to_global(images_u, per_combo.shape[1])
+        keys = units[pair] * self.index.size + lut[which[pair], local]
+        if self.dense is not None:
+            self.dense.index_add_(0, keys, counts)
+            return
+        self.keys.append(keys)
+        self.counts.append(counts)
+        self.buffered += keys.numel()
+        if self.buffered > DENSE_LIMIT:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Sum the counts of equal keys (one batch holds several images of one combination)."""
+        if not self.keys:
+            return
+        keys, inverse = torch.unique(torch.cat(self.keys), return_inverse=True)
+        counts = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inverse, torch.cat(self.counts))
+        self.keys, self.counts, self.buffered = [keys], [counts], keys.numel()
+
+    def result(self, label_numbers: np.ndarray, categories: List[str]) -> "LayerCombinations":
+        if self.dense is not None:
+            keys = torch.nonzero(self.dense).reshape(-1)
+            counts = self.dense[keys]
+        else:
+            self._compact()
+            keys = self.keys[0] if self.keys else torch.zeros(0, dtype=torch.int64)
+            counts = self.counts[0] if self.counts else torch.zeros(0, dtype=torch.int64)
+        keys, counts = keys.numpy(), counts.numpy()
+        unit = keys // max(self.index.size, 1)
+        indptr = np.zeros(self.units + 1, dtype=np.int64)
+        np.cumsum(np.bincount(unit, minlength=self.units), out=indptr[1:])
+        return LayerCombinations(table=self.index.table, pattern=self.index.pattern,
+                                 pixels=self.index.pixels, unit_indptr=indptr,
+                                 unit_combo=(keys % max(self.index.size, 1)).astype(np.int32),
+                                 unit_count=counts.astype(np.int64),
+                                 label_numbers=np.asarray(label_numbers, dtype=np.int64),
+                                 categories=list(categories))
+
+
+@dataclass
+class LayerCombinations:
+    """What a layer's formulas are searched from (OUT/<layer>/combinations.npz)."""
+
+    table: np.ndarray         # (n, W) int32 concept indices (into the run's concepts), -1 padded
+    pattern: np.ndarray       # (n,) int64 labeled-category bits (bit g: categories[g])
+    pixels: np.ndarray        # (n,) int64 dataset pixels per combination
+    unit_indptr: np.ndarray   # (K + 1,) int64 unit k's entries are [indptr[k], indptr[k + 1])
+    unit_combo: np.ndarray    # (nnz,) int32 combination ids, ascending within a unit
+    unit_count: np.ndarray    # (nnz,) int64 the unit's active pixels in that combination
+    label_numbers: np.ndarray  # (C,) the concepts' label numbers (as iou.npz)
+    categories: List[str]
+
+    @property
+    def units(self) -> int:
+        return len(self.unit_indptr) - 1
+
+    def unit(self, k: int):
+        """(combination ids, counts) of unit k's active pixels."""
+        s, e = self.unit_indptr[k], self.unit_indptr[k + 1]
+        return self.unit_combo[s:e].astype(np.int64), self.unit_count[s:e]
+
+    def save(self, path: Path) -> None:
+        from netdissect.atomic import atomic_save_npz
+        atomic_save_npz(path, table=self.table, pattern=self.pattern, pixels=self.pixels,
+                        unit_indptr=self.unit_indptr, unit_combo=self.unit_combo,
+                        unit_count=self.unit_count, label_numbers=self.label_numbers,
+                        categories=np.asarray(self.categories, dtype=str))
+
+    @classmethod
+    def load(cls, path: Path) -> "LayerCombinations":
+        path = Path(path)
+        if not path.exists():
+            raise RunError(f"{path}: not found; this run was made before formulas were supported: "
+                           "rerun `netdissect dissect` with --force into this directory")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(table=z["table"], pattern=z["pattern"], pixels=z["pixels"],
+                           unit_indptr=z["unit_indptr"], unit_combo=z["unit_combo"],
+                           unit_count=z["unit_count"], label_numbers=z["label_numbers"],
+                           categories=[str(c) for c in z["categories"]])
+        except (OSError, ValueError, KeyError) as exc:
+            raise RunError(f"{path}: unreadable ({exc}); rerun the dissection with --force") from None
+

@@ -1,0 +1,92 @@
+"""The optional compiled tally kernel (the extension module tally/_kernel.c), with a bit-exactness guard.
+
+``fused_tally`` upsamples, thresholds and counts in one pass over each pair's pixels, without
+materializing the upsampled maps. It is used only for shapes on which its upsampling equals
+the package's one upsampler (``upsample.bilinear``) bit for bit on this machine (checked on
+first use); otherwise, or when the kernel was not compiled, callers use the torch path.
+The extension checks its arguments (dtype, shape, contiguity, writability) and raises on a
+mismatch; it releases the GIL while counting, so slices of pairs run in parallel threads.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Tuple
+
+import torch
+
+from netdissect.tally.upsample import bilinear
+
+try:
+    from netdissect.tally import _kernel
+except ImportError:  # not compiled (a C compiler was missing at install): the torch path
+    _kernel = None
+if not hasattr(_kernel, "tally_bilinear"):
+    _kernel = None  # built from an older source (rebuild: pip install -e .): the torch path
+
+_PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more than it saves
+
+
+def available() -> bool:
+    """Whether the extension module was compiled and imports."""
+    return _kernel is not None
+
+
+def kernel_upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """The kernel's bilinear upsampling of (p, h, w) maps, for checking it against torch."""
+    maps = maps.detach().cpu().contiguous().float()
+    out = torch.empty((maps.shape[0],) + tuple(size), dtype=torch.float32)
+    _kernel.upsample_bilinear(maps.numpy(), out.numpy())
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def exact_for(native: Tuple[int, int], size: Tuple[int, int]) -> bool:
+    """Whether the kernel's upsampling equals upsample.bilinear bit for bit for this shape."""
+    if not available():
+        return False
+    gen = torch.Generator().manual_seed(1)
+    maps = torch.randn((64,) + tuple(native), generator=gen) * 3
+    maps[::2] = maps[::2].relu()  # ties at zero as after a ReLU
+    return bool(torch.equal(kernel_upsample(maps, size), bilinear(maps, size)))
+
+
+@functools.lru_cache(maxsize=1)
+def _pool(threads: int, pid: int):
+    """Threads kept across calls (one call per chunk of pairs); a forked child makes its own."""
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(threads, thread_name_prefix="netdissect-tally")
+
+
+def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tensor,
+                combo_ids: torch.Tensor, size: Tuple[int, int], max_combos: int):
+    """Per pair: active pixels per combination id (p, max_combos) and in all (p,).
+
+    maps (p, h, w); thresholds, images (p,); combo_ids (n, size[0] * size[1]) per image of the
+    chunk, indexed by ``images``. Inputs of other dtypes or layouts are converted here.
+    """
+    if combo_ids.dim() != 2 or combo_ids.shape[1] != size[0] * size[1]:
+        raise ValueError(f"fused_tally: combo_ids of shape {tuple(combo_ids.shape)} do not hold "
+                         f"{size[0]} x {size[1]} labels per image")
+    maps = maps.detach().cpu().contiguous().float()
+    p = maps.shape[0]
+    thr = thresholds.detach().cpu().contiguous().float()
+    images = images.detach().cpu().contiguous().to(torch.int64)
+    ids = combo_ids.detach().cpu().contiguous().to(torch.int32).view(-1, size[0], size[1])
+    per_combo = torch.empty((p, max_combos), dtype=torch.int64)  # every row written by the kernel
+    act = torch.empty(p, dtype=torch.int64)
+    arrays = (maps.numpy(), thr.numpy(), images.numpy(), ids.numpy(), per_combo.numpy(), act.numpy())
+    available_threads = torch.get_num_threads()
+    threads = max(1, min(available_threads, p // _PAIRS_PER_SLICE))
+    bounds = [p * t // threads for t in range(threads + 1)]
+    others = []
+    if threads > 1:  # slices 1.. in pool threads, slice 0 in this one
+        pool = _pool(available_threads - 1, os.getpid())
+        others = [pool.submit(_kernel.tally_bilinear, *arrays, start, stop)
+                  for start, stop in zip(bounds[1:-1], bounds[2:])]
+    try:
+        _kernel.tally_bilinear(*arrays, bounds[0], bounds[1])
+    finally:
+        for other in others:
+            other.result()  # waits for it, and re-raises its error
+    return per_combo, act

@@ -1,0 +1,88 @@
+"""The dataset's labels, encoded once during the pass and read back for the final tally.
+
+Per-pixel combination ids go to a file (a memory map), so memory does not grow with the
+number of images; the small per-image tables stay in memory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from netdissect.tally.counts import EncodedSegmentation
+
+
+class SegmentationStore:
+    def __init__(self, n_images: int, pixels: int, n_concepts: int, labeled: np.ndarray,
+                 directory: Optional[Path], offset: int = 0):
+        # a sharded run stores only its own images: global image i is row i - offset
+        self.n_images = n_images
+        self.offset = offset
+        self.pixels = pixels
+        self.id_dtype = np.uint16 if pixels <= 65536 else np.int32
+        self.labeled = labeled                               # (N, G) bool
+        self.concept_pixels = np.zeros(n_concepts, dtype=np.int64)
+        self.tables: List[Optional[np.ndarray]] = [None] * n_images
+        self.image_concepts: List[Optional[np.ndarray]] = [None] * n_images
+        self.combo_pixels: List[Optional[np.ndarray]] = [None] * n_images  # for formulas
+        self.path = None
+        shape = (max(n_images, 1), pixels)
+        if directory is not None:
+            self.path = Path(directory) / "segmentation.ids"
+            mode = "r+" if self.path.exists() else "w+"
+            self.ids = np.memmap(self.path, dtype=self.id_dtype, mode=mode, shape=shape)
+        else:
+            self.ids = np.zeros(shape, dtype=self.id_dtype)
+
+    def add(self, indices: Sequence[int], encoded: Sequence[EncodedSegmentation]) -> None:
+        for i, enc in zip(indices, encoded):
+            i -= self.offset
+            self.ids[i] = enc.combo_ids
+            self.tables[i] = enc.table
+            self.image_concepts[i] = enc.image_concepts
+            self.combo_pixels[i] = enc.combo_pixels
+            self.concept_pixels += enc.concept_pixels
+
+    def flush(self) -> None:
+        if isinstance(self.ids, np.memmap):
+            self.ids.flush()
+
+    def gather(self, images: torch.Tensor):
+        """Arrays of the given (sorted, distinct) images for IoUTally.add."""
+        labeled = torch.from_numpy(self.labeled[images.numpy()])
+        idx = images.numpy() - self.offset
+        combo_ids = torch.from_numpy(np.asarray(self.ids[idx]).astype(np.int32))
+        tables = [self.tables[i] for i in idx]
+        max_combos = max(t.shape[0] for t in tables)
+        planes = max(t.shape[1] for t in tables)
+        padded = np.full((len(idx), max_combos, planes), -1, dtype=np.int64)
+        for j, t in enumerate(tables):
+            padded[j, :t.shape[0], :t.shape[1]] = t
+        concepts = [self.image_concepts[i] for i in idx]
+        width = max((len(c) for c in concepts), default=0)
+        image_concepts = np.full((len(idx), width), -1, dtype=np.int64)
+        for j, c in enumerate(concepts):
+            image_concepts[j, :len(c)] = c
+        return (combo_ids, torch.from_numpy(padded), torch.from_numpy(image_concepts),
+                labeled)
+
+    def state_dict(self) -> dict:
+        self.flush()
+        return {"concept_pixels": self.concept_pixels.copy(), "tables": list(self.tables),
+                "image_concepts": list(self.image_concepts), "combo_pixels": list(self.combo_pixels)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.concept_pixels = state["concept_pixels"].copy()
+        self.tables = list(state["tables"])
+        self.image_concepts = list(state["image_concepts"])
+        # checkpoints of earlier versions lack it: counted again from the ids when needed
+        self.combo_pixels = list(state.get("combo_pixels", [None] * self.n_images))
+
+    def pixels_per_combination(self, i: int) -> np.ndarray:
+        """(n_combos,) pixels of each of image i's combinations."""
+        if self.combo_pixels[i] is None:
+            self.combo_pixels[i] = np.bincount(np.asarray(self.ids[i]).astype(np.int64),
+                                               minlength=self.tables[i].shape[0]).astype(np.int64)
+        return self.combo_pixels[i]
