@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from netdissect import runs
 from netdissect.atomic import atomic_write_json
 from netdissect.config import DissectConfig
 from netdissect.data.broden import BrodenDataset, open_dataset
@@ -34,8 +35,11 @@ from netdissect.engine.loading import ImagesAndLabels, default_workers, make_loa
 from netdissect.engine.manifest import manifest
 from netdissect.engine.vocabulary import Vocabulary
 from netdissect.errors import DatasetError, DissectionWarning, NetDissectError, RunError
+from netdissect.formulas.rundir import add_formulas
+from netdissect.formulas.search import write_gain_figure
 from netdissect.models.capture import LayerCapture, check_activation_shape
 from netdissect.models.specs import LoadedModel, load_model
+from netdissect.progress import progress_bar
 from netdissect.results import DissectionResult, LayerResult
 from netdissect.stats.memory import MIB, plan_memory
 from netdissect.stats.streaming import LayerStream
@@ -63,8 +67,6 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     ``formula_length`` > 0 also searches each unit's best formula of concepts (netdissect.formulas.search)
     with beam width ``beam``, from the same tally (a finished run is searched from its files).
     """
-    from netdissect import runs  # run directory handling (manifest, checkpoints, atomic results)
-
     if isinstance(layers, str):
         layers = [layers]
     if params.get("categories") is not None:
@@ -81,8 +83,6 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     resolve_device(config.device)  # a bad device fails before the run directory is touched
     if checkpoint_every < 0:
         raise NetDissectError(f"--checkpoint-every must be 0 (never) or more; got {checkpoint_every}")
-    from netdissect.formulas.rundir import add_formulas
-    from netdissect.formulas.search import write_gain_figure
     with distributed.session(config.device) as group:  # torchrun: one shard per process
         if formula_length and group is not None:
             raise NetDissectError("--formula-length: a sharded (torchrun) run does not collect the label "
@@ -133,7 +133,6 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
 def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_every: int):
     """Rank 0 locks (and with --force clears) the run directory; then the others join it (or,
     on a machine that does not share rank 0's --out, claim their own one: its errors reach every rank)."""
-    from netdissect import runs
     opened = {}
 
     def open_primary():
@@ -364,7 +363,6 @@ class _Engine:
 
     def _stream_pass(self, module, normalize, data, streams, store) -> None:
         """The forward pass over the dataset, resumed from a checkpoint when there is one."""
-        from netdissect import runs
         ds, config = self.ds, self.config
         done = self.shard.start
         checkpoint = self.run_dir.load_checkpoint() if self.run_dir is not None else None
@@ -464,7 +462,6 @@ def _check_free_space(directory: Path, needed: int) -> None:
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from netdissect.progress import progress_bar
     return progress_bar(enabled, total, desc, "img", initial=initial)
 
 
