@@ -286,3 +286,39 @@ def test_two_runs_cannot_write_the_same_directory(dataset, tmp_path):
     netdissect.dissect(TinyNet(), LAYERS, dataset, out=tmp_path / "r", workers=0, progress=False,
                        min_category_images=0)
     assert (tmp_path / "r" / "summary.json").exists()
+
+
+def counting_tiny_net(stop_after=None):
+    """TinyNet (same name and weights: the same manifest) that counts its forward calls and,
+    with ``stop_after``, is interrupted on the call after that many."""
+    calls = [0]
+
+    def forward(self, x):
+        calls[0] += 1
+        if stop_after is not None and calls[0] > stop_after:
+            raise KeyboardInterrupt
+        return TinyNet.forward(self, x)
+    return type("TinyNet", (TinyNet,), {"forward": forward})(), calls
+
+
+def test_the_second_pass_resumes_from_its_own_checkpoint(tmp_path, monkeypatch, capsys):
+    """Two-pass thresholds, interrupted in the second pass: the rerun starts where that pass
+    stopped (no image of the first pass is seen again) and writes the uninterrupted run's bytes."""
+    from netdissect.stats.memory import FORCE_TWO_PASS
+    monkeypatch.setenv(FORCE_TWO_PASS, "1")
+    data = make_dataset(tmp_path / "data", n_images=16, size=32, seed=2)
+    params = dict(batch_size=4, workers=0, progress=False, min_category_images=0, checkpoint_every=1)
+    model, whole_calls = counting_tiny_net()
+    netdissect.dissect(model, LAYERS, data, out=tmp_path / "whole", **params)
+    total = whole_calls[0]            # the probes, 4 batches of pass 1, 4 of pass 2
+    model, _ = counting_tiny_net(stop_after=total - 2)
+    with pytest.raises(KeyboardInterrupt):
+        netdissect.dissect(model, LAYERS, data, out=tmp_path / "run", **params)
+    state = statefile.load(tmp_path / "run" / "checkpoint.npz")
+    assert state["phase"] == 2 and state["done"] == 8   # 2 of pass 2's 4 batches were done
+    capsys.readouterr()
+    model, resumed_calls = counting_tiny_net()
+    netdissect.dissect(model, LAYERS, data, out=tmp_path / "run", **params)
+    assert "resuming from checkpoint after 8 images of the second pass" in capsys.readouterr().err
+    assert resumed_calls[0] == total - 6                # neither pass 1's 4 batches nor pass 2's first 2
+    assert_same_run(run_files(tmp_path / "whole", LAYERS), run_files(tmp_path / "run", LAYERS))

@@ -226,13 +226,23 @@ class _Engine:
         return vocab, module, normalize, streams, store, data
 
     def _passes(self, module, normalize, data, streams, store) -> None:
-        self._all_ranks(self._stream_pass, module, normalize, data, streams, store)
-        if self.group is not None:
-            self._merge_ranks(streams)
+        """Pass 1 (resumed from its checkpoint), then, for the layers whose thresholds take two
+        passes, pass 2; a checkpoint made in pass 2 resumes there, skipping pass 1."""
+        checkpoint = self.run_dir.load_checkpoint() if self.run_dir is not None else None
+        phase = 1 if checkpoint is None else checkpoint.get("phase", 1)
+        if self.group is not None and len(set(self.group.gather_objects(phase))) > 1:
+            raise RunError(f"{self.run_dir.path}: the ranks' checkpoints are from different passes (a rank was "
+                           "killed while they were being saved); rerun with --force")
+        if phase == 1:
+            self._all_ranks(self._stream_pass, module, normalize, data, streams, store, checkpoint)
+            if self.group is not None:
+                self._merge_ranks(streams)
+            checkpoint = None
+        else:
+            self._load_checkpoint(checkpoint, streams, store)
         self._check_skipped()
-        two_pass = {name: stream for name, stream in streams.items() if stream.sketch}
-        if two_pass:
-            self._all_ranks(self._second_pass, module, normalize, data, two_pass)
+        if any(stream.sketch for stream in streams.values()):
+            self._all_ranks(self._second_pass, module, normalize, data, streams, store, checkpoint)
 
     def _tally(self, module, vocab: Vocabulary, streams, store, thresholds) -> dict:
         """Each layer's LayerTally over its candidate maps; a sharded run sums the counts."""
@@ -336,10 +346,11 @@ class _Engine:
             k, h, w = shapes[name]
             share = plan.layers[name]
             if share.two_pass:
-                self._warn(f"layer {name!r}: the one-pass exact threshold needs {share.exact_need / MIB:.1f} MiB, "
-                           f"more than its share of --memory-budget {config.memory_budget_mb:g} MiB; using the "
-                           "two-pass radix quantile (65,536 counts per unit, a second pass over the data; "
-                           "still exact)")
+                why = ("NETDISSECT_TWO_PASS=1 asks for it" if share.forced else
+                       f"the one-pass exact threshold needs {share.exact_need / MIB:.1f} MiB, more than its "
+                       f"share of --memory-budget {config.memory_budget_mb:g} MiB")
+                self._warn(f"layer {name!r}: {why}; using the two-pass radix quantile (65,536 counts per unit, "
+                           "a second pass over the data; still exact)")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, share.candidates, self.device, sketch=share.two_pass)
         store = SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
@@ -361,17 +372,19 @@ class _Engine:
     def _workers(self) -> int:
         return default_workers() if self.config.workers is None else self.config.workers
 
-    def _stream_pass(self, module, normalize, data, streams, store) -> None:
+    def _load_checkpoint(self, checkpoint: dict, streams, store) -> int:
+        for name, stream in streams.items():
+            stream.load_state_dict(checkpoint["layers"][name])
+        store.load_state_dict(checkpoint["store"])
+        self.skipped = checkpoint["skipped"]
+        return checkpoint["done"]
+
+    def _stream_pass(self, module, normalize, data, streams, store, checkpoint: Optional[dict]) -> None:
         """The forward pass over the dataset, resumed from a checkpoint when there is one."""
         ds, config = self.ds, self.config
         done = self.shard.start
-        checkpoint = self.run_dir.load_checkpoint() if self.run_dir is not None else None
         if checkpoint is not None:
-            done = checkpoint["done"]
-            for name, stream in streams.items():
-                stream.load_state_dict(checkpoint["layers"][name])
-            store.load_state_dict(checkpoint["store"])
-            self.skipped = checkpoint["skipped"]
+            done = self._load_checkpoint(checkpoint, streams, store)
         bar = _progress(len(self.shard), done - self.shard.start, "dissect", self.progress)
         state = {"done": done}
 
@@ -430,25 +443,44 @@ class _Engine:
         if len(self.skipped) == len(ds):
             raise DatasetError("every image was skipped: nothing to dissect", ds.root)
 
-    def _second_pass(self, module, normalize, data, streams) -> None:
+    def _second_pass(self, module, normalize, data, streams, store, checkpoint: Optional[dict]) -> None:
         """Layers beyond the memory budget: the first pass located each unit's threshold within
         one of 65,536 bins; a second forward pass resolves it exactly and keeps the maps that
-        reach that bin for the tally."""
+        reach that bin for the tally. Checkpointed like pass 1; every rank saves one as the pass
+        starts, so a rerun never finds the ranks in different passes."""
+        two_pass = {name: stream for name, stream in streams.items() if stream.sketch}
         data.with_labels = False
-        for stream in streams.values():
-            stream.quantile.start_second_pass()
-        bar = _progress(len(self.shard), 0, "second pass", self.progress)
-        with torch.no_grad(), LayerCapture(module, list(streams), layouts=self.layouts) as capture:
+        state = {"done": self.shard.start}
+
+        def save_checkpoint():
+            self.run_dir.save_checkpoint(state["done"], streams, store, self.skipped, phase=2)
+
+        if checkpoint is not None:
+            state["done"] = checkpoint["done"]  # the states were loaded with it
+        else:
+            for stream in two_pass.values():
+                stream.quantile.start_second_pass()
+            if self.run_dir is not None and self.run_dir.checkpoint_every:
+                save_checkpoint()
+        bar = _progress(len(self.shard), state["done"] - self.shard.start, "second pass", self.progress)
+        interrupt = runs.InterruptFlag() if self.run_dir is not None else None
+        with torch.no_grad(), LayerCapture(module, list(two_pass), layouts=self.layouts) as capture, \
+                interrupt or contextlib.nullcontext():
             for indices, images, _, bad in make_loader(data, self.config.batch_size, self._workers(),
-                                                       start=self.shard.start, stop=self.shard.stop):
+                                                       start=state["done"], stop=self.shard.stop):
                 if images is not None:
                     outputs = capture(normalize(images))
-                    for name, stream in streams.items():
+                    for name, stream in two_pass.items():
                         stream.refine(float32_activations(name, outputs[name], indices, self.ds), indices)
+                state["done"] += len(indices) + len(bad)
                 bar.update(len(indices) + len(bad))
+                if self.run_dir is not None:
+                    if self.run_dir.checkpoint_due():
+                        save_checkpoint()
+                    interrupt.check(save_checkpoint)
         bar.close()
         if self.group is not None:
-            for stream in streams.values():
+            for stream in two_pass.values():
                 stream.quantile.merge_ranks(self.group)
 
 

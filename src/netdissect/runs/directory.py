@@ -151,18 +151,21 @@ class RunDirectory:
         self.prepare()
         state, self._resume = self._resume, None
         if state is not None:
-            self.log(f"netdissect: resuming from checkpoint after {state['done']} images")
+            where = " of the second pass" if state.get("phase", 1) == 2 else ""
+            self.log(f"netdissect: resuming from checkpoint after {state['done']} images{where}")
         return state
 
     def checkpoint_due(self) -> bool:
         self._batches += 1
         return self.checkpoint_every > 0 and self._batches % self.checkpoint_every == 0
 
-    def save_checkpoint(self, done: int, streams: Dict, store, skipped) -> None:
+    def save_checkpoint(self, done: int, streams: Dict, store, skipped, phase: int = 1) -> None:
+        """The state after ``done`` images of pass ``phase`` (2: the second pass of layers whose
+        thresholds take two)."""
         from netdissect.runs import statefile
         for stream in streams.values():
             stream.pairs.spill()  # the buffers go to scratch files; the checkpoint names them
-        state = {"manifest": self.manifest, "shard": self.shard, "done": done,
+        state = {"manifest": self.manifest, "shard": self.shard, "done": done, "phase": phase,
                  "layers": {name: s.state_dict() for name, s in streams.items()},
                  "store": store.state_dict(), "skipped": list(skipped)}
         statefile.save(self.checkpoint_path, state)

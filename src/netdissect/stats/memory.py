@@ -45,6 +45,7 @@ class LayerShare:
     two_pass: bool      # thresholds from the radix counts (a second forward pass)
     exact_need: int     # what the one-pass exact state would have needed
     least_thresholds: int  # the smaller of the exact state and the radix counts
+    forced: bool = False   # two passes because NETDISSECT_TWO_PASS=1 asked for them
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def plan_memory(budget_bytes: int, shapes: Dict[str, Tuple[int, int, int]], imag
         k, h, w = shapes[name]
         thresholds = radix[name] if two_pass[name] else exact[name]
         layers[name] = LayerShare(top[name], thresholds, candidates[name], two_pass[name], exact[name],
-                                  min(exact[name], radix[name]))
+                                  min(exact[name], radix[name]), forced)
     tally = max(rest - sum(candidates.values()), MIN_CANDIDATES)
     return MemoryPlan(budget_bytes, layers, tally)
 

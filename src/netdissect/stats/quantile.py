@@ -223,12 +223,25 @@ class RadixQuantile:
         return np.quantile(pair, gamma, axis=1).astype(np.float32)
 
     def state_dict(self) -> dict:
-        if self.low_counts is not None:
-            raise ValueError("the second pass is not checkpointed")
-        return {"counts": self.counts.cpu(), "count": self.count, "level": self.level}
+        if self.low_counts is None:
+            return {"counts": self.counts.cpu(), "count": self.count, "level": self.level}
+        return {"low_counts": self.low_counts.cpu(), "next_min": self.next_min.cpu(), "count": self.count,
+                "level": self.level, "lo": self.lo, "bin_lo": self.bin_lo.cpu(), "bin_hi": self.bin_hi.cpu(),
+                "rank_in_bin": self.rank_in_bin.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["level"] != self.level or tuple(state["counts"].shape) != tuple(self.counts.shape):
+        """Pass 1's counts, or pass 2's (with the bins pass 1 found)."""
+        saved = state["counts"] if "counts" in state else state["low_counts"]
+        if state["level"] != self.level or tuple(saved.shape) != (self.units, BINS):
             raise ValueError("saved quantile state was made with other parameters")
-        self.counts = state["counts"].to(self.counts.device, self.dtype)
+        device = (self.counts if self.counts is not None else self.low_counts).device
         self.count = int(state["count"])
+        if "counts" in state:
+            self.counts, self.low_counts, self.next_min = saved.to(device, self.dtype), None, None
+            return
+        self.counts = None
+        self.low_counts = saved.to(device, self.dtype)
+        self.next_min = state["next_min"].to(device)
+        self.lo = int(state["lo"])
+        self.bin_lo, self.bin_hi = state["bin_lo"].to(device), state["bin_hi"].to(device)
+        self.rank_in_bin = state["rank_in_bin"].to(device)
