@@ -141,10 +141,23 @@ def _worker_pids(tag: str):
     return found
 
 
+def _phase(checkpoint: Path):
+    """The pass a checkpoint was saved in (None while it does not exist or is being replaced)."""
+    from netdissect.runs import statefile
+    try:
+        return statefile.load(checkpoint).get("phase", 1)
+    except (OSError, statefile.StateFileError):
+        return None
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find a rank's process")
-def test_a_killed_rank_resumes_from_its_checkpoint(tmp_path):
-    """SIGKILL one rank part-way: torchrun stops the other (which checkpoints on SIGTERM); the
-    same command again resumes both shards and writes the bytes of an uninterrupted run."""
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_a_killed_rank_resumes_from_its_checkpoint(tmp_path, monkeypatch, two_pass):
+    """SIGKILL one rank part-way (in pass 1, or in the second pass of two-pass thresholds):
+    torchrun stops the other (which checkpoints on SIGTERM); the same command again resumes both
+    shards and writes the bytes of an uninterrupted run."""
+    if two_pass:
+        monkeypatch.setenv(FORCE_TWO_PASS, "1")  # the torchrun ranks inherit it
     data = make_dataset(tmp_path / "data", n_images=40, size=32, seed=5)
     out = tmp_path / "run"
     args = dissect_args(data, out, "engine_data:slow_tiny_net", 2, "--checkpoint-every", "1")
@@ -152,9 +165,9 @@ def test_a_killed_rank_resumes_from_its_checkpoint(tmp_path):
     proc = torchrun(2, args, tag=tag, start_new_session=True)
     checkpoint = out / "checkpoint.rank1.npz"
     deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+    while _phase(checkpoint) != (2 if two_pass else 1) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    assert checkpoint.exists(), "rank 1 never checkpointed"
+    assert _phase(checkpoint) == (2 if two_pass else 1), "rank 1 never checkpointed (in that pass)"
     os.kill(_worker_pids(tag)[1], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
@@ -162,5 +175,7 @@ def test_a_killed_rank_resumes_from_its_checkpoint(tmp_path):
     assert checkpoint.exists()
     _, err = finished(torchrun(2, args))
     assert err.count("resuming from checkpoint") >= 1
+    if two_pass:
+        assert "of the second pass" in err
     single(data, tmp_path / "one", "engine_data:slow_tiny_net", batch_size=2)
     assert_same_bytes(tmp_path / "one", out)
