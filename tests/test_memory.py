@@ -26,10 +26,10 @@ def test_a_split_by_hand():
     top = 10 * 8 * (4 + 8 + 2 * 4 * 49)                 # scores, indices, two copies of the maps
     assert share.top_images == top == 32_320
     rest = MIB - top
-    assert share.candidates == rest // 2
+    assert share.candidates == rest // 4
     assert top_count(49_000, 0.995) == 246               # 49,000 - floor(0.995 * 48,999)
     assert share.thresholds == share.exact_need == 10 * 246 * 12 and not share.two_pass
-    assert plan.tally == rest - rest // 2
+    assert plan.tally == rest // 4
     assert plan.held <= MIB
 
 
@@ -40,17 +40,17 @@ def test_layers_share_the_candidates_by_map_size_and_the_exact_states_smallest_f
     early, late = plan.layers["early"], plan.layers["late"]
     assert early.top_images == 24 * 8 * (12 + 8 * 3136) and late.top_images == 1280 * 8 * (12 + 8 * 49)
     rest = 512 * MIB - early.top_images - late.top_images
-    assert early.candidates == rest // 2 * 75_264 // 137_984
-    assert late.candidates == rest // 2 * 62_720 // 137_984
+    assert early.candidates == rest // 4 * 75_264 // 137_984
+    assert late.candidates == rest // 4 * 62_720 // 137_984
     # late: 1280 units x 14,701 kept values x 12 bytes = 225.8 MB, less than its radix counts
     # (1280 x 65,536 x 4 = 335.5 MB): exact, first
     assert late.exact_need == 1280 * top_count(images * 49, 0.995) * 12 == 1280 * 14_701 * 12
     assert not late.two_pass
     # early: 24 x 940,801 x 12 = 271 MB, more than the 38 MB left of the half: two passes,
     # in 24 x 65,536 x 4 bytes
-    assert early.exact_need == 24 * 940_801 * 12 > (rest - rest // 2) - late.exact_need
+    assert early.exact_need == 24 * 940_801 * 12 > rest // 2 - late.exact_need
     assert early.two_pass and early.thresholds == 24 * 65_536 * 4
-    assert plan.tally == rest - early.candidates - late.candidates
+    assert plan.tally == rest // 4
     assert plan.held <= 512 * MIB
 
 

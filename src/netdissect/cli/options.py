@@ -51,9 +51,10 @@ def add_dissect_args(p, dataset_required: bool = True) -> None:
                         f"(default {default('min_category_images')})")
     p.add_argument("--memory-budget", type=float, default=default("memory_budget_mb"), dest="memory_budget_mb",
                    help=f"MiB for the whole run's statistics (default {default('memory_budget_mb'):g}): "
-                        "top-k maps first, then half of the rest for candidate maps (beyond it they spill "
-                        "to disk) and half for the threshold states (a layer whose exact state does not fit "
-                        "takes a second, still exact, pass); see netdissect/stats/memory.py")
+                        "top-k maps first, then a quarter of the rest for candidate maps (beyond it they spill "
+                        "to disk), half for the threshold states (a layer whose exact state does not fit "
+                        "takes a second, still exact, pass) and a quarter for the final tally; see "
+                        "netdissect/stats/memory.py")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default=default("on_bad_image"),
                    help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
     p.add_argument("--force", action="store_true",

@@ -6,13 +6,13 @@ maps that may still exceed the threshold, kept in memory until they spill to scr
 then the final tally's working chunk. ``plan_memory`` splits it before the pass:
 
 1. Top-k images come first: the report needs them, so they are never traded away.
-2. Of the rest R, half holds candidate maps, split between layers by the size of one image's
-   maps (a layer of larger maps finds more candidates); a buffer spills to disk when full.
-3. The other half holds the threshold states: a layer's exact one-pass state when it fits
-   (smallest first), else the two-pass radix counts (``quantile.RadixQuantile``, 65,536 bins a
-   unit, still exact) when they are smaller; they take a second forward pass.
-4. The final tally runs after the pass, when the threshold states are gone: it upsamples chunks
-   of candidate maps within what the candidates do not hold, R minus their share.
+2. Of the rest R, a quarter holds candidate maps, split between layers by the size of one
+   image's maps (a layer of larger maps finds more candidates); a buffer spills to disk when full.
+3. Half holds the threshold states: a layer's exact one-pass state when it fits (smallest
+   first), else the two-pass radix counts (``quantile.RadixQuantile``, 65,536 bins a unit, still
+   exact) when they are smaller; they take a second forward pass.
+4. The last quarter bounds the final tally's working chunk (upsampled masks, the encoded labels
+   of the chunk's images), which runs after the pass.
 
 When the top-k maps and the smaller threshold state of each layer alone exceed the budget, the
 run still goes ahead with that minimum, and says so: nothing smaller gives exact thresholds.
@@ -89,16 +89,16 @@ def plan_memory(budget_bytes: int, shapes: Dict[str, Tuple[int, int, int]], imag
     names: Sequence[str] = list(shapes)
     top = {name: top_images_bytes(k, top_k, (h, w)) for name, (k, h, w) in shapes.items()}
     rest = max(budget_bytes - sum(top.values()), 0)
-    # candidates: half the rest, by the size of one image's maps
+    # candidates: a quarter of the rest, by the size of one image's maps
     per_image = {name: k * h * w for name, (k, h, w) in shapes.items()}
     total = sum(per_image.values()) or 1
-    candidates = {name: max(rest // 2 * per_image[name] // total, MIN_CANDIDATES) for name in names}
-    # thresholds: the exact state while it fits in the other half, smallest first; the radix
+    candidates = {name: max(rest // 4 * per_image[name] // total, MIN_CANDIDATES) for name in names}
+    # thresholds: the exact state while it fits in half the rest, smallest first; the radix
     # counts only where they are the smaller (on a small dataset the exact state always is)
     exact = {name: exact_memory_bytes(k, images * h * w, level) for name, (k, h, w) in shapes.items()}
     radix = {name: radix_bytes(k, images * h * w) for name, (k, h, w) in shapes.items()}
     forced = os.environ.get(FORCE_TWO_PASS) == "1"
-    room = rest - rest // 2
+    room = rest // 2
     two_pass = {}
     for name in sorted(names, key=lambda n: (exact[n] > radix[n], exact[n], names.index(n))):
         two_pass[name] = forced or (exact[name] > room and exact[name] > radix[name])
@@ -109,7 +109,7 @@ def plan_memory(budget_bytes: int, shapes: Dict[str, Tuple[int, int, int]], imag
         thresholds = radix[name] if two_pass[name] else exact[name]
         layers[name] = LayerShare(top[name], thresholds, candidates[name], two_pass[name], exact[name],
                                   min(exact[name], radix[name]), forced)
-    tally = max(rest - sum(candidates.values()), MIN_CANDIDATES)
+    tally = max(rest // 4, MIN_CANDIDATES)
     return MemoryPlan(budget_bytes, layers, tally)
 
 
