@@ -99,7 +99,6 @@ def test_load_segmentation(fx):
     assert seg.labeled.tolist() == [True, False, False, True, True, True]
 
 
-
 def test_category_selection(fx):
     ds = BrodenDataset(fx.root, categories=["texture", "object"])
     assert ds.categories == ["object", "texture"]          # category.csv order

@@ -717,7 +717,6 @@ class BrodenDataset:
             self._digest = _index_digest(self.root)
         return self._digest
 
-
     def files(self) -> List[str]:
         """The image and mask files of the selection, relative to ``images/``, in index order."""
         names: List[str] = []

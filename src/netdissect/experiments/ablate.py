@@ -25,6 +25,7 @@ from netdissect.errors import NetDissectError
 
 # --------------------------------------------------------------------------- choosing units
 
+
 def select_units(units: int, layer=None, *, category: Optional[str] = None, label: Optional[str] = None,
                  top: Optional[int] = None, random: Optional[int] = None, explicit: Optional[Sequence[int]] = None,
                  seed: int = 0, where: str = "the run") -> Tuple[List[int], str]:

@@ -1,7 +1,6 @@
-"""A run directory while a run writes it: ownership (a marker; files are deleted or replaced only
-where it is), the lock (per process, with the holder's pid), checkpoints (npz + JSON, never
-pickle) and scratch files, data-loader workers that die with the run, and SIGINT / SIGTERM
-turned into a saved checkpoint."""
+"""A run directory while a run writes it: claimed through ``ownership``, the lock (per process,
+with the holder's pid), checkpoints (npz + JSON, never pickle) and scratch files, data-loader
+workers that die with the run, and SIGINT / SIGTERM turned into a saved checkpoint."""
 from __future__ import annotations
 
 import functools
@@ -15,17 +14,15 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-
 from netdissect.errors import RunError
+from netdissect.runs.files import CHECKPOINT, LEGACY_CHECKPOINT, SCRATCH
+from netdissect.runs.ownership import LOCK, MARKER, claim_directory, owns
+from netdissect.runs.reuse import input_changes
 
 try:
     import fcntl
 except ImportError:  # not POSIX: a pid file stands in for the lock
     fcntl = None
-from netdissect.runs.files import CHECKPOINT, LEGACY_CHECKPOINT, SCRATCH
-from netdissect.runs.ownership import LOCK, MARKER, claim_directory, owns
-from netdissect.runs.reuse import input_changes
-
 
 _HELD_LOCKS: set = set()  # POSIX record locks do not exclude the process that holds them
 

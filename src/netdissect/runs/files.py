@@ -15,9 +15,7 @@ import numpy as np
 
 from netdissect.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text
 from netdissect.errors import RunError
-
 from netdissect.runs.ownership import owns
-
 
 CHECKPOINT = "checkpoint.npz"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # pickled by older versions: never loaded

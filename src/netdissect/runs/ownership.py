@@ -8,10 +8,8 @@ import os
 import time
 from pathlib import Path
 
-
 from netdissect.atomic import atomic_write_json
 from netdissect.errors import RunError, WriteError
-
 
 LOCK = ".lock"
 MARKER = ".netdissect-run"

@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-
 from netdissect.errors import NetDissectError
-
 from netdissect.runs.files import DATASET_FILES, load_result, read_json, write_results
 
 
