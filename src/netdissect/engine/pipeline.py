@@ -404,17 +404,21 @@ class _Engine:
                     outputs = capture(normalize(images))
                     for name, stream in streams.items():
                         stream.add(float32_activations(name, outputs[name], indices, ds), indices)
-                state["done"] += len(indices) + len(bad)
-                bar.update(len(indices) + len(bad))
-                if self.run_dir is not None:
-                    if self.run_dir.checkpoint_due():
-                        save_checkpoint()
-                    interrupt.check(save_checkpoint)
+                self._batch_done(state, bar, len(indices) + len(bad), save_checkpoint, interrupt)
         bar.close()
         if self.run_dir is not None and self.run_dir.checkpoint_every and \
                 (self.shard.stop - done) >= self.run_dir.checkpoint_every * config.batch_size:
             save_checkpoint()  # a failure in the tally does not cost a long pass
         store.flush()
+
+    def _batch_done(self, state: dict, bar, images: int, save, interrupt) -> None:
+        """Count a batch of either pass; save a checkpoint when one is due or a signal asked."""
+        state["done"] += images
+        bar.update(images)
+        if self.run_dir is not None:
+            if self.run_dir.checkpoint_due():
+                save()
+            interrupt.check(save)
 
     def _all_ranks(self, step, *args):
         """Run one step of the dissection; in a sharded run, an error on any rank stops all."""
@@ -472,12 +476,7 @@ class _Engine:
                     outputs = capture(normalize(images))
                     for name, stream in two_pass.items():
                         stream.refine(float32_activations(name, outputs[name], indices, self.ds), indices)
-                state["done"] += len(indices) + len(bad)
-                bar.update(len(indices) + len(bad))
-                if self.run_dir is not None:
-                    if self.run_dir.checkpoint_due():
-                        save_checkpoint()
-                    interrupt.check(save_checkpoint)
+                self._batch_done(state, bar, len(indices) + len(bad), save_checkpoint, interrupt)
         bar.close()
         if self.group is not None:
             for stream in two_pass.values():
