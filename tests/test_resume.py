@@ -322,3 +322,21 @@ def test_the_second_pass_resumes_from_its_own_checkpoint(tmp_path, monkeypatch, 
     assert "resuming from checkpoint after 8 images of the second pass" in capsys.readouterr().err
     assert resumed_calls[0] == total - 6                # neither pass 1's 4 batches nor pass 2's first 2
     assert_same_run(run_files(tmp_path / "whole", LAYERS), run_files(tmp_path / "run", LAYERS))
+
+
+def test_a_checkpoint_made_with_other_two_pass_layers_starts_over(tmp_path, monkeypatch, capsys):
+    """A rerun whose memory plan puts other layers on two passes cannot use the checkpoint's
+    states: it says so in one line and starts over, with the numbers of a plain run."""
+    from netdissect.stats.memory import FORCE_TWO_PASS
+    data = make_dataset(tmp_path / "data", n_images=16, size=32, seed=2)
+    params = dict(batch_size=4, workers=0, progress=False, min_category_images=0, checkpoint_every=1)
+    monkeypatch.setenv(FORCE_TWO_PASS, "1")
+    model, _ = counting_tiny_net(stop_after=9)
+    with pytest.raises(KeyboardInterrupt):
+        netdissect.dissect(model, LAYERS, data, out=tmp_path / "run", **params)
+    monkeypatch.delenv(FORCE_TWO_PASS)
+    capsys.readouterr()
+    netdissect.dissect(TinyNet(), LAYERS, data, out=tmp_path / "run", **params)
+    assert "which layers take two passes (--memory-budget)): starting over" in capsys.readouterr().err
+    netdissect.dissect(TinyNet(), LAYERS, data, out=tmp_path / "plain", **params)
+    assert_same_run(run_files(tmp_path / "plain", LAYERS), run_files(tmp_path / "run", LAYERS))

@@ -328,7 +328,7 @@ class _Engine:
         needed = len(self.shard) * pixels * 2 + sum(k * config.top_k * h * w * 2 for k, h, w in shapes.values())
         if self.run_dir is not None:
             _check_free_space(self.run_dir.path, needed)
-            self.run_dir.prepare()
+            self.run_dir.prepare(two_pass=[name for name, share in plan.layers.items() if share.two_pass])
             scratch = self.run_dir.scratch
         else:
             self._tempdir = tempfile.TemporaryDirectory(prefix="netdissect-")

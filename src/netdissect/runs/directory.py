@@ -49,6 +49,7 @@ class RunDirectory:
         self._resume: Optional[dict] = None
         self.dataset_files: Optional[dict] = None  # this run's {"stats": ..., "hashes": ...}
         self._prepared = False
+        self.two_pass: list = []
         self._lock = None
         if rank > 0:  # rank 0 claimed and locked the directory (and cleared it with force) before this rank came
             if not owns(self.path):  # unless this rank's machine does not share rank 0's --out: its own one
@@ -92,12 +93,13 @@ class RunDirectory:
         else:
             self._clear_own()
 
-    def prepare(self) -> None:
+    def prepare(self, two_pass=()) -> None:
         """Read the checkpoint to resume from, or drop a stale one, before the scratch files
         of this run are set up (a stale checkpoint's scratch is removed with it)."""
         if self._prepared:
             return
         self._prepared = True
+        self.two_pass = sorted(two_pass)  # layers whose thresholds take two passes in this run
         legacy = self.path / LEGACY_CHECKPOINT
         if legacy.exists():
             self.log(f"netdissect: ignoring {legacy} (a pickled checkpoint of an older version is "
@@ -121,6 +123,8 @@ class RunDirectory:
             clear()
             return
         changed = input_changes(state.get("manifest", {}), self.manifest, ignore=("labeling",))
+        if sorted(state.get("two_pass", [])) != self.two_pass:
+            changed.append("which layers take two passes (--memory-budget)")
         if state.get("shard", {"rank": 0, "world": 1}) != self.shard:
             changed.append("number of processes")
         if changed:
@@ -163,6 +167,7 @@ class RunDirectory:
         for stream in streams.values():
             stream.pairs.spill()  # the buffers go to scratch files; the checkpoint names them
         state = {"manifest": self.manifest, "shard": self.shard, "done": done, "phase": phase,
+                 "two_pass": self.two_pass,
                  "layers": {name: s.state_dict() for name, s in streams.items()},
                  "store": store.state_dict(), "skipped": list(skipped)}
         statefile.save(self.checkpoint_path, state)
