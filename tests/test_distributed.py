@@ -179,3 +179,20 @@ def test_a_killed_rank_resumes_from_its_checkpoint(tmp_path, monkeypatch, two_pa
         assert "of the second pass" in err
     single(data, tmp_path / "one", "engine_data:slow_tiny_net", batch_size=2)
     assert_same_bytes(tmp_path / "one", out)
+
+
+def test_force_discards_no_checkpoint_before_the_checks_pass(dataset, tmp_path):
+    """--force in a sharded run with a layer that does not exist: the run stops with that
+    error, and every rank's checkpoint and scratch file is still there."""
+    from netdissect.runs import RunDirectory
+    out = tmp_path / "run"
+    RunDirectory(out, {}).release()   # a run directory of ours, as a killed run leaves it
+    kept = [out / "checkpoint.rank0.npz", out / "checkpoint.rank1.npz", out / ".scratch" / "rank1" / "pairs.npz"]
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"state")
+    args = dissect_args(dataset, out, "engine_data:tiny_net", 4, "--force", "--layer", "no_such_layer")
+    proc = torchrun(2, args)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "no_such_layer" in err
+    assert all(path.read_bytes() == b"state" for path in kept)

@@ -347,3 +347,18 @@ def test_9_a_full_disk_is_one_line_naming_the_path(dataset, tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "No space left on device" in err
     assert str(out) in err and "free space" in err
+
+
+def test_1_results_are_never_written_into_a_folder_without_the_marker(dataset, tmp_path):
+    """write_results checks ownership before it replaces anything: a user's summary.json and
+    report/ beside it stay as they were."""
+    from netdissect.runs import write_results
+    result = dissect(dataset)
+    foreign = tmp_path / "mine"
+    (foreign / "report").mkdir(parents=True)
+    (foreign / "summary.json").write_text("my notes")
+    (foreign / "report" / "index.html").write_text("my page")
+    with pytest.raises(NetDissectError, match="marker"):
+        write_results(foreign, result)
+    assert (foreign / "summary.json").read_text() == "my notes"
+    assert (foreign / "report" / "index.html").read_text() == "my page"

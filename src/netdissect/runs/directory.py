@@ -57,8 +57,8 @@ class RunDirectory:
             return
         claim_directory(self.path, MARKER, "run", "--out")
         self._lock = _RunLock(self.path / LOCK)
-        if force and world > 1:
-            self.clear()  # before the other ranks set up their scratch files
+        # nothing is deleted here, --force or not: prepare() drops stale files once the layers,
+        # the device and the free space have been checked (each rank its own; finish() the rest)
 
     def release(self) -> None:
         """Let other processes write here again (also happens when this process dies)."""

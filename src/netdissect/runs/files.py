@@ -15,7 +15,7 @@ import numpy as np
 
 from netdissect.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text
 from netdissect.errors import RunError
-from netdissect.runs.ownership import owns
+from netdissect.runs.ownership import MARKER, owns
 
 CHECKPOINT = "checkpoint.npz"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # pickled by older versions: never loaded
@@ -87,12 +87,14 @@ def write_results(out: Path, result) -> None:
     """Write a DissectionResult to its run directory; summary.json goes last."""
     out = Path(out)
     from dataclasses import asdict
+    if not owns(out):  # every caller claimed it (RunDirectory): the files replaced below are ours
+        raise RunError(f"{out}: no {MARKER} marker, so netdissect writes no results here; "
+                       "dissect into a new or empty --out")
     previous = _result_directories(out)
     # until the new summary.json lands, the directory must not look finished (old + new files)
     (out / "summary.json").unlink(missing_ok=True)
-    if owns(out):  # the report and figures describe the old numbers: never leave them beside new ones
-        for stale in ("report", "figures"):
-            shutil.rmtree(out / stale, ignore_errors=True)
+    for stale in ("report", "figures"):  # they describe the old numbers: never beside new ones
+        shutil.rmtree(out / stale, ignore_errors=True)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result.config).items()}
     dataset = {"path": result.dataset_path, "index_digest": result.manifest.get("dataset", {}).get("index_digest"),
                "split": config["split"], "categories": config["categories"], "limit": config["limit"]}
@@ -124,11 +126,10 @@ def write_results(out: Path, result) -> None:
         if formulas is not None:
             summary["layers"][name]["formulas"] = formulas.summary(result.layers[name].iou_threshold)
     atomic_write_json(out / "summary.json", summary)
-    if owns(out):  # the new result is complete: the old one's other layers go
-        for name in previous - set(dirnames.values()):
-            target = out / name
-            if target.is_dir() and target.resolve().parent == out.resolve():
-                shutil.rmtree(target, ignore_errors=True)
+    for name in previous - set(dirnames.values()):  # the new result is complete: the old one's other layers go
+        target = out / name
+        if target.is_dir() and target.resolve().parent == out.resolve():
+            shutil.rmtree(target, ignore_errors=True)
 
 
 def _result_directories(out: Path) -> set:
