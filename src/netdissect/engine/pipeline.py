@@ -210,7 +210,8 @@ class _Engine:
 
     def _set_up(self):
         ds, config = self.ds, self.config
-        _, _, sh, sw = self._image_sizes()
+        self.sizes = self._image_sizes()   # (ih, iw, sh, sw), one for the whole selection
+        _, _, sh, sw = self.sizes
         vocab = Vocabulary.of(ds)
         self.category_counts = counts = ds.category_image_counts()
         for cat in vocab.categories:
@@ -246,7 +247,7 @@ class _Engine:
 
     def _tally(self, module, vocab: Vocabulary, streams, store, thresholds) -> dict:
         """Each layer's LayerTally over its candidate maps; a sharded run sums the counts."""
-        ih, iw, sh, sw = self._image_sizes()
+        ih, iw, sh, sw = self.sizes
         index = CombinationIndex.from_store(store) if self.group is None else None  # not sharded
         tallies = {}
         for name, stream in streams.items():
