@@ -105,21 +105,29 @@ def tiny_training_set():
     return train, (train[0][:8], train[1][:8])
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+def trained_whole_and_cut(tmp_path, epochs: int, stop_after: int):
+    """One condition trained to the end in tmp_path/whole, and interrupted after epoch
+    ``stop_after`` in tmp_path/cut; returns the whole run and what a resume needs."""
     from netdissect.experiments.conditions import train_condition
     train, val = tiny_training_set()
-    settings = Settings.quick(epochs=3, width=4, batch_size=8)
+    settings = Settings.quick(epochs=epochs, width=4, batch_size=8)
     cond = make_conditions(4, 0)["baseline"]
     whole = train_condition(cond, settings, "d", train, val, tmp_path / "whole", log=lambda m: None)
 
-    def stop_after_epoch_2(message):
-        if "epoch 2/3" in message:
+    def stop(message):
+        if f"epoch {stop_after}/{epochs}" in message:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=stop_after_epoch_2)
+        train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=stop)
+    return whole, (cond, settings, "d", train, val, tmp_path / "cut")
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    from netdissect.experiments.conditions import train_condition
+    whole, again = trained_whole_and_cut(tmp_path, epochs=3, stop_after=2)
     assert (tmp_path / "cut" / "resume.npz").exists() and not (tmp_path / "cut" / "final.pth").exists()
     messages = []
-    resumed = train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=messages.append)
+    resumed = train_condition(*again, log=messages.append)
     assert "resuming after epoch 2" in messages[0] and len(messages) == 2
     assert resumed["history"] == whole["history"]
     a, b = torch.load(tmp_path / "whole" / "final.pth"), torch.load(tmp_path / "cut" / "final.pth")
@@ -131,20 +139,11 @@ def test_resume_state_that_parses_but_does_not_fit_is_ignored(tmp_path):
     """A resume.npz with the right key but a foreign model state: one line, training from the start."""
     from netdissect.experiments.conditions import train_condition
     from netdissect.runs import statefile
-    train, val = tiny_training_set()
-    settings = Settings.quick(epochs=2, width=4, batch_size=8)
-    cond = make_conditions(4, 0)["baseline"]
-    whole = train_condition(cond, settings, "d", train, val, tmp_path / "whole", log=lambda m: None)
-
-    def stop_after_epoch_1(message):
-        if "epoch 1/2" in message:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=stop_after_epoch_1)
+    whole, again = trained_whole_and_cut(tmp_path, epochs=2, stop_after=1)
     state = statefile.load(tmp_path / "cut" / "resume.npz")
     state["model"] = {"not.a.layer": torch.zeros(3)}
     statefile.save(tmp_path / "cut" / "resume.npz", state)
     messages = []
-    again = train_condition(cond, settings, "d", train, val, tmp_path / "cut", log=messages.append)
+    restarted = train_condition(*again, log=messages.append)
     assert "ignoring" in messages[0] and "training from the start" in messages[0]
-    assert again["history"] == whole["history"]
+    assert restarted["history"] == whole["history"]
