@@ -98,11 +98,31 @@ def visible_radius(seg_hw: Tuple[int, int]) -> int:
     return max(1, int(round(min(seg_hw) / 50)))
 
 
+try:   # the same indices in one pass per image (report/_overlay.c), several times faster
+    from netdissect.report import _overlay
+except ImportError:
+    _overlay = None
+
+_CODES = bytes([DIM, FILL, CONTOUR, SPECK, LABEL, LABEL_ALT, LABEL_IN, LABEL_ALT_IN])
+
+
 def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np.ndarray:
     """(B, sh, sw) unit regions and label masks -> (B, sh, sw) uint8 palette indices.
 
     The region stays readable from the indices (``IN_REGION``) under the label's outline too,
-    so a test can check what is drawn against what was scored."""
+    so a test can check what is drawn against what was scored. Computed by the compiled
+    extension when it was built, else by compose_overlays_numpy (the same indices)."""
+    if _overlay is None or radius < 0 or regions.ndim != 3:
+        return compose_overlays_numpy(regions, labels, radius)
+    regions = np.ascontiguousarray(regions, dtype=bool)
+    labels = np.ascontiguousarray(np.broadcast_to(labels, regions.shape), dtype=bool)
+    out = np.empty(regions.shape, np.uint8)
+    _overlay.compose(regions, labels, out, int(radius), _CODES)
+    return out
+
+
+def compose_overlays_numpy(regions: np.ndarray, labels: np.ndarray, radius: int) -> np.ndarray:
+    """compose_overlays in numpy: the reference the compiled path is tested against."""
     out = np.where(regions, FILL, DIM).astype(np.uint8)
     # near a part that survives an opening of radius r (erode by r, dilate by r), i.e. within
     # r + 1 of it: one dilation by 2r + 1 of the eroded region
