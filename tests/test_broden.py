@@ -99,6 +99,23 @@ def test_load_segmentation(fx):
     assert seg.labeled.tolist() == [True, False, False, True, True, True]
 
 
+def test_load_segmentation_of_some_categories(fx):
+    """Only the planes of the asked pixel categories are decoded (the report's selection);
+    image labels and labeled are those of the whole selection; an unknown name is refused."""
+    ds = BrodenDataset(fx.root)
+    images = default_images()
+    seg = ds.load_segmentation(0, categories=["part"])
+    assert seg.pixel.shape == (2, 4, 4) and seg.plane_category.tolist() == [2, 2]
+    for plane, want in zip(seg.pixel, images[0].masks["part"]):
+        np.testing.assert_array_equal(plane, want)
+    full = ds.load_segmentation(0)
+    assert seg.image_labels.tolist() == full.image_labels.tolist()
+    assert seg.labeled.tolist() == full.labeled.tolist()
+    assert ds.load_segmentation(0, categories=[]).pixel.shape == (0, 4, 4)
+    with pytest.raises(ValueError, match="scene"):
+        ds.load_segmentation(0, categories=["scene"])      # an image-level category
+
+
 def test_category_selection(fx):
     ds = BrodenDataset(fx.root, categories=["texture", "object"])
     assert ds.categories == ["object", "texture"]          # category.csv order

@@ -69,9 +69,9 @@ def test_report_files_and_contract(run_dir: Path):
         sheets = sorted((rep / "strips" / name).glob("overlay-*.png"))
         assert len(sheets) == math.ceil(units / tiles_mod.UNITS_PER_SHEET)
         for stem in (f"{name}_unique_per_category", f"{name}_iou_histogram"):
-            for ext in (".svg", ".png"):
-                assert (run_dir / "figures" / (stem + ext)).is_file()
-                assert (rep / "figures" / (stem + ext)).is_file()
+            assert (run_dir / "figures" / (stem + ".svg")).is_file()
+            assert (rep / "figures" / (stem + ".svg")).is_file()
+            assert not (rep / "figures" / (stem + ".png")).exists(), "PNG twins only on request"
         assert (rep / "data" / name / "units.csv").read_bytes() == (run_dir / name / "units.csv").read_bytes()
     assert (rep / "data" / "summary.json").read_bytes() == (run_dir / "summary.json").read_bytes()
     assert not list(run_dir.glob(".report-*")), "staging folders must be cleaned up"
@@ -179,8 +179,28 @@ def test_overview_numbers_are_summary_json(run_dir: Path):
         head = re.search(r'<header class="page-head" data-layer="[^"]+" data-units="(\d+)" data-detectors="(\d+)" data-unique="(\d+)"', page)
         assert tuple(map(int, head.groups())) == (info["units"], info["detectors"], info["unique_detectors"])
     for link in ("data/summary.json", f"data/{DEFAULT_LAYERS[0][0]}/units.csv",
-                 f"figures/{DEFAULT_LAYERS[0][0]}_unique_per_category.png"):
+                 f"figures/{DEFAULT_LAYERS[0][0]}_unique_per_category.svg"):
         assert f'href="{link}"' in text
+    assert ".png\" download" not in text, "no link to a PNG twin that was not written"
+
+
+def test_figure_png_twins_on_request(run_dir: Path, tmp_path: Path):
+    """netdissect report OUT --figure-png: each figure also as PNG, in OUT/figures/ and the
+    report, and linked next to its SVG."""
+    from netdissect.cli.commands import main
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "figures"))
+    assert main(["report", str(copy), "--figure-png", "--quiet"]) == 0
+    svgs = sorted(p.name for p in (copy / "report" / "figures").glob("*.svg"))
+    assert len(svgs) == 3 * len(DEFAULT_LAYERS) + 1
+    text = "".join(p.read_text(encoding="utf-8") for p in (copy / "report").glob("*.html"))
+    for name in svgs:
+        png = name[:-4] + ".png"
+        with Image.open(copy / "report" / "figures" / png) as im:
+            assert im.format == "PNG" and im.width > 300
+        assert (copy / "figures" / png).read_bytes() == (copy / "report" / "figures" / png).read_bytes()
+        if "units_per_concept" not in name:     # shown only where a layer has detectors
+            assert f'href="figures/{png}" download' in text
 
 
 def test_detector_status_is_decided_once_in_python(run_dir: Path):

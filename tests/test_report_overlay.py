@@ -67,3 +67,21 @@ def test_compiled_overlays_take_any_layout_and_check_their_arguments():
     with pytest.raises(ValueError, match="radius"):
         tiles._overlay.compose(regions, labels, out, -1, tiles._CODES)
     assert tiles.compose_overlays(regions[:0], labels[:0], 2).shape == (0, 30, 20)
+
+
+def test_overlay_png_holds_the_indices_and_the_palette():
+    """The 4-bit sheets (tiles.png_bytes) read back with PIL as the same indices, and each index
+    as its palette colour and alpha; an odd width included."""
+    import io
+
+    from PIL import Image
+    rng = np.random.default_rng(2)
+    for h, w in ((34, 57), (16, 16), (1, 1)):
+        index = rng.integers(0, 9, (h, w), dtype=np.uint8)
+        with Image.open(io.BytesIO(tiles.png_bytes(index))) as im:
+            assert im.format == "PNG" and im.mode == "P" and im.size == (w, h)
+            assert np.array_equal(np.asarray(im), index)
+            rgba = np.asarray(im.convert("RGBA"))
+        rgb, alpha = tiles.palette()
+        want = np.concatenate([np.array(rgb[:27], np.uint8).reshape(9, 3), np.frombuffer(alpha, np.uint8)[:, None]], 1)
+        assert np.array_equal(rgba, want[index])

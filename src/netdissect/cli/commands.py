@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--strips", action="store_true",
                    help="also write OUT/<layer>/unit_<n>.jpg: each unit's images with its regions, for papers")
+    p.add_argument("--figure-png", action="store_true",
+                   help="also write each figure as PNG (150 dpi) next to its SVG in OUT/figures/ and the report")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -186,13 +188,13 @@ def print_formulas(result, layers=None, examples: int = 3) -> None:
                   f"{f.single_iou[k]:.4f})")
 
 
-def _render_report(out, top_k: int, quiet: bool, strips: bool = False) -> Optional[Path]:
+def _render_report(out, top_k: int, quiet: bool, strips: bool = False, figure_png: bool = False) -> Optional[Path]:
     try:
         from netdissect.report import render_report
     except ImportError:
         print("netdissect: the report module is not available; skipping the report", file=sys.stderr)
         return None
-    return render_report(out, top_k=top_k, progress=not quiet, paper_strips=strips)
+    return render_report(out, top_k=top_k, progress=not quiet, paper_strips=strips, figure_png=figure_png)
 
 
 def print_summary(result) -> None:
@@ -240,7 +242,7 @@ def cmd_check(args) -> int:
 def cmd_report(args) -> int:
     from netdissect.runs import read_json
     read_json(Path(args.run) / "summary.json")  # a clear error when the run is not finished
-    path = _render_report(args.run, args.top_k, args.quiet, args.strips)
+    path = _render_report(args.run, args.top_k, args.quiet, args.strips, args.figure_png)
     if path is not None:
         print(f"report: {Path(path).resolve().as_uri()}")
     return 0

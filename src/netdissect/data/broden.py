@@ -675,12 +675,25 @@ class BrodenDataset:
         """RGB uint8 (ih, iw, 3) of record i."""
         return _decode_image(self.root, self.records[i])
 
-    def load_segmentation(self, i: int) -> Segmentation:
-        """The labels of record i."""
+    def load_segmentation(self, i: int, categories: Optional[Iterable[str]] = None) -> Segmentation:
+        """The labels of record i.
+
+        categories: decode only the mask files of these pixel categories (default: all
+        selected); ``pixel`` then holds just their planes (``plane_category`` says whose), with
+        the same checks. ``image_labels`` and ``labeled`` are unchanged. The report uses it to
+        skip the planes of categories none of its labels belong to."""
         record = self.records[i]
+        wanted = self.pixel_categories
+        if categories is not None:
+            asked = set(categories)
+            unknown = sorted(asked - set(self.pixel_categories))
+            if unknown:
+                raise ValueError(f"load_segmentation: {', '.join(unknown)} not among the selected pixel "
+                                 f"categories ({', '.join(self.pixel_categories) or 'none'})")
+            wanted = [c for c in self.pixel_categories if c in asked]
         planes: List[np.ndarray] = []
         plane_category: List[int] = []
-        for cat in self.pixel_categories:
+        for cat in wanted:
             for name in record.masks[cat]:
                 labels = _decode_mask(self.root, record, name)
                 unknown = self._table.unknown_in(labels)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from netdissect.errors import NetDissectError, RunError
 from netdissect.report import figures as _figures
@@ -47,12 +47,11 @@ from netdissect.report.html import (
 )
 from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
 from netdissect.report.tiles import (
+    ImageDecoding,
     LayerTiles,
-    load_images,
     progress_bar,
     render_layer_tiles,
     wanted_images,
-    write_atlases,
     write_paper_strips,
 )
 
@@ -114,29 +113,37 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)      # a copy, never a link: the folder must travel alone
 
 
-def _figures_of(run: RunView, root: Path, stage: Path) -> Tuple[Dict[str, Dict[str, str]], Optional[str]]:
+class FigureFiles(NamedTuple):
+    """A figure in the report: its SVG and, where one was written, its PNG twin (paths in the report)."""
+    svg: str
+    png: Optional[str]
+
+
+def _figures_of(run: RunView, root: Path, stage: Path,
+                png: bool) -> Tuple[Dict[str, Dict[str, FigureFiles]], Optional[FigureFiles]]:
     fig_dir = root / "figures"
 
-    def fig(name: str, make) -> str:
+    def fig(name: str, make) -> FigureFiles:
         path = make(fig_dir / name)
-        for p in (path, path.with_suffix(".png")):
-            _copy(p, stage / "figures" / p.name)
-        return f"figures/{name}"
+        _copy(path, stage / "figures" / path.name)
+        if png:
+            _copy(path.with_suffix(".png"), stage / "figures" / path.with_suffix(".png").name)
+        return FigureFiles(f"figures/{name}", f"figures/{path.with_suffix('.png').name}" if png else None)
 
     cats, thr = run.categories, run.iou_threshold
-    figs: Dict[str, Dict[str, str]] = {}
+    figs: Dict[str, Dict[str, FigureFiles]] = {}
     for layer in run.layers:
         d = layer.dirname
         figs[layer.name] = {
             "unique": fig(f"{d}_unique_per_category.svg",
-                          lambda p: _figures.unique_per_category(layer, cats, thr, p)),
-            "concepts": fig(f"{d}_units_per_concept.svg", lambda p: _figures.concepts(layer, cats, thr, p)),
-            "hist": fig(f"{d}_iou_histogram.svg", lambda p: _figures.iou_histogram(layer, cats, thr, p)),
+                          lambda p: _figures.unique_per_category(layer, cats, thr, p, png)),
+            "concepts": fig(f"{d}_units_per_concept.svg", lambda p: _figures.concepts(layer, cats, thr, p, png)),
+            "hist": fig(f"{d}_iou_histogram.svg", lambda p: _figures.iou_histogram(layer, cats, thr, p, png)),
         }
     cross = None
     if len(run.layers) > 1:
         cross = fig("layers_unique_per_category.svg",
-                    lambda p: _figures.layers_unique(run.layers, cats, thr, p))
+                    lambda p: _figures.layers_unique(run.layers, cats, thr, p, png))
     return figs, cross
 
 
@@ -158,13 +165,14 @@ def _flat_params(cfg: Any, prefix: str = "") -> List[Tuple[str, str]]:
 
 def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bool = False,
                   *, workers: Optional[int] = None, timings: Optional[Dict[str, float]] = None,
-                  paper_strips: bool = False) -> Path:
+                  paper_strips: bool = False, figure_png: bool = False) -> Path:
     """Render OUT/report/ from run directory OUT; return the path of OUT/report/index.html.
 
     top_k: images per unit (at most the k stored in topk.npz). workers: processes decoding
     images (default: up to 4, never more than the CPUs). timings: filled with the seconds each
     stage took (benchmarks/report_cost.py). paper_strips: also write OUT/<layer>/unit_<n>.jpg,
-    each unit's images with its regions side by side, for papers."""
+    each unit's images with its regions side by side, for papers. figure_png: also write each
+    figure as PNG (150 dpi) next to its SVG, and link it (a third of the figures' time)."""
     clock = _Clock(timings)
     root = Path(run_dir)
     if top_k < 1:
@@ -190,14 +198,13 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
         _copy(root / "summary.json", stage / "data" / "summary.json")
         for layer in run.layers:
             _copy(root / layer.dirname / "units.csv", stage / "data" / layer.dirname / "units.csv")
-        figs, cross = _figures_of(run, root, stage)
-        clock.lap("figures")
-
         tiles: Dict[str, Optional[LayerTiles]] = {l.name: None for l in run.layers}
         atlas = None
         names: List[str] = []
         layer_notes: Dict[str, List[str]] = {l.name: [] for l in run.layers}
-        if dataset is not None and len(dataset):
+        jobs: Dict[int, List[Tuple[int, bool]]] = {}
+        with_images = dataset is not None and len(dataset) > 0
+        if with_images:
             names = [r.image for r in dataset.records]
             for layer in run.layers:
                 idx = layer.result.topk_index
@@ -208,16 +215,19 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                             f"{layer.name}: {bad} top-k image indices lie beyond the dataset selection "
                             f"({len(dataset)} images): the dataset differs from the run's")
             jobs = wanted_images(run.layers, len(dataset), top_k, image_level)
-            bar = progress_bar(progress, len(jobs), "report: images", "img")
-            loaded = load_images(dataset, jobs, workers, bar)
-            if bar is not None:
-                bar.close()
-            clock.lap("decoding images")
-            images = {i: img for i, img, _ in loaded}
-            atlas = write_atlases(images, stage)
-            masks = {i: m for i, _, m in loaded}
-            del loaded
-            clock.lap("image atlases")
+        else:
+            for layer in run.layers:
+                layer_notes[layer.name].append("no images: " + (dataset_note or "the dataset is empty"))
+        with ImageDecoding(dataset, jobs, stage, workers) as decoding:   # in workers, from now on
+            figs, cross = _figures_of(run, root, stage, figure_png)
+            clock.lap("figures")
+            if with_images:
+                bar = progress_bar(progress, len(jobs), "report: images", "img")
+                atlas, masks = decoding.result(bar)
+                if bar is not None:
+                    bar.close()
+                clock.lap("images and atlases")
+        if with_images:
             for layer in run.layers:
                 if layer.result.topk_index is None:
                     layer_notes[layer.name].append("the run kept no top images (topk.npz missing)")
@@ -227,13 +237,10 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                     run.report_warnings.append(lt.note)
                 tiles[layer.name] = lt
                 if paper_strips:
-                    write_paper_strips(layer, lt, images, stage, root / layer.dirname)
+                    write_paper_strips(layer, lt, dataset, stage, root / layer.dirname)
                 if progress:
                     print(f"report: {layer.name}: {layer.size} units", file=sys.stderr)
             clock.lap("unit overlays")
-        else:
-            for layer in run.layers:
-                layer_notes[layer.name].append("no images: " + (dataset_note or "the dataset is empty"))
 
         scale = iou_scale(run)
         ctx = common(run, "overview", version)
@@ -279,7 +286,9 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
         if (root / "figures" / "formula_gain.svg").exists():
             for p in (root / "figures").glob("formula_gain.*"):
                 _copy(p, stage / "figures" / p.name)
-            formula_fig = "figures/formula_gain.svg"
+            formula_fig = FigureFiles("figures/formula_gain.svg",
+                                      "figures/formula_gain.png" if (stage / "figures" / "formula_gain.png").exists()
+                                      else None)
         experiments = copy_experiment_pages(root, stage)
         counts = run.category_image_counts
         cmax = max(counts.values()) if counts else 1
