@@ -375,6 +375,24 @@ def test_demo_shaped_report_stays_within_its_size_budget(tmp_path: Path):
     assert all(p.stat().st_nlink == 1 for p in files)
 
 
+def test_workers_render_the_same_report(tmp_path: Path):
+    """Forked workers (images decoded and atlases written in workers, overlay sheets drawn in
+    workers) write the same files, byte for byte, as one process."""
+    from run_fixture import make_dataset
+    data = make_dataset(tmp_path / "data", images=90, size=64, seed=2)
+    one = _demo_shaped_run(tmp_path / "one", data, (("features.9", 160, 8),), seed=4)
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    render_report(one, workers=1)
+    render_report(two, workers=2)
+    files = sorted(p.relative_to(one / "report") for p in (one / "report").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two / "report") for p in (two / "report").rglob("*") if p.is_file())
+    assert len([f for f in files if f.parts[0] == "images"]) == 2      # > 64 images: the workers decode
+    assert len([f for f in files if f.parts[0] == "strips"]) == 10     # >= 4 sheets per worker: they draw
+    for f in files:
+        assert (one / "report" / f).read_bytes() == (two / "report" / f).read_bytes(), f
+
+
 def test_experiment_page_escapes_its_tables(tmp_path: Path):
     from netdissect.report.experiments import write_experiment_page
     (tmp_path / "numbers.csv").write_text('name,value\n<b onclick="x()">unit</b>,1\n')

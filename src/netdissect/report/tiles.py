@@ -449,11 +449,12 @@ def _render_sheets(starts: Sequence[int]) -> List[Tuple[int, Dict[int, List[Tile
                 shapes = np.stack([_formula_region(formulas.unit_tokens(k), masks.get(int(index[k, j]), NO_MASKS),
                                                    result.concepts, (sh, sw)) for k, j in pairs])
                 f_over = compose_overlays(regions, shapes, job["radius"])
+            # tile (row k - s, column j) of a sheet is cell [k - s, j] of its (rows, kk, sh, sw) view
+            cells = (rows - s, cols)
+            sheet.reshape(UNITS_PER_SHEET, sh, kk, sw).transpose(0, 2, 1, 3)[cells] = over
+            if formulas is not None:
+                f_sheet.reshape(UNITS_PER_SHEET, sh, kk, sw).transpose(0, 2, 1, 3)[cells] = f_over
             for n, (k, j) in enumerate(pairs):
-                r = k - s
-                sheet[r * sh:(r + 1) * sh, j * sw:(j + 1) * sw] = over[n]
-                if formulas is not None:
-                    f_sheet[r * sh:(r + 1) * sh, j * sw:(j + 1) * sw] = f_over[n]
                 tiles.setdefault(k, []).append(
                     Tile(int(index[k, j]), float(result.topk_score[k, j]), present[n], float(fracs[n])))
         _save_png(sheet, job["report"] / sheet_name(layer, s))
@@ -494,7 +495,14 @@ def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, LabelMasks],
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
                 done = [part for parts in pool.map(_render_sheets, chunks) for part in parts]
         else:
-            done = _render_sheets(starts)
+            # one torch thread, as in the workers: the tensors are small, and a second thread
+            # waiting on a CPU another process holds made the thresholding five times slower
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                done = _render_sheets(starts)
+            finally:
+                torch.set_num_threads(threads)
     finally:
         _SHEETS_JOB = None
     for s, tiles in sorted(done, key=lambda t: t[0]):
