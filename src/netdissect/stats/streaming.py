@@ -203,11 +203,12 @@ class LayerStream:
 
     def add(self, acts: torch.Tensor, images: torch.Tensor) -> None:
         """acts: (B, K, h, w) float32; images: (B,) global image indices."""
-        maxima = acts.amax(dim=(2, 3))                                   # (B, K)
+        if self.sketch:  # no lower bound to filter with: the maps are kept in the second pass
+            self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
+            self.topk.add(acts.amax(dim=(2, 3)), acts, images.to(acts.device))
+            return
+        maxima = self.quantile.add_maps(acts)                            # (B, K)
         self.topk.add(maxima, acts, images.to(acts.device))
-        self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
-        if self.sketch:
-            return  # no lower bound to filter with: the maps are kept in the second pass
         self._keep_candidates(acts, maxima, images)
 
     def refine(self, acts: torch.Tensor, images: torch.Tensor) -> None:
