@@ -95,6 +95,29 @@ def test_layers_whose_folder_names_collide_spill_to_separate_files(tmp_path):
         assert len(chunks) == 1 and bool((chunks[0]["maps"] == value).all())
 
 
+def test_spill_files_read_back_old_format_and_name_a_damaged_one(tmp_path):
+    """Spills are .npy arrays back to back; an earlier version's .npz spill (named by a
+    checkpoint) still reads; a truncated one is a RunError naming it and saying what to do."""
+    from netdissect.errors import RunError
+    from netdissect.stats.streaming import PairBuffer
+    buffer = PairBuffer(tmp_path, 1, "layer")
+    pairs = dict(unit=torch.tensor([0, 1, 1]), image=torch.tensor([3, 4, 5]), max=torch.tensor([5.0, 6.0, 7.0]),
+                 maps=torch.arange(12, dtype=torch.float32).reshape(3, 2, 2))
+    buffer.add(pairs["unit"], pairs["image"], pairs["max"], pairs["maps"])
+    buffer.spill()
+    old = tmp_path / "layer-old.pairs00001.npz"
+    np.savez(old, **{k: v.numpy() for k, v in pairs.items()})
+    buffer.spilled.append(old)
+    chunks = list(buffer.final_pairs(torch.tensor([5.5, 0.0])))   # unit 0's pair is below its threshold
+    assert len(chunks) == 2
+    for chunk in chunks:
+        assert chunk["image"].tolist() == [4, 5] and torch.equal(chunk["maps"], pairs["maps"][1:])
+    damaged = buffer.spilled[0]
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    with pytest.raises(RunError, match=f"{damaged}: scratch file cannot be read.*--force"):
+        list(buffer.final_pairs(torch.zeros(2)))
+
+
 def test_spilled_pairs_give_the_same_numbers_as_in_memory(dataset, monkeypatch):
     from netdissect.stats.streaming import PairBuffer
     spills = []

@@ -65,14 +65,16 @@ def atomic_write_json(path, obj) -> None:
 
 def atomic_save_npz(path, **arrays) -> None:
     """numpy.savez_compressed's format with a fixed timestamp: the same arrays give the same
-    bytes, so two runs (or a sharded and a plain one) compare with a byte comparison."""
+    bytes, so two runs (or a sharded and a plain one) compare with a byte comparison. Deflate
+    level 1: a fifth of the default level's time for files a few percent larger (a run's
+    combinations.npz: 0.11 s against 0.52 s, 2.75 MB against 2.57 MB)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+            data = io.BytesIO()
+            np.lib.format.write_array(data, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(info, data.getbuffer(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -7,13 +7,29 @@ and gives the exact answer in one pass.
 
 The smallest kept value is also, at every point of the pass, a lower bound of the final
 threshold that only rises: the dissection uses it to drop (unit, image) pairs early.
+
+On the CPU the kept values are selected by the compiled ``_topvalues`` (about one comparison
+per activation once a unit has seen enough); elsewhere, or when it was not compiled, by
+torch.topk over the kept and new values. Both keep the same values.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
+
+try:
+    from netdissect.stats import _topvalues
+except ImportError:  # not compiled (no C compiler at install): torch.topk
+    _topvalues = None
+
+NO_KERNEL = "NETDISSECT_NO_KERNEL"   # "1": the torch paths only (tests compare the two)
+
+
+def compiled_available() -> bool:
+    return _topvalues is not None and os.environ.get(NO_KERNEL) != "1"
 
 
 def top_count(n: int, level: float) -> int:
@@ -43,18 +59,51 @@ class ExactTopQuantile:
         self.level = level
         self.expected_n = expected_n
         self.keep = top_count(expected_n, level)
-        self.values = torch.empty(units, 0, dtype=torch.float32, device=device)
         self.count = 0
+        self.compiled = torch.device(device).type == "cpu" and compiled_available() and self.keep > 0
+        if self.compiled:   # the first ``filled`` columns are in use; as many again for new values
+            self._rows = torch.empty(units, 2 * self.keep, dtype=torch.float32)
+            self._filled = 0
+        else:
+            self._values = torch.empty(units, 0, dtype=torch.float32, device=device)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """(K, n) the kept values, in no particular order (n <= keep)."""
+        return self._rows[:, :self._filled] if self.compiled else self._values
+
+    @values.setter
+    def values(self, values: torch.Tensor) -> None:
+        if self.compiled:
+            n = values.shape[1]
+            self._rows[:, :n] = values
+            self._filled = n
+        else:
+            self._values = values
 
     def add(self, values: torch.Tensor) -> None:
         """values: (K, m) float32, all m new values of every unit."""
         if values.shape[0] != self.units:
             raise ValueError(f"expected {self.units} units, got {values.shape[0]}")
-        self.count += values.shape[1]
-        merged = torch.cat([self.values, values.to(self.values.dtype)], dim=1)
+        self.add_maps(values[None, :, None, :])
+
+    def add_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """maps: (B, K, h, w) float32, finite (any memory format). Returns their maxima (B, K)."""
+        if maps.shape[1] != self.units:
+            raise ValueError(f"expected {self.units} units, got {maps.shape[1]}")
+        self.count += maps.shape[0] * maps.shape[2] * maps.shape[3]
+        if self.compiled:
+            maxima = torch.empty(maps.shape[:2], dtype=torch.float32)
+            self._filled = _topvalues.push_values(self._rows.numpy(), self.keep, self._filled,
+                                                  maps.detach().float().numpy(), maxima.numpy())
+            return maxima
+        maxima = maps.amax(dim=(2, 3))
+        merged = torch.cat([self._values, maps.transpose(0, 1).reshape(self.units, -1).to(self._values.dtype)],
+                           dim=1)
         if merged.shape[1] > self.keep:
             merged = torch.topk(merged, self.keep, dim=1, sorted=False).values
-        self.values = merged
+        self._values = merged
+        return maxima
 
     def merge_ranks(self, group) -> None:
         """The state of the whole dataset from every rank's: the largest ``keep`` values of the
@@ -92,7 +141,7 @@ class ExactTopQuantile:
         return np.quantile(pair, gamma, axis=1).astype(np.float32)
 
     def state_dict(self) -> dict:
-        return {"values": self.values.cpu(), "count": self.count, "keep": self.keep,
+        return {"values": self.values.cpu().clone(), "count": self.count, "keep": self.keep,
                 "level": self.level, "expected_n": self.expected_n}
 
     def load_state_dict(self, state: dict) -> None:

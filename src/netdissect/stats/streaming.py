@@ -136,13 +136,14 @@ class PairBuffer:
         """Move the in-memory pairs to one file in the spill directory."""
         if not self.chunks or self.spill_dir is None:
             return
-        merged = {key: torch.cat([c[key] for c in self.chunks]) for key in self.chunks[0]}
-        # plain arrays (no pickle): a checkpoint names these files, so they are read on resume
+        # plain arrays (no pickle): a checkpoint names these files, so they are read on resume;
+        # .npy arrays back to back, not a zip: no CRC to compute on the way out and back in
         # the layer name's digest keeps layers apart whose safe names collide ("a b", "a_b")
         digest = hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:8]
-        path = self.spill_dir / f"{safe_name(self.name)}-{digest}.pairs{len(self.spilled):05d}.npz"
+        path = self.spill_dir / f"{safe_name(self.name)}-{digest}.pairs{len(self.spilled):05d}.npys"
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{key: value.numpy() for key, value in merged.items()})  # uncompressed: scratch
+            for key in SPILL_KEYS:
+                np.save(f, torch.cat([c[key] for c in self.chunks]).numpy(), allow_pickle=False)
         self.spilled.append(path)
         self.chunks = []
         self.bytes = 0
@@ -169,11 +170,17 @@ class PairBuffer:
         self.bytes = sum(_chunk_bytes(c) for c in self.chunks)
 
 
+SPILL_KEYS = ("unit", "image", "max", "maps")    # a spill file's arrays, in this order
+
+
 def _load_spill(path: Path) -> dict:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {key: torch.from_numpy(z[key]) for key in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        if path.suffix == ".npz":    # spilled by an earlier version (a checkpoint resumed)
+            with np.load(path, allow_pickle=False) as z:
+                return {key: torch.from_numpy(z[key]) for key in z.files}
+        with open(path, "rb") as f:
+            return {key: torch.from_numpy(np.load(f, allow_pickle=False)) for key in SPILL_KEYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         from netdissect.errors import RunError
         raise RunError(f"{path}: scratch file cannot be read ({exc.__class__.__name__}); rerun with "
                        "--force to recompute") from None
@@ -203,11 +210,12 @@ class LayerStream:
 
     def add(self, acts: torch.Tensor, images: torch.Tensor) -> None:
         """acts: (B, K, h, w) float32; images: (B,) global image indices."""
-        maxima = acts.amax(dim=(2, 3))                                   # (B, K)
+        if self.sketch:  # no lower bound to filter with: the maps are kept in the second pass
+            self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
+            self.topk.add(acts.amax(dim=(2, 3)), acts, images.to(acts.device))
+            return
+        maxima = self.quantile.add_maps(acts)                            # (B, K)
         self.topk.add(maxima, acts, images.to(acts.device))
-        self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
-        if self.sketch:
-            return  # no lower bound to filter with: the maps are kept in the second pass
         self._keep_candidates(acts, maxima, images)
 
     def refine(self, acts: torch.Tensor, images: torch.Tensor) -> None:

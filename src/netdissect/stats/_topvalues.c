@@ -1,0 +1,300 @@
+/*
+ * netdissect.stats._topvalues: the exact threshold state of the pass, in one read of each map.
+ *
+ * For every unit, a row holds the largest `keep` activations seen so far (the values the top
+ * quantile depends on; see stats/quantile.py) and room for as many again. A new value is
+ * appended only when it beats the row's entry bar, the keep-th largest value at the row's last
+ * compaction (a lower bound of the final threshold); a full row is compacted back to its `keep`
+ * largest by a quickselect. After the first few batches almost every value loses that one
+ * comparison, so a batch costs about one comparison per activation, against torch.topk over
+ * the kept and new values together, and the few that enter cost a constant each, amortized.
+ * The same read gives each (image, unit) map's maximum, which the top images and the candidate
+ * maps need.
+ *
+ * The maps are read where they lie, with any strides: a channels-last batch is walked position
+ * by position across the units, a contiguous one unit by unit, so memory is read in order. The
+ * kept set does not depend on the order (it is the multiset of the largest `keep` values; a value
+ * equal to the bar may stay out, which changes no kept value). -0.0 is kept as +0.0. The maps
+ * must be finite (the pass checks them first; a NaN that reaches a row is refused). The GIL is
+ * released around the arithmetic.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Whether a struct-module format string names a native float32. */
+static int is_float32(const char *format, Py_ssize_t itemsize)
+{
+    if (format == NULL || itemsize != 4)
+        return 0;
+    if (format[0] == '@' || format[0] == '=' ||
+#if PY_LITTLE_ENDIAN
+        format[0] == '<'
+#else
+        format[0] == '>' || format[0] == '!'
+#endif
+    )
+        format++;
+    return format[0] == 'f' && format[1] == '\0';
+}
+
+/* A float32 buffer of ndim dimensions (C-contiguous unless any_strides; writable when asked);
+ * on failure a TypeError or ValueError naming the argument, and -1 with the view released. */
+static int get_float32(const char *arg, PyObject *obj, int ndim, int any_strides, int writable,
+                       Py_buffer *view)
+{
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError,
+                     "push_values(): argument '%s' must be a float32 numpy array (a torch tensor: "
+                     "pass tensor.numpy()), not %.100s", arg, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_RECORDS : PyBUF_RECORDS_RO) < 0)
+        return -1;
+    if (!is_float32(view->format, view->itemsize)) {
+        PyErr_Format(PyExc_TypeError, "push_values(): argument '%s' must hold float32, got format "
+                     "'%s' with %zd-byte items", arg, view->format ? view->format : "B",
+                     view->itemsize);
+        goto fail;
+    }
+    if (view->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' must have %d dimensions, got %d",
+                     arg, ndim, view->ndim);
+        goto fail;
+    }
+    if (!any_strides && !PyBuffer_IsContiguous(view, 'C')) {
+        PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' must be C-contiguous", arg);
+        goto fail;
+    }
+    for (int i = 0; any_strides && i < ndim; i++) {
+        if (view->strides[i] % 4 != 0) {
+            PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' has a stride that is not a "
+                         "multiple of 4 bytes", arg);
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    PyBuffer_Release(view);
+    return -1;
+}
+
+/* Rearrange a[0..n) so that a[0..k) holds its k largest values (0 < k <= n): a quickselect
+ * with a three-way partition, so that runs of equal values (the zeros after a ReLU) cost one
+ * pass instead of a quadratic worst case. */
+static void select_largest(float *a, Py_ssize_t n, Py_ssize_t k)
+{
+    Py_ssize_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+        float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        Py_ssize_t gt = lo, i = lo, lt = hi;     /* [lo,gt) > pivot, [gt,i) == pivot, [lt,hi) < pivot */
+        while (i < lt) {
+            float v = a[i];
+            if (v > pivot) {
+                a[i++] = a[gt];
+                a[gt++] = v;
+            } else if (v < pivot) {
+                a[i] = a[--lt];
+                a[lt] = v;
+            } else {
+                i++;
+            }
+        }
+        if (k < gt)
+            hi = gt;
+        else if (k <= lt)
+            return;
+        else
+            lo = lt;
+    }
+}
+
+typedef struct {
+    float *rows;          /* (K, cap): each row's first len[k] entries are in use */
+    Py_ssize_t cap, keep;
+    Py_ssize_t *len;
+    float *root;          /* (K,) the keep-th largest value at the last compaction, or -inf */
+    int nan;              /* set when a NaN was met */
+} state_t;
+
+/* Keep only row k's `keep` largest values; the smallest of them becomes the entry bar. */
+static void compact(state_t *s, Py_ssize_t k)
+{
+    float *a = s->rows + k * s->cap;
+    if (s->len[k] <= s->keep) {
+        if (s->len[k] < s->keep)
+            return;
+    } else {
+        select_largest(a, s->len[k], s->keep);
+        s->len[k] = s->keep;
+    }
+    float low = a[0];
+    for (Py_ssize_t i = 1; i < s->keep; i++)
+        low = a[i] < low ? a[i] : low;
+    s->root[k] = low;
+}
+
+/* Append v (which beats row k's entry bar) to row k, compacting the row when it is full. */
+static inline void offer(state_t *s, Py_ssize_t k, float v)
+{
+    if (v != v) {
+        s->nan = 1;
+        return;
+    }
+    s->rows[k * s->cap + s->len[k]++] = v + 0.0f;
+    if (s->len[k] == s->cap)
+        compact(s, k);
+}
+
+PyDoc_STRVAR(push_values_doc,
+"push_values(rows, keep, filled, maps, maxima) -> filled\n\n"
+"rows: (K, cap) float32 C-contiguous, writable, cap > keep >= 1; each row's first `filled`\n"
+"entries are the values kept so far (any order). maps: (B, K, h, w) float32, any strides, finite.\n"
+"maxima: (B, K) float32 C-contiguous, writable: receives each map's maximum. Afterwards each row's\n"
+"first `filled` entries are the largest `keep` of its kept and new values (all of them while they\n"
+"are fewer); returns the new fill, min(keep, filled + B*h*w).");
+
+static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"rows", "keep", "filled", "maps", "maxima", NULL};
+    PyObject *rows_obj, *maps_obj, *max_obj;
+    Py_ssize_t keep, filled;
+    Py_buffer rows, maps, maxima;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnOO:push_values", names, &rows_obj, &keep,
+                                     &filled, &maps_obj, &max_obj))
+        return NULL;
+    if (get_float32("rows", rows_obj, 2, 0, 1, &rows) < 0)
+        return NULL;
+    if (get_float32("maps", maps_obj, 4, 1, 0, &maps) < 0) {
+        PyBuffer_Release(&rows);
+        return NULL;
+    }
+    if (get_float32("maxima", max_obj, 2, 0, 1, &maxima) < 0) {
+        PyBuffer_Release(&rows);
+        PyBuffer_Release(&maps);
+        return NULL;
+    }
+    Py_ssize_t K = rows.shape[0], cap = rows.shape[1];
+    Py_ssize_t B = maps.shape[0], H = maps.shape[2], W = maps.shape[3];
+    PyObject *result = NULL;
+    float *root = NULL;
+    Py_ssize_t *len = NULL;
+    if (maps.shape[1] != K) {
+        PyErr_Format(PyExc_ValueError, "push_values(): maps have %zd units, rows %zd",
+                     maps.shape[1], K);
+        goto done;
+    }
+    if (maxima.shape[0] != B || maxima.shape[1] != K) {
+        PyErr_Format(PyExc_ValueError, "push_values(): maxima must be (%zd, %zd), got (%zd, %zd)",
+                     B, K, maxima.shape[0], maxima.shape[1]);
+        goto done;
+    }
+    if (keep < 1 || cap <= keep || filled < 0 || filled > keep) {
+        PyErr_Format(PyExc_ValueError, "push_values(): need 1 <= keep < rows.shape[1] (%zd) and "
+                     "0 <= filled <= keep, got keep=%zd, filled=%zd", cap, keep, filled);
+        goto done;
+    }
+    root = (float *)malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
+    len = (Py_ssize_t *)malloc((size_t)(K > 0 ? K : 1) * sizeof(Py_ssize_t));
+    if (root == NULL || len == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    state_t s = {(float *)rows.buf, cap, keep, len, root, 0};
+    const float *m = (const float *)maps.buf;
+    const Py_ssize_t sb = maps.strides[0] / 4, sk = maps.strides[1] / 4, sy = maps.strides[2] / 4,
+                     sx = maps.strides[3] / 4;
+    float *mx = (float *)maxima.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < K; k++) {
+        len[k] = filled;
+        root[k] = -INFINITY;
+        compact(&s, k);          /* the entry bar of a full row */
+    }
+    if (labs(sk) < labs(sx) && labs(sk) < labs(sy)) {
+        /* channels-last: position by position, the units innermost */
+        for (Py_ssize_t b = 0; b < B; b++) {
+            float *mb = mx + b * K;
+            for (Py_ssize_t k = 0; k < K; k++)
+                mb[k] = -INFINITY;
+            for (Py_ssize_t y = 0; y < H; y++)
+                for (Py_ssize_t x = 0; x < W; x++) {
+                    const float *p = m + b * sb + y * sy + x * sx;
+                    if (sk == 1) {
+                        /* two loops that vectorize: the maxima, and whether any value enters */
+                        int enters = 0;
+                        for (Py_ssize_t k = 0; k < K; k++) {
+                            float v = p[k];
+                            mb[k] = v > mb[k] ? v : mb[k];
+                            enters |= !(v <= root[k]);
+                        }
+                        for (Py_ssize_t k = 0; enters && k < K; k++)
+                            if (!(p[k] <= root[k]))
+                                offer(&s, k, p[k]);
+                    } else {
+                        for (Py_ssize_t k = 0; k < K; k++) {
+                            float v = p[k * sk];
+                            mb[k] = v > mb[k] ? v : mb[k];
+                            if (!(v <= root[k]))
+                                offer(&s, k, v);
+                        }
+                    }
+                }
+        }
+    } else {
+        /* unit by unit, each map row by row */
+        for (Py_ssize_t k = 0; k < K; k++)
+            for (Py_ssize_t b = 0; b < B; b++) {
+                float best = -INFINITY;
+                for (Py_ssize_t y = 0; y < H; y++) {
+                    const float *p = m + b * sb + k * sk + y * sy;
+                    float top = -INFINITY;
+                    for (Py_ssize_t x = 0; x < W; x++)
+                        top = p[x * sx] > top ? p[x * sx] : top;
+                    best = top > best ? top : best;
+                    if (!(top <= root[k]))
+                        for (Py_ssize_t x = 0; x < W; x++)
+                            if (!(p[x * sx] <= root[k]))
+                                offer(&s, k, p[x * sx]);
+                }
+                mx[b * K + k] = best;
+            }
+    }
+    for (Py_ssize_t k = 0; k < K; k++)
+        compact(&s, k);
+    Py_END_ALLOW_THREADS
+    if (s.nan) {
+        PyErr_SetString(PyExc_ValueError, "push_values(): maps hold NaN (check the activations "
+                        "for NaN before the threshold state)");
+        goto done;
+    }
+    {
+        Py_ssize_t total = filled + B * H * W;
+        result = PyLong_FromSsize_t(total < keep ? total : keep);
+    }
+done:
+    free(root);
+    free(len);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&maps);
+    PyBuffer_Release(&maxima);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"push_values", (PyCFunction)(void (*)(void))push_values, METH_VARARGS | METH_KEYWORDS,
+     push_values_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_topvalues",
+    "The exact threshold state of the pass: the largest values of every unit (see "
+    "netdissect.stats.quantile).",
+    0, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__topvalues(void) { return PyModuleDef_Init(&module); }

@@ -1,0 +1,149 @@
+"""The compiled threshold state (stats/_topvalues.c) against torch.topk and numpy.quantile."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from netdissect.stats import quantile as Q
+from netdissect.stats.quantile import ExactTopQuantile
+
+pytestmark = pytest.mark.skipif(Q._topvalues is None, reason="the _topvalues extension is not compiled")
+
+
+def _states(units, n, level, monkeypatch):
+    fast = ExactTopQuantile(units, n, level)
+    monkeypatch.setenv(Q.NO_KERNEL, "1")
+    plain = ExactTopQuantile(units, n, level)
+    monkeypatch.delenv(Q.NO_KERNEL)
+    assert fast.compiled and not plain.compiled
+    return fast, plain
+
+
+def _batches(seed, units, hw, batches, kind):
+    gen = torch.Generator().manual_seed(seed)
+    for b in batches:
+        x = torch.randn((b, units) + hw, generator=gen)
+        if kind == "relu":          # many ties at zero, some of them -0.0
+            x = x.relu()
+            x[x == 0] = torch.where(torch.rand(int((x == 0).sum()), generator=gen) < 0.5, -0.0, 0.0)
+        elif kind == "ints":        # many ties everywhere
+            x = (x * 3).round()
+        yield x
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("kind", ["normal", "relu", "ints"])
+def test_compiled_keeps_what_topk_keeps(fmt, kind, monkeypatch):
+    units, hw, batches, level = 6, (5, 7), [3, 4, 1, 5], 0.9
+    n = sum(batches) * hw[0] * hw[1]
+    fast, plain = _states(units, n, level, monkeypatch)
+    everything = []
+    for x in _batches(1, units, hw, batches, kind):
+        if fmt == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif fmt == "strided":       # every other column of a wider map: no copy, odd strides
+            wide = torch.zeros(x.shape[:3] + (2 * hw[1],))
+            wide[..., ::2] = x
+            x = wide[..., ::2]
+        everything.append(x.transpose(0, 1).reshape(units, -1))
+        maxima = fast.add_maps(x)
+        assert torch.equal(maxima, x.amax(dim=(2, 3)))
+        assert torch.equal(plain.add_maps(x), maxima)
+        assert torch.equal(fast.lower_bound(), plain.lower_bound())
+    kept_fast = torch.sort(fast.values, dim=1).values
+    kept_plain = torch.sort(plain.values + 0.0, dim=1).values
+    assert torch.equal(kept_fast, kept_plain)
+    assert not torch.any(torch.signbit(fast.values) & (fast.values == 0))   # -0.0 is kept as +0.0
+    expected = np.quantile(torch.cat(everything, dim=1).numpy(), level, axis=1).astype(np.float32)
+    np.testing.assert_array_equal(fast.threshold(), expected)
+    np.testing.assert_array_equal(fast.threshold(), plain.threshold())
+
+
+def test_kept_values_after_every_batch():
+    """After each batch the rows hold exactly the largest values so far, including batches
+    larger than the rows' spare room (several compactions in one call)."""
+    q = ExactTopQuantile(3, 400, 0.9)          # keep 41 of 400
+    seen = []
+    for x in _batches(2, 3, (4, 5), [1, 2, 3, 5, 9], "ints"):
+        q.add_maps(x)
+        seen.append(x.transpose(0, 1).reshape(3, -1))
+        everything = torch.cat(seen, dim=1)
+        expected = torch.sort(everything, dim=1, descending=True).values[:, :q.keep]
+        got = torch.sort(q.values, dim=1, descending=True).values
+        assert torch.equal(got, expected[:, :got.shape[1]] + 0.0)
+        assert got.shape[1] == min(q.keep, everything.shape[1])
+
+
+def test_never_full_and_keep_one(monkeypatch):
+    # expected_n larger than what comes: the rows never fill, the bound stays -inf
+    q = ExactTopQuantile(2, 10_000, 0.5)
+    x = torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4)
+    q.add_maps(x)
+    assert q.values.shape == (2, 12)
+    assert torch.all(q.lower_bound() == -float("inf"))
+    # the fewest a quantile keeps: two, the largest so far
+    two = ExactTopQuantile(2, 100, 0.999)
+    assert two.keep == 2
+    two.add_maps(x)
+    two.add_maps(x - 100)
+    assert torch.sort(two.values, dim=1).values.tolist() == [[10.0, 11.0], [22.0, 23.0]]
+    # a row that keeps one: its maximum
+    rows, maxima = np.full((2, 2), -1.0, np.float32), np.zeros((1, 2), np.float32)
+    assert Q._topvalues.push_values(rows, 1, 0, x.numpy(), maxima) == 1
+    assert rows[:, 0].tolist() == [11.0, 23.0] and maxima.tolist() == [[11.0, 23.0]]
+
+
+def test_state_round_trip_between_paths(monkeypatch):
+    """A checkpoint of one path resumes in the other (the state is the kept values)."""
+    data = list(_batches(3, 4, (3, 3), [4, 4, 4, 4], "relu"))
+    n = 16 * 9
+    whole, _ = _states(4, n, 0.8, monkeypatch)
+    for x in data:
+        whole.add_maps(x)
+    first, _ = _states(4, n, 0.8, monkeypatch)
+    for x in data[:2]:
+        first.add_maps(x)
+    state = first.state_dict()
+    monkeypatch.setenv(Q.NO_KERNEL, "1")
+    middle = ExactTopQuantile(4, n, 0.8)
+    middle.load_state_dict(state)
+    middle.add_maps(data[2])
+    monkeypatch.delenv(Q.NO_KERNEL)
+    last = ExactTopQuantile(4, n, 0.8)
+    last.load_state_dict(middle.state_dict())
+    last.add_maps(data[3])
+    np.testing.assert_array_equal(last.threshold(), whole.threshold())
+    assert torch.equal(torch.sort(last.values, dim=1).values, torch.sort(whole.values, dim=1).values)
+
+
+def test_arguments_are_checked():
+    push = Q._topvalues.push_values
+    rows = np.zeros((2, 10), np.float32)
+    maps = np.zeros((1, 2, 2, 2), np.float32)
+    maxima = np.zeros((1, 2), np.float32)
+    with pytest.raises(TypeError, match="'maps' must hold float32"):
+        push(rows, 5, 0, maps.astype(np.float64), maxima)
+    with pytest.raises(TypeError, match="'rows' must be a float32 numpy array"):
+        push([[0.0]], 5, 0, maps, maxima)
+    with pytest.raises(ValueError, match="maps have 3 units, rows 2"):
+        push(rows, 5, 0, np.zeros((1, 3, 2, 2), np.float32), maxima)
+    with pytest.raises(ValueError, match=r"maxima must be \(1, 2\)"):
+        push(rows, 5, 0, maps, np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="0 <= filled <= keep"):
+        push(rows, 5, 6, maps, maxima)
+    with pytest.raises(ValueError, match="keep < rows.shape"):
+        push(rows, 10, 0, maps, maxima)
+    with pytest.raises(ValueError, match="'maxima' must have 2 dimensions"):
+        push(rows, 5, 0, maps, np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="'rows' must be C-contiguous"):
+        push(np.zeros((10, 2), np.float32).T, 5, 0, maps, maxima)
+    frozen = rows.copy()
+    frozen.flags.writeable = False
+    with pytest.raises((ValueError, BufferError)):
+        push(frozen, 5, 0, maps, maxima)
+    bad = maps.copy()
+    bad[0, 1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        push(rows, 5, 0, bad, maxima)
+    assert push(rows, 5, 0, maps, maxima) == 4
