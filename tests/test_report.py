@@ -393,6 +393,33 @@ def test_workers_render_the_same_report(tmp_path: Path):
         assert (one / "report" / f).read_bytes() == (two / "report" / f).read_bytes(), f
 
 
+def test_an_image_error_in_a_worker_stops_the_report(tmp_path: Path):
+    """A missing image, met by a forked worker: the error names it, no worker waits forever for
+    masks that will not come, nothing of the report stays behind."""
+    import signal
+
+    from run_fixture import make_dataset
+
+    from netdissect.data.broden import BrodenDataset
+    from netdissect.errors import DatasetError
+    data = make_dataset(tmp_path / "data", images=90, size=64, seed=2)
+    out = _demo_shaped_run(tmp_path / "run", data, (("features.9", 160, 8),), seed=4)
+    victim = BrodenDataset(data).records[70].image
+    (data / "images" / victim).unlink()
+
+    def hung(*_):
+        raise AssertionError("render_report hung after a worker's error")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        with pytest.raises(DatasetError, match=re.escape(victim)):
+            render_report(out, workers=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not (out / "report").exists() and not list(out.glob(".report-*"))
+
+
 def test_experiment_page_escapes_its_tables(tmp_path: Path):
     from netdissect.report.experiments import write_experiment_page
     (tmp_path / "numbers.csv").write_text('name,value\n<b onclick="x()">unit</b>,1\n')

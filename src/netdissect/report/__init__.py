@@ -9,7 +9,8 @@ dataset's images and segmentations: no model, no recomputation. Writes
     OUT/report/        self-contained: index.html, concepts.html, layer-<layer>.html, assets/,
                        images/ (each shown dataset image once, JPEG atlases),
                        strips/<layer>/ (the units' overlays, PNG sheets),
-                       figures/ (SVG and PNG), data/ (summary.json, <layer>/units.csv)
+                       figures/ (SVG; PNG too with figure_png), data/ (summary.json,
+                       <layer>/units.csv)
     OUT/figures/       the same figures, for papers
 
 The folder opens from disk (file://), can be zipped alone, makes no network request and holds
@@ -17,6 +18,8 @@ no hard link.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import shutil
 import sys
@@ -46,14 +49,8 @@ from netdissect.report.html import (
     unit_tiles,
 )
 from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
-from netdissect.report.tiles import (
-    ImageDecoding,
-    LayerTiles,
-    progress_bar,
-    render_layer_tiles,
-    wanted_images,
-    write_paper_strips,
-)
+from netdissect.report.imagework import ImageWork
+from netdissect.report.tiles import LayerTiles, progress_bar, wanted_images, write_paper_strips
 
 __all__ = ["render_report"]
 
@@ -125,6 +122,7 @@ def _figures_of(run: RunView, root: Path, stage: Path,
 
     def fig(name: str, make) -> FigureFiles:
         path = make(fig_dir / name)
+        gc.collect(1)   # the figure's reference cycles (the collector is paused): young objects only
         _copy(path, stage / "figures" / path.name)
         if png:
             _copy(path.with_suffix(".png"), stage / "figures" / path.with_suffix(".png").name)
@@ -163,16 +161,39 @@ def _flat_params(cfg: Any, prefix: str = "") -> List[Tuple[str, str]]:
     return out
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while rendering, on again after (if it was on).
+    The report makes many short-lived objects, possibly in a process that holds hundreds of
+    thousands (a dissection's, as in benchmarks/report_cost.py): each full collection walks them
+    all (0.3 s, now and then). Forked workers inherit it off, so they do not walk, and copy,
+    the parent's memory either."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bool = False,
                   *, workers: Optional[int] = None, timings: Optional[Dict[str, float]] = None,
                   paper_strips: bool = False, figure_png: bool = False) -> Path:
     """Render OUT/report/ from run directory OUT; return the path of OUT/report/index.html.
 
     top_k: images per unit (at most the k stored in topk.npz). workers: processes decoding
-    images (default: up to 4, never more than the CPUs). timings: filled with the seconds each
-    stage took (benchmarks/report_cost.py). paper_strips: also write OUT/<layer>/unit_<n>.jpg,
-    each unit's images with its regions side by side, for papers. figure_png: also write each
-    figure as PNG (150 dpi) next to its SVG, and link it (a third of the figures' time)."""
+    images and drawing overlays (default: up to 4, never more than the CPUs). timings: filled
+    with the seconds each stage took (benchmarks/report_cost.py). paper_strips: also write
+    OUT/<layer>/unit_<n>.jpg, each unit's images with its regions side by side, for papers.
+    figure_png: also write each figure as PNG (150 dpi) next to its SVG, and link it (a third
+    of the figures' time)."""
+    with _collector_paused():
+        return _render(run_dir, top_k, progress, workers, timings, paper_strips, figure_png)
+
+
+def _render(run_dir, top_k: int, progress: bool, workers: Optional[int], timings: Optional[Dict[str, float]],
+            paper_strips: bool, figure_png: bool) -> Path:
     clock = _Clock(timings)
     root = Path(run_dir)
     if top_k < 1:
@@ -218,21 +239,23 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
         else:
             for layer in run.layers:
                 layer_notes[layer.name].append("no images: " + (dataset_note or "the dataset is empty"))
-        with ImageDecoding(dataset, jobs, stage, workers) as decoding:   # in workers, from now on
+        # the workers decode the images and draw the overlays while this process draws the figures
+        with ImageWork(dataset, run.layers, jobs, run.upsample, top_k, stage, workers) if with_images \
+                else contextlib.nullcontext() as work:
             figs, cross = _figures_of(run, root, stage, figure_png)
             clock.lap("figures")
-            if with_images:
+            if work is not None:
                 bar = progress_bar(progress, len(jobs), "report: images", "img")
-                atlas, masks = decoding.result(bar)
+                atlas, layer_tiles = work.result(bar)
                 if bar is not None:
                     bar.close()
-                clock.lap("images and atlases")
+                clock.lap("images and overlays")
         if with_images:
             for layer in run.layers:
                 if layer.result.topk_index is None:
                     layer_notes[layer.name].append("the run kept no top images (topk.npz missing)")
                     continue
-                lt = render_layer_tiles(layer, dataset, masks, run.upsample, top_k, stage, workers)
+                lt = layer_tiles[layer.name]
                 if lt.note:
                     run.report_warnings.append(lt.note)
                 tiles[layer.name] = lt
@@ -240,7 +263,8 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
                     write_paper_strips(layer, lt, dataset, stage, root / layer.dirname)
                 if progress:
                     print(f"report: {layer.name}: {layer.size} units", file=sys.stderr)
-            clock.lap("unit overlays")
+            if paper_strips:
+                clock.lap("paper strips")
 
         scale = iou_scale(run)
         ctx = common(run, "overview", version)

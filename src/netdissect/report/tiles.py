@@ -22,15 +22,14 @@ the yellow of Broden's "yellow" concept.
 from __future__ import annotations
 
 import base64
+import mmap
 import struct
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from PIL import Image
 
 from netdissect.atomic import atomic_path
@@ -150,54 +149,52 @@ def compose_overlays_numpy(regions: np.ndarray, labels: np.ndarray, radius: int)
 
 # ----------------------------------------------------------------------------- dataset access
 
-_NO_MASK, _FULL = -1, -2      # LabelMasks rows: the label is absent / covers the whole image
+class MaskStore:
+    """The wanted label masks of the shown images, bit-packed, in one shared memory map: forked
+    workers write them while decoding and read them while drawing (imagework.py), so no mask
+    is sent between processes. One slot per (image, wanted label); get() unpacks one."""
 
+    UNREAD, MASK, ABSENT, WHOLE = 0, 1, 2, 3     # slot states (UNREAD: segmentation unreadable)
 
-class LabelMasks:
-    """The wanted label masks of one image, bit-packed (an eighth of a bool array), so that
-    decoding workers send them back cheaply; get() unpacks one."""
-
-    def __init__(self, hw: Tuple[int, int], rows: Dict[int, Tuple[int, Optional[bool]]],
-                 bits: Optional[np.ndarray] = None):
+    def __init__(self, jobs: Dict[int, List[Tuple[int, bool]]], hw: Tuple[int, int]):
         self.hw = hw
-        self.rows = rows          # label number -> (row of bits, _NO_MASK or _FULL; present)
-        self.bits = bits          # (rows, ceil(sh * sw / 8)) uint8
+        self.slot: Dict[Tuple[int, int], int] = {}
+        for idx in sorted(jobs):
+            for number, _ in jobs[idx]:
+                self.slot.setdefault((idx, number), len(self.slot))
+        n, self.row_bytes = len(self.slot), -(-hw[0] * hw[1] // 8)
+        self._memory = mmap.mmap(-1, max(1, n * (1 + self.row_bytes)))   # anonymous, shared
+        buf = np.frombuffer(self._memory, np.uint8)
+        self.state = buf[:n]
+        self.bits = buf[n:n * (1 + self.row_bytes)].reshape(n, self.row_bytes)
 
-    def get(self, number: int, default: Tuple[Any, Any] = (None, None)) -> Tuple[Optional[np.ndarray], Optional[bool]]:
-        """(bool (sh, sw) mask or None where the label is absent, present); default for a label
-        that was not wanted (or whose segmentation could not be read)."""
-        if number not in self.rows:
-            return default
-        row, present = self.rows[number]
-        if row == _NO_MASK:
-            return None, present
-        if row == _FULL:
-            return np.ones(self.hw, bool), present
-        n = self.hw[0] * self.hw[1]
-        return np.unpackbits(self.bits[row], count=n).view(bool).reshape(self.hw), present
+    def put(self, idx: int, seg: Any, want: Sequence[Tuple[int, bool]]) -> None:
+        """The wanted labels' masks of image idx from its decoded segmentation."""
+        image_labels = set(int(v) for v in np.asarray(seg.image_labels).reshape(-1))
+        planes = np.asarray(seg.pixel)
+        for number, image_level in want:
+            k = self.slot[(idx, number)]
+            if image_level:
+                self.state[k] = self.WHOLE if number in image_labels else self.ABSENT
+                continue
+            m = (planes == number).any(axis=0) if planes.size else None
+            if m is not None and m.any():
+                self.bits[k] = np.packbits(m.reshape(-1))
+                self.state[k] = self.MASK
+            else:
+                self.state[k] = self.ABSENT
 
-
-NO_MASKS = LabelMasks((0, 0), {})
-
-
-def _label_masks(seg, want: Sequence[Tuple[int, bool]], hw: Tuple[int, int]) -> LabelMasks:
-    """The wanted labels' masks in one decoded segmentation."""
-    image_labels = set(int(v) for v in np.asarray(seg.image_labels).reshape(-1))
-    planes = np.asarray(seg.pixel)
-    rows: Dict[int, Tuple[int, Optional[bool]]] = {}
-    bits = []
-    for number, image_level in want:
-        if image_level:
-            present = number in image_labels
-            rows[number] = (_FULL if present else _NO_MASK, present)
-            continue
-        m = (planes == number).any(axis=0) if planes.size else None
-        if m is not None and m.any():
-            rows[number] = (len(bits), True)
-            bits.append(np.packbits(m.reshape(-1)))
-        else:
-            rows[number] = (_NO_MASK, False)
-    return LabelMasks(hw, rows, np.stack(bits) if bits else None)
+    def get(self, idx: int, number: int) -> Tuple[Optional[np.ndarray], Optional[bool]]:
+        """(bool (sh, sw) mask, or None where the label is absent, and whether it is present)
+        of a label in image idx; (None, None) where unknown (not wanted, or unreadable)."""
+        k = self.slot.get((idx, number))
+        state = self.UNREAD if k is None else self.state[k]
+        if state == self.MASK:
+            n = self.hw[0] * self.hw[1]
+            return np.unpackbits(self.bits[k], count=n).view(bool).reshape(self.hw), True
+        if state == self.WHOLE:
+            return np.ones(self.hw, bool), True
+        return None, (False if state == self.ABSENT else None)
 
 
 def _mask_categories(ds: Any, want: Sequence[Tuple[int, bool]]) -> Optional[List[str]]:
@@ -223,21 +220,6 @@ def _rgb(ds: Any, idx: int) -> np.ndarray:
     return img[..., :3]
 
 
-def _load_one(ds: Any, idx: int, want: Sequence[Tuple[int, bool]]) -> Tuple[np.ndarray, LabelMasks]:
-    img = _rgb(ds, idx)
-    rec = ds.records[idx]
-    masks = NO_MASKS
-    if want:
-        cats = _mask_categories(ds, want)
-        try:
-            seg = ds.load_segmentation(idx) if cats is None else ds.load_segmentation(idx, categories=cats)
-        except Exception:
-            seg = None
-        if seg is not None:
-            masks = _label_masks(seg, want, (rec.sh, rec.sw))
-    return img, masks
-
-
 @dataclass
 class Atlas:
     """Where each dataset image sits in the images/ atlases."""
@@ -247,87 +229,41 @@ class Atlas:
     slot: Dict[int, Tuple[int, int, int]]      # dataset index -> (atlas, column, row)
 
 
-_DECODING: Any = None
+def atlas_batches(jobs: Dict[int, List[Tuple[int, bool]]]) -> List[List[Tuple[int, List[Tuple[int, bool]]]]]:
+    """The wanted images, ATLAS_COLS ** 2 an atlas, in dataset order, each with its labels."""
+    order, per = sorted(jobs), ATLAS_COLS * ATLAS_COLS
+    return [[(i, jobs[i]) for i in order[s:s + per]] for s in range(0, len(order), per)]
 
 
-def _decode_atlas(a: int, items: Sequence[Tuple[int, List[Tuple[int, bool]]]]) -> List[Tuple[int, LabelMasks]]:
-    """Decode the images of atlas a, write the atlas, return their label masks."""
-    ds, report, (ih, iw) = _DECODING
-    sheet = np.full((ATLAS_COLS * ih, ATLAS_COLS * iw, 3), 255, np.uint8)
-    out = []
-    for s, (idx, want) in enumerate(items):
-        img, masks = _load_one(ds, idx, want)
-        if img.shape[:2] != (ih, iw):    # one size per run; a stray size is fitted
-            img = np.asarray(Image.fromarray(img).resize((iw, ih), Image.BILINEAR))
-        c, r = s % ATLAS_COLS, s // ATLAS_COLS
-        sheet[r * ih:(r + 1) * ih, c * iw:(c + 1) * iw] = img
-        out.append((idx, masks))
-    _save_jpeg(sheet, report / atlas_name(a))
-    return out
+def atlas_of(batches, image_hw: Tuple[int, int]) -> Atlas:
+    return Atlas([atlas_name(a) for a in range(len(batches))], ATLAS_COLS, image_hw,
+                 {idx: (a, s % ATLAS_COLS, s // ATLAS_COLS)
+                  for a, batch in enumerate(batches) for s, (idx, _) in enumerate(batch)})
 
 
 def atlas_name(a: int) -> str:
     return f"images/atlas-{a:03d}.jpg"
 
 
-class ImageDecoding:
-    """Each wanted image decoded once: written into its JPEG atlas (ATLAS_COLS ** 2 images per
-    atlas, in dataset order) and its wanted label masks kept, bit-packed.
-
-    With workers > 1 the atlases are decoded and written by forked workers, which send back
-    only the packed masks, and the caller may work meanwhile (render_report draws the figures):
-    the decoding starts in the constructor and result() waits for it. Use as a context
-    manager, so that an error stops the workers."""
-
-    def __init__(self, ds: Any, jobs: Dict[int, List[Tuple[int, bool]]], report: Path, workers: int):
-        global _DECODING
-        order = sorted(jobs)
-        per = ATLAS_COLS * ATLAS_COLS
-        self.batches = [[(i, jobs[i]) for i in order[s:s + per]] for s in range(0, len(order), per)]
-        rec = ds.records[order[0]] if order else None
-        self.image_hw = (rec.ih, rec.iw) if rec is not None else (0, 0)
-        self.slot = {idx: (a, s % ATLAS_COLS, s // ATLAS_COLS)
-                     for a, batch in enumerate(self.batches) for s, (idx, _) in enumerate(batch)}
-        self.pool, self.futures = None, []
-        if order:
-            (report / "images").mkdir(parents=True, exist_ok=True)
-        _DECODING = (ds, report, self.image_hw)
-        if workers > 1 and len(order) > 64:
-            import multiprocessing as mp
-            self.pool = ProcessPoolExecutor(max_workers=min(workers, len(self.batches)),
-                                            mp_context=mp.get_context("fork"))
-            self.futures = [self.pool.submit(_decode_atlas, a, b) for a, b in enumerate(self.batches)]
-
-    def result(self, bar: Any = None) -> Tuple[Atlas, Dict[int, LabelMasks]]:
-        """The atlases and {dataset index: its label masks}, once all are written."""
-        masks: Dict[int, LabelMasks] = {}
-        if self.pool is not None:
-            for fut in as_completed(self.futures):
-                part = fut.result()
-                masks.update(part)
-                if bar is not None:
-                    bar.update(len(part))
-        else:
-            for a, batch in enumerate(self.batches):
-                masks.update(_decode_atlas(a, batch))
-                if bar is not None:
-                    bar.update(len(batch))
-        self.close()
-        files = [atlas_name(a) for a in range(len(self.batches))]
-        return Atlas(files, ATLAS_COLS, self.image_hw, self.slot), masks
-
-    def close(self) -> None:
-        global _DECODING
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-        _DECODING = None
-
-    def __enter__(self) -> "ImageDecoding":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def decode_atlas(ds: Any, a: int, batch, image_hw: Tuple[int, int], report: Path, store: MaskStore) -> None:
+    """Decode the images of atlas a once: write the atlas, put their wanted masks in store."""
+    ih, iw = image_hw
+    sheet = np.full((ATLAS_COLS * ih, ATLAS_COLS * iw, 3), 255, np.uint8)
+    for s, (idx, want) in enumerate(batch):
+        img = _rgb(ds, idx)
+        if img.shape[:2] != (ih, iw):    # one size per run; a stray size is fitted
+            img = np.asarray(Image.fromarray(img).resize((iw, ih), Image.BILINEAR))
+        c, r = s % ATLAS_COLS, s // ATLAS_COLS
+        sheet[r * ih:(r + 1) * ih, c * iw:(c + 1) * iw] = img
+        if want:
+            cats = _mask_categories(ds, want)
+            try:
+                seg = ds.load_segmentation(idx) if cats is None else ds.load_segmentation(idx, categories=cats)
+            except Exception:
+                seg = None               # the masks stay unknown: no outline, presence unknown
+            if seg is not None:
+                store.put(idx, seg, want)
+    _save_jpeg(sheet, report / atlas_name(a))
 
 
 # ----------------------------------------------------------------------------- output
@@ -410,16 +346,42 @@ def heat_maps(maps: np.ndarray) -> Tuple[np.ndarray, float]:
     return np.clip(np.nan_to_num(maps) * scale + 0.5, 0, 255).astype(np.uint8), top
 
 
-_SHEETS_JOB: Any = None
+@dataclass
+class SheetJob:
+    """What drawing one layer's overlay sheets needs (imagework.py runs it in chunks of sheets)."""
+    layer: LayerView
+    index: np.ndarray            # (units, k) dataset index of each unit's top-k images
+    valid: np.ndarray            # (units, k) whether the index lies in the dataset
+    seg_hw: Tuple[int, int]
+    upsample: Any                # the run's upsampler for this layer (regions.layer_upsampler)
+    radius: int
+    report: Path
+    tiles: LayerTiles            # sheets and tiles filled in by finish_layer_tiles
+
+    @property
+    def starts(self) -> List[int]:
+        return list(range(0, self.layer.size, UNITS_PER_SHEET))
 
 
-def _render_sheets(starts: Sequence[int]) -> List[Tuple[int, Dict[int, List[Tile]]]]:
-    """Overlay sheets of the units from each start (UNITS_PER_SHEET each), written to files."""
-    job = _SHEETS_JOB
-    if job["forked"]:
-        torch.set_num_threads(1)      # as in DataLoader workers: a forked child runs one thread
-    layer, result, masks, index, valid = job["layer"], job["layer"].result, job["masks"], job["index"], job["valid"]
-    sh, sw = job["seg_hw"]
+def sheet_job(layer: LayerView, ds: Any, mode: str, top_k: int, report: Path) -> SheetJob:
+    """The drawing job of a layer with stored top-k images; its folder under strips/ made."""
+    result = layer.result
+    rec = ds.records[0]
+    image_hw, seg_hw = (rec.ih, rec.iw), (rec.sh, rec.sw)
+    upsample, note = layer_upsampler(result, mode, image_hw, seg_hw)
+    kk = min(top_k, result.topk_index.shape[1])
+    index = result.topk_index[:, :kk]
+    (report / "strips" / layer.dirname).mkdir(parents=True, exist_ok=True)
+    lt = LayerTiles([], UNITS_PER_SHEET, kk, seg_hw, placement=map_placement(result, mode, image_hw), note=note)
+    return SheetJob(layer, index, (index >= 0) & (index < len(ds)), seg_hw, upsample, visible_radius(seg_hw),
+                    report, lt)
+
+
+def render_sheets(job: SheetJob, starts: Sequence[int], masks: MaskStore) -> List[Tuple[int, Dict[int, List[Tile]]]]:
+    """Overlay sheets of the units from each start (UNITS_PER_SHEET each), written to files;
+    returns each start's tiles."""
+    layer, result, index, valid = job.layer, job.layer.result, job.index, job.valid
+    sh, sw = job.seg_hw
     kk = index.shape[1]
     formulas = getattr(result, "formulas", None)
     out = []
@@ -432,23 +394,23 @@ def _render_sheets(starts: Sequence[int]) -> List[Tuple[int, Dict[int, List[Tile
         if pairs and result.topk_maps is not None:
             rows = np.array([p[0] for p in pairs])
             cols = np.array([p[1] for p in pairs])
-            regions = unit_regions(result.topk_maps[rows, cols], result.thresholds[rows], job["upsample"])
+            regions = unit_regions(result.topk_maps[rows, cols], result.thresholds[rows], job.upsample)
             labels = np.zeros_like(regions)
             present: List[Optional[bool]] = []
             for n, (k, j) in enumerate(pairs):
                 number = layer.units[k].label_number
                 m, has = (None, None)
                 if number is not None:
-                    m, has = masks.get(int(index[k, j]), NO_MASKS).get(number)
+                    m, has = masks.get(int(index[k, j]), number)
                 if m is not None:
                     labels[n] = m
                 present.append(has)
-            over = compose_overlays(regions, labels, job["radius"])
+            over = compose_overlays(regions, labels, job.radius)
             fracs = regions.reshape(len(pairs), -1).mean(axis=1)
             if formulas is not None:   # the same overlay with the unit's formula in place of its label
-                shapes = np.stack([_formula_region(formulas.unit_tokens(k), masks.get(int(index[k, j]), NO_MASKS),
+                shapes = np.stack([_formula_region(formulas.unit_tokens(k), masks, int(index[k, j]),
                                                    result.concepts, (sh, sw)) for k, j in pairs])
-                f_over = compose_overlays(regions, shapes, job["radius"])
+                f_over = compose_overlays(regions, shapes, job.radius)
             # tile (row k - s, column j) of a sheet is cell [k - s, j] of its (rows, kk, sh, sw) view
             cells = (rows - s, cols)
             sheet.reshape(UNITS_PER_SHEET, sh, kk, sw).transpose(0, 2, 1, 3)[cells] = over
@@ -457,9 +419,9 @@ def _render_sheets(starts: Sequence[int]) -> List[Tuple[int, Dict[int, List[Tile
             for n, (k, j) in enumerate(pairs):
                 tiles.setdefault(k, []).append(
                     Tile(int(index[k, j]), float(result.topk_score[k, j]), present[n], float(fracs[n])))
-        _save_png(sheet, job["report"] / sheet_name(layer, s))
+        _save_png(sheet, job.report / sheet_name(layer, s))
         if formulas is not None:
-            _save_png(f_sheet, job["report"] / sheet_name(layer, s, "formula"))
+            _save_png(f_sheet, job.report / sheet_name(layer, s, "formula"))
         out.append((s, tiles))
     return out
 
@@ -469,42 +431,9 @@ def sheet_name(layer: LayerView, start: int, kind: str = "overlay") -> str:
     return f"strips/{layer.dirname}/{kind}-{start // UNITS_PER_SHEET:03d}.png"
 
 
-def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, LabelMasks],
-                       mode: str, top_k: int, report: Path, workers: int = 1) -> LayerTiles:
-    """The overlay sheets of one layer (in forked workers when workers > 1) and each unit's tiles."""
-    global _SHEETS_JOB
-    result = layer.result
-    rec = ds.records[0]
-    image_hw, seg_hw = (rec.ih, rec.iw), (rec.sh, rec.sw)
-    upsample, note = layer_upsampler(result, mode, image_hw, seg_hw)
-    kk = min(top_k, result.topk_index.shape[1])
-    index = result.topk_index[:, :kk]
-    (report / "strips" / layer.dirname).mkdir(parents=True, exist_ok=True)
-    lt = LayerTiles([], UNITS_PER_SHEET, kk, seg_hw, placement=map_placement(result, mode, image_hw),
-                    note=note)
-    starts = list(range(0, layer.size, UNITS_PER_SHEET))
-    _SHEETS_JOB = {"layer": layer, "masks": masks, "index": index, "valid": (index >= 0) & (index < len(ds)),
-                   "seg_hw": seg_hw, "upsample": upsample, "radius": visible_radius(seg_hw),
-                   "report": report, "forked": False}
-    try:
-        if workers > 1 and len(starts) >= 4 * workers:
-            import multiprocessing as mp
-            _SHEETS_JOB["forked"] = True
-            n = -(-len(starts) // (workers * 3))
-            chunks = [starts[i:i + n] for i in range(0, len(starts), n)]
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
-                done = [part for parts in pool.map(_render_sheets, chunks) for part in parts]
-        else:
-            # one torch thread, as in the workers: the tensors are small, and a second thread
-            # waiting on a CPU another process holds made the thresholding five times slower
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                done = _render_sheets(starts)
-            finally:
-                torch.set_num_threads(threads)
-    finally:
-        _SHEETS_JOB = None
+def finish_layer_tiles(job: SheetJob, done: Sequence[Tuple[int, Dict[int, List[Tile]]]]) -> LayerTiles:
+    """The layer's LayerTiles from its drawn sheets, with each unit's heat maps."""
+    layer, result, lt = job.layer, job.layer.result, job.tiles
     for s, tiles in sorted(done, key=lambda t: t[0]):
         lt.sheets.append(sheet_name(layer, s))
         if getattr(result, "formulas", None) is not None:
@@ -512,7 +441,7 @@ def render_layer_tiles(layer: LayerView, ds: Any, masks: Dict[int, LabelMasks],
         lt.tiles.update(tiles)
     if result.topk_maps is not None:
         for k in range(layer.size):
-            q, lt.heat_max[k] = heat_maps(np.asarray(result.topk_maps[k, :kk], np.float32))
+            q, lt.heat_max[k] = heat_maps(np.asarray(result.topk_maps[k, :lt.k], np.float32))
             lt.heat[k] = base64.b64encode(q.tobytes()).decode("ascii")
             lt.heat_shape = list(q.shape[1:])
     return lt
@@ -588,12 +517,12 @@ def _formula_labels(result, k: int, level) -> List[Tuple[int, bool]]:
             for c in formulas.unit_tokens(k)[0::2]]
 
 
-def _formula_region(tokens, image_masks: LabelMasks, numbers, hw) -> np.ndarray:
+def _formula_region(tokens, masks: MaskStore, image: int, numbers, hw) -> np.ndarray:
     """A formula's region in one image from its concepts' masks (netdissect.formulas.search semantics)."""
     from netdissect.formulas.search import AND, OR
 
     def concept(c: int) -> np.ndarray:
-        m = image_masks.get(int(numbers[c]), (None, None))[0]
+        m = masks.get(image, int(numbers[c]))[0]
         return m if m is not None else np.zeros(hw, bool)
 
     region = concept(tokens[0])
@@ -604,5 +533,5 @@ def _formula_region(tokens, image_masks: LabelMasks, numbers, hw) -> np.ndarray:
 
 
 def progress_bar(enabled: bool, total: int, desc: str, unit: str):
-    """None when disabled (load_images skips updates), else the package's bar."""
+    """None when disabled (ImageWork skips updates), else the package's bar."""
     return _progress_bar(enabled, total, desc, unit) if enabled else None
