@@ -22,6 +22,7 @@ from netdissect.report.tiles import (
     Atlas,
     LayerTiles,
     MaskStore,
+    add_heat_maps,
     atlas_batches,
     atlas_of,
     decode_atlas,
@@ -120,6 +121,8 @@ class ImageWork:
     def result(self, bar: Any = None) -> Tuple[Atlas, Dict[str, LayerTiles]]:
         """The atlases, and each layer's tiles (by layer name), once every file is written."""
         done: Dict[int, list] = {j: [] for j in range(len(self.jobs))}
+        for job in self.jobs:             # in this process, while the workers draw
+            add_heat_maps(job)
         if self.pool is not None:
             for fut in as_completed(self.decoding):
                 n = fut.result()
