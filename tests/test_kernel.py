@@ -172,3 +172,49 @@ def test_fused_tally_rejects_labels_of_another_size():
     maps, thr, images, combo_ids = random_pairs((7, 7), (28, 28), p=4)
     with pytest.raises(ValueError, match="combo_ids"):
         kernel.fused_tally(maps, thr, images, combo_ids, (28, 27), 9)
+
+
+@needs_kernel
+@pytest.mark.parametrize("pixels", [0, 1, 7, 12544])
+def test_distinct_keys_equals_numpy_unique(pixels):
+    rng = np.random.default_rng(pixels)
+    # few distinct keys, large and negative ones among them, in a random order
+    keys = rng.choice(np.array([-(1 << 62), -3, 0, 5, 1 << 40, (1 << 62) + 7]), pixels) + rng.integers(0, 3, pixels)
+    distinct, first, inverse = kernel.unique_keys(keys)
+    u, f, inv = np.unique(keys, return_index=True, return_inverse=True)
+    np.testing.assert_array_equal(distinct, u)
+    np.testing.assert_array_equal(first, f)
+    np.testing.assert_array_equal(inverse, inv)
+
+
+@needs_kernel
+def test_distinct_keys_checks_its_arguments():
+    from netdissect.tally import _kernel
+    keys = np.zeros(4, np.int64)
+    with pytest.raises(TypeError, match="'keys' must hold int64"):
+        _kernel.distinct_keys(keys.astype(np.int32), np.empty(4, np.int32), np.empty(4, np.int64), np.empty(4, np.int64))
+    with pytest.raises(ValueError, match="'first' has 3 along axis 0, expected 4"):
+        _kernel.distinct_keys(keys, np.empty(4, np.int32), np.empty(4, np.int64), np.empty(3, np.int64))
+    frozen = np.empty(4, np.int32)
+    frozen.flags.writeable = False
+    with pytest.raises((ValueError, BufferError)):
+        _kernel.distinct_keys(keys, frozen, np.empty(4, np.int64), np.empty(4, np.int64))
+
+
+@needs_kernel
+@pytest.mark.parametrize("planes", [1, 3, 9])     # 9 planes of 7 bits: too many to pack, ranked instead
+def test_encoded_labels_are_the_same_with_and_without_the_kernel(planes, monkeypatch):
+    from netdissect.tally.counts import encode_segmentation
+    rng = np.random.default_rng(planes)
+    concept_of_label = np.full(120, -1, np.int32)
+    concept_of_label[rng.choice(120, 90, replace=False)] = np.arange(90)
+    pixel = rng.integers(0, 120, (planes, 16, 12)).astype(np.int32)
+    pixel[:, :4] = pixel[0, :4]                      # the same label in several planes at a pixel
+    image_labels = np.array([3, 50, 7], np.int32)
+    fast = encode_segmentation(pixel, image_labels, concept_of_label, 90)
+    monkeypatch.setenv("NETDISSECT_NO_KERNEL", "1")
+    assert not kernel.available()
+    slow = encode_segmentation(pixel, image_labels, concept_of_label, 90)
+    for name in ("combo_ids", "table", "image_concepts", "concept_pixels", "combo_pixels"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+        assert getattr(fast, name).dtype == getattr(slow, name).dtype

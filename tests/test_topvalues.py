@@ -34,10 +34,13 @@ def _batches(seed, units, hw, batches, kind):
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("kind", ["normal", "relu", "ints"])
-def test_compiled_keeps_what_topk_keeps(fmt, kind, monkeypatch):
-    units, hw, batches, level = 6, (5, 7), [3, 4, 1, 5], 0.9
+@pytest.mark.parametrize("threads", [1, 3])
+def test_compiled_keeps_what_topk_keeps(fmt, kind, threads, monkeypatch):
+    units, hw, batches, level = 7, (5, 7), [3, 4, 1, 5], 0.9
     n = sum(batches) * hw[0] * hw[1]
     fast, plain = _states(units, n, level, monkeypatch)
+    monkeypatch.setattr(Q, "_VALUES_PER_SLICE", 16)    # slices of units in pool threads
+    monkeypatch.setattr(Q.torch, "get_num_threads", lambda: threads)
     everything = []
     for x in _batches(1, units, hw, batches, kind):
         if fmt == "channels_last":

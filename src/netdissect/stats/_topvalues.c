@@ -64,6 +64,10 @@ static int get_float32(const char *arg, PyObject *obj, int ndim, int any_strides
                      arg, ndim, view->ndim);
         goto fail;
     }
+    if (writable && view->readonly) {
+        PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' is read-only", arg);
+        goto fail;
+    }
     if (!any_strides && !PyBuffer_IsContiguous(view, 'C')) {
         PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' must be C-contiguous", arg);
         goto fail;
@@ -153,7 +157,7 @@ PyDoc_STRVAR(push_values_doc,
 "push_values(rows, keep, filled, maps, maxima) -> filled\n\n"
 "rows: (K, cap) float32 C-contiguous, writable, cap > keep >= 1; each row's first `filled`\n"
 "entries are the values kept so far (any order). maps: (B, K, h, w) float32, any strides, finite.\n"
-"maxima: (B, K) float32 C-contiguous, writable: receives each map's maximum. Afterwards each row's\n"
+"maxima: (B, K) float32, any strides, writable: receives each map's maximum. Afterwards each row's\n"
 "first `filled` entries are the largest `keep` of its kept and new values (all of them while they\n"
 "are fewer); returns the new fill, min(keep, filled + B*h*w).");
 
@@ -172,7 +176,7 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
         PyBuffer_Release(&rows);
         return NULL;
     }
-    if (get_float32("maxima", max_obj, 2, 0, 1, &maxima) < 0) {
+    if (get_float32("maxima", max_obj, 2, 1, 1, &maxima) < 0) {
         PyBuffer_Release(&rows);
         PyBuffer_Release(&maps);
         return NULL;
@@ -180,7 +184,7 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_ssize_t K = rows.shape[0], cap = rows.shape[1];
     Py_ssize_t B = maps.shape[0], H = maps.shape[2], W = maps.shape[3];
     PyObject *result = NULL;
-    float *root = NULL;
+    float *root = NULL, *mx = NULL;
     Py_ssize_t *len = NULL;
     if (maps.shape[1] != K) {
         PyErr_Format(PyExc_ValueError, "push_values(): maps have %zd units, rows %zd",
@@ -199,7 +203,8 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     root = (float *)malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
     len = (Py_ssize_t *)malloc((size_t)(K > 0 ? K : 1) * sizeof(Py_ssize_t));
-    if (root == NULL || len == NULL) {
+    mx = (float *)malloc((size_t)(B * K > 0 ? B * K : 1) * sizeof(float));   /* (B, K), copied out */
+    if (root == NULL || len == NULL || mx == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -207,7 +212,6 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     const float *m = (const float *)maps.buf;
     const Py_ssize_t sb = maps.strides[0] / 4, sk = maps.strides[1] / 4, sy = maps.strides[2] / 4,
                      sx = maps.strides[3] / 4;
-    float *mx = (float *)maxima.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < K; k++) {
         len[k] = filled;
@@ -265,6 +269,13 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     for (Py_ssize_t k = 0; k < K; k++)
         compact(&s, k);
+    {
+        const Py_ssize_t ob = maxima.strides[0] / 4, ok = maxima.strides[1] / 4;
+        float *out = (float *)maxima.buf;
+        for (Py_ssize_t b = 0; b < B; b++)
+            for (Py_ssize_t k = 0; k < K; k++)
+                out[b * ob + k * ok] = mx[b * K + k];
+    }
     Py_END_ALLOW_THREADS
     if (s.nan) {
         PyErr_SetString(PyExc_ValueError, "push_values(): maps hold NaN (check the activations "
@@ -278,6 +289,7 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
 done:
     free(root);
     free(len);
+    free(mx);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&maps);
     PyBuffer_Release(&maxima);

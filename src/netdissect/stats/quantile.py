@@ -14,6 +14,7 @@ torch.topk over the kept and new values. Both keep the same values.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -28,8 +29,18 @@ except ImportError:  # not compiled (no C compiler at install): torch.topk
 NO_KERNEL = "NETDISSECT_NO_KERNEL"   # "1": the torch paths only (tests compare the two)
 
 
+_VALUES_PER_SLICE = 1 << 18   # fewer values than this per thread: the thread costs more than it saves
+
+
 def compiled_available() -> bool:
     return _topvalues is not None and os.environ.get(NO_KERNEL) != "1"
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int, pid: int):
+    """Threads kept across batches; a forked child makes its own."""
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(threads, thread_name_prefix="netdissect-quantile")
 
 
 def top_count(n: int, level: float) -> int:
@@ -94,8 +105,20 @@ class ExactTopQuantile:
         self.count += maps.shape[0] * maps.shape[2] * maps.shape[3]
         if self.compiled:
             maxima = torch.empty(maps.shape[:2], dtype=torch.float32)
-            self._filled = _topvalues.push_values(self._rows.numpy(), self.keep, self._filled,
-                                                  maps.detach().float().numpy(), maxima.numpy())
+            rows, values, out = self._rows.numpy(), maps.detach().float().numpy(), maxima.numpy()
+            # the pass is waiting: the units in slices, one per torch thread (the GIL is released)
+            threads = max(1, min(torch.get_num_threads(), self.units, values.size // _VALUES_PER_SLICE))
+            cuts = [self.units * t // threads for t in range(threads + 1)]
+            others = [_pool(threads - 1, os.getpid()).submit(
+                _topvalues.push_values, rows[a:b], self.keep, self._filled, values[:, a:b], out[:, a:b])
+                for a, b in zip(cuts[1:-1], cuts[2:])]
+            try:
+                filled = _topvalues.push_values(rows[:cuts[1]], self.keep, self._filled, values[:, :cuts[1]],
+                                                out[:, :cuts[1]])
+            finally:
+                for other in others:
+                    other.result()   # waits for it, and re-raises its error
+            self._filled = filled
             return maxima
         maxima = maps.amax(dim=(2, 3))
         merged = torch.cat([self._values, maps.transpose(0, 1).reshape(self.units, -1).to(self._values.dtype)],

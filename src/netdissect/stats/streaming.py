@@ -12,6 +12,7 @@ For each layer, every batch updates three small statistics and one buffer:
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -178,12 +179,37 @@ def _load_spill(path: Path) -> dict:
         if path.suffix == ".npz":    # spilled by an earlier version (a checkpoint resumed)
             with np.load(path, allow_pickle=False) as z:
                 return {key: torch.from_numpy(z[key]) for key in z.files}
-        with open(path, "rb") as f:
-            return {key: torch.from_numpy(np.load(f, allow_pickle=False)) for key in SPILL_KEYS}
+        return {key: torch.from_numpy(array) for key, array in zip(SPILL_KEYS, _map_arrays(path))}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         from netdissect.errors import RunError
         raise RunError(f"{path}: scratch file cannot be read ({exc.__class__.__name__}); rerun with "
                        "--force to recompute") from None
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _map_arrays(path: Path) -> List[np.ndarray]:
+    """The .npy arrays of a spill file, memory-mapped copy-on-write: the tally reads the maps
+    straight from the page cache instead of copying them into fresh memory first."""
+    arrays, offset = [], 0
+    with open(path, "rb") as f:
+        for _ in SPILL_KEYS:
+            f.seek(offset)
+            read_header = _NPY_HEADERS.get(np.lib.format.read_magic(f))
+            if read_header is None:
+                raise ValueError("not a spill file")
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype.hasobject:
+                raise ValueError("not a spill file")
+            start = f.tell()
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if start + size > os.fstat(f.fileno()).st_size:
+                raise EOFError("truncated")
+            arrays.append(np.memmap(f, dtype=dtype, mode="c", shape=shape, offset=start) if size
+                          else np.zeros(shape, dtype))
+            offset = start + size
+    return arrays
 
 
 def _chunk_bytes(chunk: dict) -> int:

@@ -537,6 +537,107 @@ done:
     return result;
 }
 
+/* ---- the label combinations of one image ------------------------------------------------ */
+
+static const int64_t *sort_keys;   /* qsort has no context argument; used under the GIL only */
+
+static int compare_ids(const void *a, const void *b)
+{
+    int64_t x = sort_keys[*(const int32_t *)a], y = sort_keys[*(const int32_t *)b];
+    return (x > y) - (x < y);
+}
+
+PyDoc_STRVAR(distinct_keys_doc,
+"distinct_keys(keys, inverse, distinct, first) -> n\n\n"
+"keys (P,) int64; inverse (P,) int32, distinct (P,) int64 and first (P,) int64, writable; all\n"
+"C-contiguous. What numpy.unique(keys, return_index=True, return_inverse=True) gives, in one\n"
+"hashing pass and a sort of the distinct keys only: distinct[:n] ascending, first[:n] the index\n"
+"of each one's first occurrence, inverse the rank of each pixel's key among them.");
+
+static PyObject *distinct_keys(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static const char *fn = "distinct_keys";
+    static char *names[] = {"keys", "inverse", "distinct", "first", NULL};
+    PyObject *objs[4];
+    Py_buffer v[4];
+    const enum kind kinds[4] = {INT64, INT32, INT64, INT64};
+    const char *args_names[4] = {"keys", "inverse", "distinct", "first"};
+    int got = 0;
+    PyObject *result = NULL;
+    int64_t *slot_key = NULL, *prov_key = NULL, *prov_first = NULL;
+    int32_t *slot_id = NULL, *order = NULL, *rank = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:distinct_keys", names, &objs[0], &objs[1],
+                                     &objs[2], &objs[3]))
+        return NULL;
+    for (; got < 4; got++)
+        if (get_array(fn, args_names[got], objs[got], kinds[got], 1, got > 0, &v[got]) < 0)
+            goto done;
+    Py_ssize_t P = v[0].shape[0];
+    for (int i = 1; i < 4; i++)
+        if (check_dim(fn, args_names[i], &v[i], 0, P, "one entry per key") < 0)
+            goto done;
+    if (P > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s(): more than 2**31 keys", fn);
+        goto done;
+    }
+    size_t cap = 16;
+    while (cap < 2 * (size_t)P)
+        cap <<= 1;
+    slot_key = (int64_t *)malloc(cap * sizeof(int64_t));
+    slot_id = (int32_t *)malloc(cap * sizeof(int32_t));
+    prov_key = (int64_t *)malloc(((size_t)P + 1) * sizeof(int64_t));
+    prov_first = (int64_t *)malloc(((size_t)P + 1) * sizeof(int64_t));
+    order = (int32_t *)malloc(((size_t)P + 1) * sizeof(int32_t));
+    rank = (int32_t *)malloc(((size_t)P + 1) * sizeof(int32_t));
+    if (!slot_key || !slot_id || !prov_key || !prov_first || !order || !rank) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t *keys = (const int64_t *)v[0].buf;
+    int32_t *inverse = (int32_t *)v[1].buf;
+    int64_t *distinct = (int64_t *)v[2].buf, *first = (int64_t *)v[3].buf;
+    int32_t n = 0;
+    const size_t mask = cap - 1;
+    for (size_t i = 0; i < cap; i++)
+        slot_id[i] = -1;
+    for (Py_ssize_t i = 0; i < P; i++) {   /* provisional ids in order of first occurrence */
+        int64_t k = keys[i];
+        size_t h = (size_t)(((uint64_t)k * 0x9E3779B97F4A7C15ull) >> 17) & mask;
+        while (slot_id[h] >= 0 && slot_key[h] != k)
+            h = (h + 1) & mask;
+        if (slot_id[h] < 0) {
+            slot_id[h] = n;
+            slot_key[h] = k;
+            prov_key[n] = k;
+            prov_first[n] = i;
+            n++;
+        }
+        inverse[i] = slot_id[h];
+    }
+    for (int32_t j = 0; j < n; j++)
+        order[j] = j;
+    sort_keys = prov_key;
+    qsort(order, (size_t)n, sizeof(int32_t), compare_ids);
+    for (int32_t r = 0; r < n; r++) {
+        rank[order[r]] = r;
+        distinct[r] = prov_key[order[r]];
+        first[r] = prov_first[order[r]];
+    }
+    for (Py_ssize_t i = 0; i < P; i++)
+        inverse[i] = rank[inverse[i]];
+    result = PyLong_FromLong(n);
+done:
+    for (int i = 0; i < got; i++)
+        PyBuffer_Release(&v[i]);
+    free(slot_key);
+    free(slot_id);
+    free(prov_key);
+    free(prov_first);
+    free(order);
+    free(rank);
+    return result;
+}
+
 /* ---- the module ------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -544,6 +645,8 @@ static PyMethodDef methods[] = {
      METH_VARARGS | METH_KEYWORDS, upsample_bilinear_doc},
     {"tally_bilinear", (PyCFunction)(void (*)(void))tally_bilinear, METH_VARARGS | METH_KEYWORDS,
      tally_bilinear_doc},
+    {"distinct_keys", (PyCFunction)(void (*)(void))distinct_keys, METH_VARARGS | METH_KEYWORDS,
+     distinct_keys_doc},
     {NULL, NULL, 0, NULL},
 };
 

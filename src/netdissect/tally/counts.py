@@ -18,6 +18,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from netdissect.tally.kernel import unique_keys
+
 NO_CONCEPT = -1
 
 
@@ -57,7 +59,7 @@ def encode_segmentation(planes: np.ndarray, image_labels: np.ndarray, concept_of
         for row in flat[1:]:
             _, key = np.unique(key, return_inverse=True)
             key = key.astype(np.int64) * (n_concepts + 1) + row + 1
-    _, first, combo_ids = np.unique(key, return_index=True, return_inverse=True)
+    _, first, combo_ids = unique_keys(key)
     table = flat[:, first].T.astype(np.int32).copy()        # (n_combos, M)
     if m > 1:  # a concept present in two planes at one pixel counts once
         ordered = np.sort(table, axis=1)

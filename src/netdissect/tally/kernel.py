@@ -13,6 +13,7 @@ import functools
 import os
 from typing import Tuple
 
+import numpy as np
 import torch
 
 from netdissect.tally.upsample import bilinear
@@ -28,8 +29,20 @@ _PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more
 
 
 def available() -> bool:
-    """Whether the extension module was compiled and imports."""
-    return _kernel is not None
+    """Whether the extension module was compiled and imports (NETDISSECT_NO_KERNEL=1: as if not)."""
+    return _kernel is not None and os.environ.get("NETDISSECT_NO_KERNEL") != "1"
+
+
+def unique_keys(keys: np.ndarray):
+    """numpy.unique(keys, return_index=True, return_inverse=True) of int64 keys, by hashing (the
+    label combinations of an image: a few distinct keys among its pixels), else numpy's sort."""
+    if not available() or not hasattr(_kernel, "distinct_keys"):
+        return np.unique(keys, return_index=True, return_inverse=True)
+    keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
+    inverse = np.empty(keys.shape[0], np.int32)
+    distinct, first = np.empty(keys.shape[0], np.int64), np.empty(keys.shape[0], np.int64)
+    n = _kernel.distinct_keys(keys, inverse, distinct, first)
+    return distinct[:n], first[:n], inverse.astype(np.int64)
 
 
 def kernel_upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
