@@ -53,7 +53,8 @@ def _plural(n: int, word: str) -> str:
 
 
 @_house_style
-def unique_per_category(layer: LayerView, categories: Sequence[str], thr: float, path: Path, png: bool = False) -> Path:
+def unique_per_category(layer: LayerView, categories: Sequence[str], thr: float, path: Path,
+                        png: bool = False) -> Path:
     """Horizontal bars: unique detectors per category (distinct top labels of the detectors),
     with the per-category count (distinct best labels per category) as outlined bars."""
     colors = category_colors(categories)

@@ -100,8 +100,10 @@ def visible_radius(seg_hw: Tuple[int, int]) -> int:
     return max(1, int(round(min(seg_hw) / 50)))
 
 
-try:   # the same indices in one pass per image (report/_overlay.c), several times faster
-    from netdissect.report import _overlay
+# the same indices in one pass per image (report/_overlay.c), several times faster; imported by
+# its full name, as `from netdissect.report import` would import the package that imports this
+try:
+    import netdissect.report._overlay as _overlay
 except ImportError:
     _overlay = None
 
@@ -377,7 +379,8 @@ def sheet_job(layer: LayerView, ds: Any, mode: str, top_k: int, report: Path) ->
                     report, lt)
 
 
-def render_sheets(job: SheetJob, starts: Sequence[int], masks: MaskStore) -> List[Tuple[int, Dict[int, List[Tile]]]]:
+def render_sheets(job: SheetJob, starts: Sequence[int],
+                  masks: MaskStore) -> List[Tuple[int, Dict[int, List[Tile]]]]:
     """Overlay sheets of the units from each start (UNITS_PER_SHEET each), written to files;
     returns each start's tiles."""
     layer, result, index, valid = job.layer, job.layer.result, job.index, job.valid
