@@ -4,7 +4,8 @@
 
 1. Time: a full dissection (statistics, tally, result files; no report) of MobileNetV2 at three
    layers over N images, against a bare pass over the same images with the same model, layers
-   (captured by the same hooks), batch size, data loader and threads. Prints the ratio
+   (captured by the same hooks), batch size, data loader, threads and allocator policy
+   (netdissect.stats.memory.reuse_freed_memory). Prints the ratio
    (target: <= 1.1; the CPU-time ratio too). Both are measured in this one run, alternating, best of --repeats.
 2. Memory: peak resident memory of a dissection subprocess (main process plus its data loader
    workers) at two dataset sizes. Prints the ratio (target: < 1.2).
@@ -114,6 +115,10 @@ def main() -> None:
 
     from netdissect.data.broden import BrodenDataset
     from netdissect.models.specs import load_model
+    from netdissect.stats.memory import reuse_freed_memory
+    # the allocator policy every dissection sets, for the bare pass too (it halves a CPU forward
+    # pass here): the ratio compares the statistics with the same forward pass
+    print(f"glibc keeps freed memory for reuse: {reuse_freed_memory()}")
     total = max(args.images, *(args.memory_images if not args.skip_memory else (0,)))
     data = ensure_data(args.data, total)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "

@@ -41,7 +41,7 @@ from netdissect.models.capture import LayerCapture, check_activation_shape
 from netdissect.models.specs import LoadedModel, load_model
 from netdissect.progress import progress_bar
 from netdissect.results import DissectionResult, LayerResult
-from netdissect.stats.memory import MIB, plan_memory
+from netdissect.stats.memory import MIB, plan_memory, reuse_freed_memory
 from netdissect.stats.streaming import LayerStream
 from netdissect.tally.combinations import CombinationIndex
 from netdissect.tally.labelstore import SegmentationStore
@@ -157,6 +157,7 @@ def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_
 
 
 def _run_engine(loaded, ds, config, run, progress, group=None) -> "DissectionResult":
+    reuse_freed_memory()
     engine = _Engine(loaded, ds, config, run, progress, group)
     try:
         return engine.run()
