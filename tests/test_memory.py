@@ -76,3 +76,21 @@ def test_a_budget_below_the_minimum_is_said_and_changes_no_number(dataset):
     for layer in LAYERS:
         np.testing.assert_array_equal(small[layer].thresholds, large[layer].thresholds)
         np.testing.assert_array_equal(small[layer].iou, large[layer].iou)
+
+
+def test_the_allocator_policy_is_set_in_a_fresh_process_and_can_be_declined():
+    """A dissection keeps glibc from unmapping freed blocks (a CPU forward pass reuses them
+    instead of faulting every page in again each batch); NETDISSECT_SYSTEM_MALLOC=1 declines.
+    Checked in fresh processes: the policy is process-wide and set once."""
+    import os
+    import platform
+    import subprocess
+    import sys
+    code = ("from netdissect.stats.memory import reuse_freed_memory as r; a = r(); b = r(); "
+            "print(a, b)")
+    glibc = platform.libc_ver()[0] == "glibc"
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert default.stdout.split() == ([str(glibc)] * 2)
+    env = dict(os.environ, NETDISSECT_SYSTEM_MALLOC="1")
+    declined = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert declined.stdout.split() == ["False", "False"]
