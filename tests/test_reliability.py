@@ -338,7 +338,8 @@ def test_9_decode_errors_hold_no_object_address(dataset):
 def test_9_a_full_disk_is_one_line_naming_the_path(dataset, tmp_path, capsys, monkeypatch):
     def full(file, *a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", getattr(file, "name", None))
-    monkeypatch.setattr(np, "save", full)  # the run's first write to disk (a spill) fills it
+    # the run's first write to disk, a spill's first array header, fills it
+    monkeypatch.setattr(np.lib.format, "write_array_header_1_0", full)
     out = tmp_path / "run"
     args = ["dissect", "--model", "engine_data:tiny_net", "--dataset", str(dataset), "--out", str(out),
             "--layer", "relu1", "--workers", "0", "--batch-size", "4", "--quiet", "--no-report",
