@@ -6,7 +6,8 @@
    layers over N images, against a bare pass over the same images with the same model, layers
    (captured by the same hooks), batch size, data loader, threads and allocator policy
    (netdissect.stats.memory.reuse_freed_memory). Prints the ratio
-   (target: <= 1.1; the CPU-time ratio too). Both are measured in this one run, alternating, best of --repeats.
+   (target: <= 1.1; the CPU-time ratio too). Both are measured in this one run, alternating:
+   a warm-up pair, then --repeats pairs; the median of the pairs' ratios.
 2. Memory: peak resident memory of a dissection subprocess (main process plus its data loader
    workers) at two dataset sizes. Prints the ratio (target: < 1.2).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,18 +129,23 @@ def main() -> None:
         loaded = load_model("torchvision:mobilenet_v2", weights="IMAGENET1K_V1")
         ds = BrodenDataset(data, limit=args.images)
         bare, full = [], []
-        for r in range(args.repeats):
+        # pair 0 warms up: this machine's first forward passes in a process run up to 30% faster
+        # than the later ones, which would flatter whichever side ran first
+        for r in range(args.repeats + 1):
             bare.append(measured(bare_pass, loaded, ds, LAYERS, args.batch_size, args.workers))
             full.append(measured(full_dissection, loaded, ds, LAYERS, args.batch_size, args.workers))
-            print(f"run {r + 1}: bare {bare[-1][0]:6.1f} s wall {bare[-1][1]:6.1f} s CPU; full {full[-1][0]:6.1f} s "
-                  f"wall {full[-1][1]:6.1f} s CPU; ratio wall {full[-1][0] / bare[-1][0]:.2f}, "
-                  f"CPU {full[-1][1] / bare[-1][1]:.2f}", flush=True)
-        b, f = min(w for w, _ in bare), min(w for w, _ in full)
-        bc, fc = min(c for _, c in bare), min(c for _, c in full)
-        print(f"bare forward pass over {len(ds)} images: {b:7.1f} s ({bc:.1f} s CPU)")
-        print(f"full dissection over {len(ds)} images:   {f:7.1f} s ({fc:.1f} s CPU)")
-        print(f"overhead ratio, best wall (target <= 1.1): {f / b:7.2f}")
-        print(f"overhead ratio, best CPU time:             {fc / bc:7.2f}")
+            print(f"{'warm-up' if r == 0 else f'pair {r}'}: bare {bare[-1][0]:6.1f} s wall {bare[-1][1]:6.1f} s CPU; "
+                  f"full {full[-1][0]:6.1f} s wall {full[-1][1]:6.1f} s CPU; ratio wall "
+                  f"{full[-1][0] / bare[-1][0]:.2f}, CPU {full[-1][1] / bare[-1][1]:.2f}", flush=True)
+        bare, full = bare[1:], full[1:]
+        wall = statistics.median(f / b for (b, _), (f, _) in zip(bare, full))
+        cpu = statistics.median(f / b for (_, b), (_, f) in zip(bare, full))
+        print(f"bare forward pass over {len(ds)} images: {statistics.median(w for w, _ in bare):7.1f} s "
+              f"({statistics.median(c for _, c in bare):.1f} s CPU), median of {len(bare)}")
+        print(f"full dissection over {len(ds)} images:   {statistics.median(w for w, _ in full):7.1f} s "
+              f"({statistics.median(c for _, c in full):.1f} s CPU)")
+        print(f"overhead ratio, median of the pairs, wall (target <= 1.1): {wall:5.2f}")
+        print(f"overhead ratio, median of the pairs, CPU:                  {cpu:5.2f}")
     if not args.skip_memory:
         small, large = args.memory_images
         mem = {n: peak_memory(data, n, args.batch_size, args.workers) for n in (small, large)}
