@@ -165,8 +165,8 @@ def release_free_memory() -> None:
     The candidate buffers allocate and free many large tensors; under glibc's default policy the
     resident size would keep every high-water mark and outgrow the budget as the number of
     images grows. Under ``reuse_freed_memory`` the freed blocks are exactly what the next batch
-    and the next candidates reuse (resident memory then stays flat: 2,029 MiB at 1,000 images,
-    2,095 MiB at 4,000), and trimming them would make the next forward pass fault them all in
+    and the next candidates reuse (resident memory then stays flat: 2,193 MiB at 1,000 images,
+    2,371 MiB at 4,000), and trimming them would make the next forward pass fault them all in
     again.
     """
     if _set_reuse.cache_info().currsize and _set_reuse():
