@@ -141,21 +141,19 @@ def reuse_freed_memory() -> bool:
     free, so every batch faults every page in again: on the project's machine that was half of
     the forward pass's CPU time (8.8 million page faults over 1,000 images; 19 s against 7 s).
     With mmap off and no trimming of the heap's top, the blocks are reused and resident memory
-    stays at the high-water mark of one batch. ``release_free_memory`` still hands the free pages
-    back after a spill. NETDISSECT_SYSTEM_MALLOC=1 leaves the allocator alone; other C libraries
-    (musl, macOS): nothing to do. Returns whether the policy is in force."""
-    if os.environ.get(SYSTEM_MALLOC) == "1":
-        return False
-    return _set_reuse()
+    stays at the high-water mark of one batch (``release_free_memory`` then trims nothing).
+    NETDISSECT_SYSTEM_MALLOC=1 leaves the allocator alone; other C libraries (musl, macOS):
+    nothing to do. Returns whether the policy is in force."""
+    global _REUSING
+    if not _REUSING and os.environ.get(SYSTEM_MALLOC) != "1":
+        mallopt = _mallopt()
+        m_trim_threshold, m_mmap_max = -1, -4
+        _REUSING = (mallopt is not None and bool(mallopt(m_mmap_max, 0))
+                    and bool(mallopt(m_trim_threshold, 2 ** 31 - 1)))
+    return _REUSING
 
 
-@functools.lru_cache(maxsize=1)
-def _set_reuse() -> bool:
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+_REUSING = False   # whether reuse_freed_memory's policy is in force in this process
 
 
 def release_free_memory() -> None:
@@ -169,7 +167,7 @@ def release_free_memory() -> None:
     2,371 MiB at 4,000), and trimming them would make the next forward pass fault them all in
     again.
     """
-    if _set_reuse.cache_info().currsize and _set_reuse():
+    if _REUSING:
         return
     trim = _malloc_trim()
     if trim is not None:
