@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from netdissect.cli.commands import main
-from netdissect.data.broden import BrodenDataset, check_dataset
+from netdissect.data.broden import BrodenDataset
 from netdissect.data.labelpng import read_label_png
 from netdissect.errors import NetDissectError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_data import TinyNet, make_dataset
+from engine_data import make_dataset
 
 import netdissect
 from netdissect.engine.distributed import shard_range

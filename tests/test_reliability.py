@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np

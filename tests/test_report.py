@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -25,7 +24,6 @@ from netdissect.report import render_report
 from netdissect.report import tiles as tiles_mod
 from netdissect.report.colors import FIXED_CATEGORY_COLORS, category_colors
 from netdissect.report.runview import load_run
-from netdissect.runs import load_layer
 
 
 def page_data(page: Path, elem: str = "nd-data"):

@@ -50,6 +50,19 @@ def test_compiled_overlays_equal_the_numpy_reference(h: int, w: int, radius: int
         assert set(np.unique(reference).tolist()) == set(range(1, 9))
 
 @needs_extension
+def test_the_switch_draws_with_numpy(monkeypatch):
+    """NETDISSECT_NO_KERNEL=1 turns the compiled overlays off, as every compiled path."""
+    calls = []
+    numpy_path = tiles.compose_overlays_numpy
+    monkeypatch.setattr(tiles, "compose_overlays_numpy", lambda *a: (calls.append(1), numpy_path(*a))[1])
+    regions = _cases(np.random.default_rng(1), 9, 7)
+    fast = tiles.compose_overlays(regions, regions[::-1], 1)
+    assert not calls
+    monkeypatch.setenv("NETDISSECT_NO_KERNEL", "1")
+    assert np.array_equal(tiles.compose_overlays(regions, regions[::-1], 1), fast) and calls == [1]
+
+
+@needs_extension
 def test_compiled_overlays_take_any_layout_and_check_their_arguments():
     rng = np.random.default_rng(5)
     regions = _cases(rng, 30, 20)

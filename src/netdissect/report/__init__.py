@@ -48,8 +48,8 @@ from netdissect.report.html import (
     tiles_layout,
     unit_tiles,
 )
-from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
 from netdissect.report.imagework import ImageWork
+from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
 from netdissect.report.tiles import LayerTiles, progress_bar, wanted_images, write_paper_strips
 
 __all__ = ["render_report"]

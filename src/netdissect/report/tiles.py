@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import mmap
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -115,8 +116,9 @@ def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np
 
     The region stays readable from the indices (``IN_REGION``) under the label's outline too,
     so a test can check what is drawn against what was scored. Computed by the compiled
-    extension when it was built, else by compose_overlays_numpy (the same indices)."""
-    if _overlay is None or radius < 0 or regions.ndim != 3:
+    extension when it was built (and NETDISSECT_NO_KERNEL is not 1), else by
+    compose_overlays_numpy (the same indices)."""
+    if _overlay is None or os.environ.get("NETDISSECT_NO_KERNEL") == "1" or radius < 0 or regions.ndim != 3:
         return compose_overlays_numpy(regions, labels, radius)
     regions = np.ascontiguousarray(regions, dtype=bool)
     labels = np.ascontiguousarray(np.broadcast_to(labels, regions.shape), dtype=bool)
