@@ -81,13 +81,12 @@ def test_slices_of_pairs_add_up_to_one_call():
 
 
 def test_without_the_kernel_no_shape_is_exact(monkeypatch):
+    """Availability is read on every call, outside the per-shape cache: a shape found exact
+    before is not exact once the kernel is gone or switched off."""
+    assert kernel.exact_for((7, 7), (112, 112)) == kernel.available()
     monkeypatch.setattr(kernel, "_kernel", None)
-    kernel.exact_for.cache_clear()
-    try:
-        assert not kernel.available()
-        assert not kernel.exact_for((7, 7), (112, 112))
-    finally:
-        kernel.exact_for.cache_clear()
+    assert not kernel.available()
+    assert not kernel.exact_for((7, 7), (112, 112))
 
 
 @needs_kernel
@@ -213,7 +212,7 @@ def test_encoded_labels_are_the_same_with_and_without_the_kernel(planes, monkeyp
     image_labels = np.array([3, 50, 7], np.int32)
     fast = encode_segmentation(pixel, image_labels, concept_of_label, 90)
     monkeypatch.setenv("NETDISSECT_NO_KERNEL", "1")
-    assert not kernel.available()
+    assert not kernel.available() and not kernel.exact_for((7, 7), (112, 112))
     slow = encode_segmentation(pixel, image_labels, concept_of_label, 90)
     for name in ("combo_ids", "table", "image_concepts", "concept_pixels", "combo_pixels"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from netdissect.config import NO_COMPILED
 from netdissect.stats import quantile as Q
 from netdissect.stats.quantile import ExactTopQuantile
 
@@ -13,9 +14,9 @@ pytestmark = pytest.mark.skipif(Q._topvalues is None, reason="the _topvalues ext
 
 def _states(units, n, level, monkeypatch):
     fast = ExactTopQuantile(units, n, level)
-    monkeypatch.setenv(Q.NO_KERNEL, "1")
+    monkeypatch.setenv(NO_COMPILED, "1")
     plain = ExactTopQuantile(units, n, level)
-    monkeypatch.delenv(Q.NO_KERNEL)
+    monkeypatch.delenv(NO_COMPILED)
     assert fast.compiled and not plain.compiled
     return fast, plain
 
@@ -108,11 +109,11 @@ def test_state_round_trip_between_paths(monkeypatch):
     for x in data[:2]:
         first.add_maps(x)
     state = first.state_dict()
-    monkeypatch.setenv(Q.NO_KERNEL, "1")
+    monkeypatch.setenv(NO_COMPILED, "1")
     middle = ExactTopQuantile(4, n, 0.8)
     middle.load_state_dict(state)
     middle.add_maps(data[2])
-    monkeypatch.delenv(Q.NO_KERNEL)
+    monkeypatch.delenv(NO_COMPILED)
     last = ExactTopQuantile(4, n, 0.8)
     last.load_state_dict(middle.state_dict())
     last.add_maps(data[3])

@@ -6,12 +6,21 @@ takes its defaults from here (cli/options.py), so a default changes in one place
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
 from netdissect.errors import NetDissectError
 
-__all__ = ["DissectConfig", "default"]
+__all__ = ["DissectConfig", "NO_COMPILED", "compiled_code_allowed", "default"]
+
+NO_COMPILED = "NETDISSECT_NO_KERNEL"   # "1": every compiled extension's numpy/torch twin instead
+
+
+def compiled_code_allowed() -> bool:
+    """False when NETDISSECT_NO_KERNEL=1: the threshold state, the tally kernel, the label hashing
+    and the report's overlays then take their numpy/torch paths (the tests compare the two)."""
+    return os.environ.get(NO_COMPILED) != "1"
 
 
 @dataclass(frozen=True)

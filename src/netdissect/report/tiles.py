@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import mmap
-import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from netdissect.atomic import atomic_path
+from netdissect.config import compiled_code_allowed
 from netdissect.progress import progress_bar as _progress_bar
 from netdissect.report.colors import (
     DIM_RGBA,
@@ -118,7 +118,7 @@ def compose_overlays(regions: np.ndarray, labels: np.ndarray, radius: int) -> np
     so a test can check what is drawn against what was scored. Computed by the compiled
     extension when it was built (and NETDISSECT_NO_KERNEL is not 1), else by
     compose_overlays_numpy (the same indices)."""
-    if _overlay is None or os.environ.get("NETDISSECT_NO_KERNEL") == "1" or radius < 0 or regions.ndim != 3:
+    if _overlay is None or not compiled_code_allowed() or radius < 0 or regions.ndim != 3:
         return compose_overlays_numpy(regions, labels, radius)
     regions = np.ascontiguousarray(regions, dtype=bool)
     labels = np.ascontiguousarray(np.broadcast_to(labels, regions.shape), dtype=bool)

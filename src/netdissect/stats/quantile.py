@@ -21,19 +21,18 @@ import os
 import numpy as np
 import torch
 
+from netdissect.config import compiled_code_allowed
+
 try:
     from netdissect.stats import _topvalues
 except ImportError:  # not compiled (no C compiler at install): torch.topk
     _topvalues = None
 
-NO_KERNEL = "NETDISSECT_NO_KERNEL"   # "1": the torch paths only (tests compare the two)
-
-
 _VALUES_PER_SLICE = 1 << 18   # fewer values than this per thread: the thread costs more than it saves
 
 
 def compiled_available() -> bool:
-    return _topvalues is not None and os.environ.get(NO_KERNEL) != "1"
+    return _topvalues is not None and compiled_code_allowed()
 
 
 @functools.lru_cache(maxsize=4)

@@ -16,6 +16,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from netdissect.config import compiled_code_allowed
 from netdissect.tally.upsample import bilinear
 
 try:
@@ -30,7 +31,7 @@ _PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more
 
 def available() -> bool:
     """Whether the extension module was compiled and imports (NETDISSECT_NO_KERNEL=1: as if not)."""
-    return _kernel is not None and os.environ.get("NETDISSECT_NO_KERNEL") != "1"
+    return _kernel is not None and compiled_code_allowed()
 
 
 def unique_keys(keys: np.ndarray):
@@ -53,11 +54,14 @@ def kernel_upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=64)
 def exact_for(native: Tuple[int, int], size: Tuple[int, int]) -> bool:
-    """Whether the kernel's upsampling equals upsample.bilinear bit for bit for this shape."""
-    if not available():
-        return False
+    """Whether the kernel's upsampling equals upsample.bilinear bit for bit for this shape (the
+    switch is read on every call; the comparison is made once per shape)."""
+    return available() and _equals_torch(tuple(native), tuple(size))
+
+
+@functools.lru_cache(maxsize=64)
+def _equals_torch(native: Tuple[int, int], size: Tuple[int, int]) -> bool:
     gen = torch.Generator().manual_seed(1)
     maps = torch.randn((64,) + tuple(native), generator=gen) * 3
     maps[::2] = maps[::2].relu()  # ties at zero as after a ReLU
