@@ -115,20 +115,12 @@ def plan_memory(budget_bytes: int, shapes: Dict[str, Tuple[int, int, int]], imag
     return MemoryPlan(budget_bytes, layers, tally)
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
+@functools.lru_cache(maxsize=4)
+def _glibc(function: str):
+    """glibc's ``function`` (malloc_trim, mallopt), or None under another C library."""
     import ctypes
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def _mallopt():
-    import ctypes
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt
+        return getattr(ctypes.CDLL("libc.so.6"), function)
     except (OSError, AttributeError):  # not glibc
         return None
 
@@ -146,7 +138,7 @@ def reuse_freed_memory() -> bool:
     nothing to do. Returns whether the policy is in force."""
     global _REUSING
     if not _REUSING and os.environ.get(SYSTEM_MALLOC) != "1":
-        mallopt = _mallopt()
+        mallopt = _glibc("mallopt")
         m_trim_threshold, m_mmap_max = -1, -4
         _REUSING = (mallopt is not None and bool(mallopt(m_mmap_max, 0))
                     and bool(mallopt(m_trim_threshold, 2 ** 31 - 1)))
@@ -169,6 +161,6 @@ def release_free_memory() -> None:
     """
     if _REUSING:
         return
-    trim = _malloc_trim()
+    trim = _glibc("malloc_trim")
     if trim is not None:
         trim(0)
