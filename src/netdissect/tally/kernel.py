@@ -23,7 +23,7 @@ try:
     from netdissect.tally import _kernel
 except ImportError:  # not compiled (a C compiler was missing at install): the torch path
     _kernel = None
-if not hasattr(_kernel, "tally_bilinear"):
+if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys")):
     _kernel = None  # built from an older source (rebuild: pip install -e .): the torch path
 
 _PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more than it saves
@@ -37,7 +37,7 @@ def available() -> bool:
 def unique_keys(keys: np.ndarray):
     """numpy.unique(keys, return_index=True, return_inverse=True) of int64 keys, by hashing (the
     label combinations of an image: a few distinct keys among its pixels), else numpy's sort."""
-    if not available() or not hasattr(_kernel, "distinct_keys"):
+    if not available():
         return np.unique(keys, return_index=True, return_inverse=True)
     keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
     inverse = np.empty(keys.shape[0], np.int32)
