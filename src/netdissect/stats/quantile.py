@@ -14,14 +14,13 @@ torch.topk over the kept and new values. Both keep the same values.
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
 
 import numpy as np
 import torch
 
 from netdissect.config import compiled_code_allowed
+from netdissect.tally.kernel import run_in_slices
 
 try:
     from netdissect.stats import _topvalues
@@ -33,13 +32,6 @@ _VALUES_PER_SLICE = 1 << 18   # fewer values than this per thread: the thread co
 
 def compiled_available() -> bool:
     return _topvalues is not None and compiled_code_allowed()
-
-
-@functools.lru_cache(maxsize=4)
-def _pool(threads: int, pid: int):
-    """Threads kept across batches; a forked child makes its own."""
-    from concurrent.futures import ThreadPoolExecutor
-    return ThreadPoolExecutor(threads, thread_name_prefix="netdissect-quantile")
 
 
 def top_count(n: int, level: float) -> int:
@@ -107,17 +99,8 @@ class ExactTopQuantile:
             rows, values, out = self._rows.numpy(), maps.detach().float().numpy(), maxima.numpy()
             # the pass is waiting: the units in slices, one per torch thread (the GIL is released)
             threads = max(1, min(torch.get_num_threads(), self.units, values.size // _VALUES_PER_SLICE))
-            cuts = [self.units * t // threads for t in range(threads + 1)]
-            others = [_pool(threads - 1, os.getpid()).submit(
-                _topvalues.push_values, rows[a:b], self.keep, self._filled, values[:, a:b], out[:, a:b])
-                for a, b in zip(cuts[1:-1], cuts[2:])]
-            try:
-                filled = _topvalues.push_values(rows[:cuts[1]], self.keep, self._filled, values[:, :cuts[1]],
-                                                out[:, :cuts[1]])
-            finally:
-                for other in others:
-                    other.result()   # waits for it, and re-raises its error
-            self._filled = filled
+            self._filled = run_in_slices(_topvalues.push_values, self.units, threads, lambda a, b: (
+                rows[a:b], self.keep, self._filled, values[:, a:b], out[:, a:b]))
             return maxima
         maxima = maps.amax(dim=(2, 3))
         merged = torch.cat([self._values, maps.transpose(0, 1).reshape(self.units, -1).to(self._values.dtype)],

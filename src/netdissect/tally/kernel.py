@@ -68,11 +68,25 @@ def _equals_torch(native: Tuple[int, int], size: Tuple[int, int]) -> bool:
     return bool(torch.equal(kernel_upsample(maps, size), bilinear(maps, size)))
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=4)
 def _pool(threads: int, pid: int):
-    """Threads kept across calls (one call per chunk of pairs); a forked child makes its own."""
+    """Threads kept across calls (one call per chunk or batch); a forked child makes its own."""
     from concurrent.futures import ThreadPoolExecutor
-    return ThreadPoolExecutor(threads, thread_name_prefix="netdissect-tally")
+    return ThreadPoolExecutor(threads, thread_name_prefix="netdissect-compiled")
+
+
+def run_in_slices(fn, n: int, threads: int, args_of):
+    """``fn(*args_of(start, stop))`` over [0, n) cut into ``threads`` slices: slices 1.. in kept
+    pool threads, slice 0 in this one (``fn`` releases the GIL). Waits for every slice,
+    re-raises the first error, and returns slice 0's result."""
+    cuts = [n * t // threads for t in range(threads + 1)]
+    others = [_pool(threads - 1, os.getpid()).submit(fn, *args_of(a, b))
+              for a, b in zip(cuts[1:-1], cuts[2:])]
+    try:
+        return fn(*args_of(cuts[0], cuts[1]))
+    finally:
+        for other in others:
+            other.result()  # waits for it, and re-raises its error
 
 
 def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tensor,
@@ -93,17 +107,6 @@ def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tens
     per_combo = torch.empty((p, max_combos), dtype=torch.int64)  # every row written by the kernel
     act = torch.empty(p, dtype=torch.int64)
     arrays = (maps.numpy(), thr.numpy(), images.numpy(), ids.numpy(), per_combo.numpy(), act.numpy())
-    available_threads = torch.get_num_threads()
-    threads = max(1, min(available_threads, p // _PAIRS_PER_SLICE))
-    bounds = [p * t // threads for t in range(threads + 1)]
-    others = []
-    if threads > 1:  # slices 1.. in pool threads, slice 0 in this one
-        pool = _pool(available_threads - 1, os.getpid())
-        others = [pool.submit(_kernel.tally_bilinear, *arrays, start, stop)
-                  for start, stop in zip(bounds[1:-1], bounds[2:])]
-    try:
-        _kernel.tally_bilinear(*arrays, bounds[0], bounds[1])
-    finally:
-        for other in others:
-            other.result()  # waits for it, and re-raises its error
+    threads = max(1, min(torch.get_num_threads(), p // _PAIRS_PER_SLICE))
+    run_in_slices(_kernel.tally_bilinear, p, threads, lambda start, stop: (*arrays, start, stop))
     return per_combo, act
