@@ -14,6 +14,7 @@ import torch
 from netdissect.data.broden import BrodenDataset
 from netdissect.errors import DatasetError
 from netdissect.runs import worker_init
+from netdissect.stats.memory import release_before_fork
 from netdissect.tally.counts import encode_segmentation
 
 
@@ -58,6 +59,8 @@ def _collate(items):
 
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, start: int = 0,
                 stop: Optional[int] = None):
+    if workers > 0:
+        release_before_fork()
     if start or (stop is not None and stop != len(dataset)):
         dataset = torch.utils.data.Subset(dataset, range(start, len(dataset) if stop is None else stop))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
