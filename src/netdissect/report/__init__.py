@@ -122,7 +122,6 @@ def _figures_of(run: RunView, root: Path, stage: Path,
 
     def fig(name: str, make) -> FigureFiles:
         path = make(fig_dir / name)
-        gc.collect(1)   # the figure's reference cycles (the collector is paused): young objects only
         _copy(path, stage / "figures" / path.name)
         if png:
             _copy(path.with_suffix(".png"), stage / "figures" / path.with_suffix(".png").name)

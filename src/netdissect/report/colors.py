@@ -47,7 +47,7 @@ LABEL_REGION_HEX = "#56B4E9"
 NONE_COLOR = "#9A9A9A"
 
 
-# The house style of every matplotlib figure (report and experiments alike).
+# The house style of the matplotlib figures (the experiments; the report draws its own: report.charts).
 MPL_RC = {
     "svg.fonttype": "none",            # text stays text: editable, searchable, small
     "svg.hashsalt": "netdissect",      # deterministic ids
