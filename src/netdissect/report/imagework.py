@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from netdissect.report.runview import LayerView
+from netdissect.stats.memory import release_before_fork
 from netdissect.report.tiles import (
     Atlas,
     LayerTiles,
@@ -107,6 +108,7 @@ class ImageWork:
         self.gate = _Gate(len(self.batches))
         if workers > 1 and (len(wanted) > MIN_FORKED_IMAGES or sheets >= 4 * workers):
             import multiprocessing as mp
+            release_before_fork()         # pages the workers would otherwise copy as they write
             ctx = mp.get_context("fork")
             self.gate = _Gate(len(self.batches), ctx)
             _WORK = self                  # before the first submit: the workers fork there

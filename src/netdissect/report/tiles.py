@@ -49,7 +49,8 @@ from netdissect.report.runview import IMAGE_CATEGORIES, LayerView
 ATLAS_COLS = 8                 # dataset images per atlas row (an atlas holds ATLAS_COLS ** 2)
 UNITS_PER_SHEET = 16           # overlay rows per sheet
 JPEG_QUALITY = 70            # the demo report (with formula overlays) stays under 25 MB
-PNG_LEVEL = 6                # zlib level of the overlay sheets (png_bytes)
+PNG_LEVEL = 1                # zlib level of the overlay sheets (png_bytes; with Z_RLE the level barely matters)
+PNG_FILTER_UP = 2
 
 # palette indices of an overlay
 EMPTY, DIM, FILL, CONTOUR, LABEL, LABEL_ALT, SPECK, LABEL_IN, LABEL_ALT_IN = range(9)
@@ -278,21 +279,25 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def png_bytes(index: np.ndarray) -> bytes:
     """(h, w) overlay indices -> a 4-bit palette PNG with the overlay palette. The overlays use
-    nine indices, so two pixels share a byte: deflating half the bytes of an 8-bit PNG takes
-    about 40% less time and gives a file about 6% smaller (overlay sheets, zlib level 6 here
-    against PIL's 8-bit at level 7)."""
+    nine indices, so two pixels share a byte, and each row is stored as its difference from the
+    row above (PNG filter "Up": a unit's strip repeats down the rows) deflated with run-length
+    matching only (Z_RLE). On the 80 sheets of 1,280 units: 0.32 s and 3.8 MB, against 0.67 s
+    and 3.5 MB unfiltered at zlib's default level 6."""
     h, w = index.shape
     index = np.ascontiguousarray(np.pad(index, ((0, 0), (0, 1))) if w % 2 else index, dtype=np.uint8)
-    rows = np.empty((h, index.shape[1] // 2 + 1), np.uint8)
-    rows[:, 0] = 0                                        # each row's filter: none
     pairs = index.view("<u2")                             # pixel 2i in the low byte, 2i + 1 high
-    rows[:, 1:] = ((pairs << 4) | (pairs >> 8)).astype(np.uint8)    # 2i in the high nibble
+    packed = ((pairs << 4) | (pairs >> 8)).astype(np.uint8)          # 2i in the high nibble
+    rows = np.empty((h, packed.shape[1] + 1), np.uint8)
+    rows[:, 0] = PNG_FILTER_UP
+    rows[:1, 1:] = packed[:1]
+    np.subtract(packed[1:], packed[:-1], out=rows[1:, 1:])          # modulo 256, as PNG defines it
+    deflate = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     rgb, alpha = palette()
     return b"".join((b"\x89PNG\r\n\x1a\n",
                      _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 4, 3, 0, 0, 0)),
                      _png_chunk(b"PLTE", bytes(rgb[:3 * len(alpha)])),
                      _png_chunk(b"tRNS", alpha),
-                     _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_LEVEL)),
+                     _png_chunk(b"IDAT", deflate.compress(rows.tobytes()) + deflate.flush()),
                      _png_chunk(b"IEND", b"")))
 
 
