@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from netdissect.tally.kernel import unique_keys
+from netdissect.tally.kernel import add_pair_counts, available, unique_keys
 
 NO_CONCEPT = -1
 
@@ -103,6 +103,10 @@ class IoUTally:
                    labeled: torch.Tensor) -> None:
         """Add pairs given their active pixels per combination (p, max_combos) and in all (p,)."""
         if act.shape[0] == 0:
+            return
+        if available():
+            add_pair_counts(self.inter, self.active, per_combo, act, units, images, tables, image_concepts,
+                            labeled)
             return
         n_concepts = self.inter.shape[1]
         self.active.index_add_(0, units, act[:, None] * labeled[images].to(act.dtype))
