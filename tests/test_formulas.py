@@ -255,3 +255,15 @@ def test_formula_mask_of_one_image_equals_the_dense_mask(dissected):
             seg = ds.load_segmentation(x)
             got = formula_mask(tokens, seg.pixel, seg.image_labels, ds.concepts)
             np.testing.assert_array_equal(got.reshape(-1), dense.mask(tokens)[x])
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (60, 1), (300, 5)])
+def test_unique_rows_equal_numpy_unique(shape):
+    from netdissect.tally.combinations import unique_rows
+    rows = np.random.default_rng(shape[0]).integers(-2, 3, shape).astype(np.int64)  # many equal rows
+    rows[::7, -1] = np.iinfo(np.int64).max
+    unique, inverse = unique_rows(rows)
+    expected, expected_inverse = np.unique(rows, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(unique, expected)
+    np.testing.assert_array_equal(inverse, expected_inverse.reshape(-1))
+    assert unique.dtype == np.int64 and inverse.dtype == np.int64

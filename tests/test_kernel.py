@@ -217,3 +217,50 @@ def test_encoded_labels_are_the_same_with_and_without_the_kernel(planes, monkeyp
     for name in ("combo_ids", "table", "image_concepts", "concept_pixels", "combo_pixels"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
         assert getattr(fast, name).dtype == getattr(slow, name).dtype
+
+
+def random_counts(seed, planes=3, image_width=2, p=200, n=9, width=7, units=5, concepts=11, groups=4):
+    gen = torch.Generator().manual_seed(seed)
+    per_combo = torch.randint(0, 4, (p, width), generator=gen) * (torch.rand(p, width, generator=gen) < 0.4)
+    act = per_combo.sum(dim=1) + torch.randint(0, 3, (p,), generator=gen)
+    units_ = torch.randint(0, units, (p,), generator=gen)   # a unit in many pairs
+    images = torch.randint(0, n, (p,), generator=gen)
+    tables = torch.randint(-1, concepts, (n, width, planes), generator=gen)
+    image_concepts = torch.randint(-1, concepts, (n, image_width), generator=gen)
+    labeled = torch.rand(n, groups, generator=gen) < 0.6
+    return (per_combo, act, units_, images, tables, image_concepts, labeled), (units, concepts, groups)
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed, planes, image_width", [(0, 3, 2), (1, 1, 0), (2, 0, 3), (3, 4, 1)])
+def test_pair_counts_are_the_same_with_and_without_the_kernel(seed, planes, image_width, monkeypatch):
+    from netdissect.tally.counts import IoUTally
+    args, (units, concepts, groups) = random_counts(seed, planes, image_width)
+    fast, slow = IoUTally(units, concepts, groups), IoUTally(units, concepts, groups)
+    fast.add_counts(*args)
+    fast.add_counts(*args)  # adds to what is there
+    monkeypatch.setenv("NETDISSECT_NO_KERNEL", "1")
+    slow.add_counts(*args)
+    slow.add_counts(*args)
+    assert torch.equal(fast.inter, slow.inter) and torch.equal(fast.active, slow.active)
+    assert fast.inter.sum() > 0 and fast.active.sum() > 0
+
+
+@needs_kernel
+def test_pair_counts_check_their_indices_before_adding():
+    from netdissect.tally.counts import IoUTally
+    args, (units, concepts, groups) = random_counts(0)
+    tally = IoUTally(units, concepts, groups)
+    bad_unit = list(args)
+    bad_unit[2] = args[2].clone()
+    bad_unit[2][-1] = units
+    with pytest.raises(ValueError, match="pair 199 has unit 5 of 5"):
+        tally.add_counts(*bad_unit)
+    bad_concept = list(args)
+    bad_concept[4] = args[4].clone()
+    bad_concept[4][-1, -1, -1] = concepts
+    with pytest.raises(ValueError, match="concept index 11 in tables, but inter has 11 columns"):
+        tally.add_counts(*bad_concept)
+    assert tally.inter.sum() == 0 and tally.active.sum() == 0
+    with pytest.raises(ValueError, match="'tables' has 6 along axis 1, expected 7"):
+        kernel.add_pair_counts(tally.inter, tally.active, *args[:4], args[4][:, :6], *args[5:])

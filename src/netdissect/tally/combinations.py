@@ -82,9 +82,7 @@ class CombinationIndex:
             body[dup] = big
             body[:] = np.sort(body, axis=1)
             body[body == big] = -1
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True) if start else \
-            (np.zeros((0, width + 1), dtype=np.int64), np.zeros(0, dtype=np.int64))
-        inverse = inverse.reshape(-1)
+        unique, inverse = unique_rows(keys)
         pixels = np.bincount(inverse, weights=np.concatenate(weights) if weights else None,
                              minlength=len(unique))
         table = unique[:, 1:]
@@ -100,6 +98,18 @@ class CombinationIndex:
         valid = cols[None, :] < self.n_local[img][:, None]
         idx = np.where(valid, self.offset[img][:, None] + cols[None, :], 0)
         return torch.from_numpy(np.where(valid, self.lookup[idx], 0))
+
+
+def unique_rows(rows: np.ndarray):
+    """numpy.unique(rows, axis=0, return_inverse=True) of a 2-D int64 array, the inverse flat:
+    a lexsort of the columns, 2-3x as fast as numpy's sort of the rows as opaque records."""
+    order = np.lexsort(rows.T[::-1])
+    ordered = rows[order]
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(len(rows), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], inverse
 
 
 class UnitCombinationCounts:

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from netdissect.tally.kernel import unique_keys
+from netdissect.tally.kernel import add_pair_counts, available, unique_keys
 
 NO_CONCEPT = -1
 
@@ -48,19 +48,21 @@ def encode_segmentation(planes: np.ndarray, image_labels: np.ndarray, concept_of
     if m == 0:
         return EncodedSegmentation(np.zeros(pixels, dtype=id_dtype), np.zeros((1, 0), dtype=np.int32),
                                    image_concepts, concept_pixels, np.array([pixels], dtype=np.int64))
-    flat = concept_of_label[planes.reshape(m, -1)]          # (M, P) concept indices
+    # concept index + 1 per plane and pixel (0: none); an int32 table makes numpy's take 3x as
+    # fast as indexing with the int64 one
+    shifted = np.take((concept_of_label + 1).astype(np.int32), planes.reshape(m, -1))   # (M, P)
     bits = int(n_concepts + 1).bit_length()
-    if m * bits <= 63:  # one integer key per pixel: all planes packed side by side
-        key = np.zeros(flat.shape[1], dtype=np.int64)
-        for row in flat:
-            key = (key << bits) | (row + 1)
+    key = shifted[0].astype(np.int64)
+    if m * bits <= 63:  # one integer key per pixel: all planes packed side by side (in place)
+        for row in shifted[1:]:
+            key <<= bits
+            key |= row
     else:  # too many planes to pack: rank the combinations plane by plane
-        key = flat[0].astype(np.int64) + 1
-        for row in flat[1:]:
+        for row in shifted[1:]:
             _, key = np.unique(key, return_inverse=True)
-            key = key.astype(np.int64) * (n_concepts + 1) + row + 1
+            key = key.astype(np.int64) * (n_concepts + 1) + row
     _, first, combo_ids = unique_keys(key)
-    table = flat[:, first].T.astype(np.int32).copy()        # (n_combos, M)
+    table = (shifted[:, first] - 1).T.copy()                 # (n_combos, M) int32
     if m > 1:  # a concept present in two planes at one pixel counts once
         ordered = np.sort(table, axis=1)
         dup = np.zeros_like(ordered, dtype=bool)
@@ -101,6 +103,10 @@ class IoUTally:
                    labeled: torch.Tensor) -> None:
         """Add pairs given their active pixels per combination (p, max_combos) and in all (p,)."""
         if act.shape[0] == 0:
+            return
+        if available():
+            add_pair_counts(self.inter, self.active, per_combo, act, units, images, tables, image_concepts,
+                            labeled)
             return
         n_concepts = self.inter.shape[1]
         self.active.index_add_(0, units, act[:, None] * labeled[images].to(act.dtype))

@@ -6,6 +6,7 @@ the package's one upsampler (``upsample.bilinear``) bit for bit on this machine 
 first use); otherwise, or when the kernel was not compiled, callers use the torch path.
 The extension checks its arguments (dtype, shape, contiguity, writability) and raises on a
 mismatch; it releases the GIL while counting, so slices of pairs run in parallel threads.
+``add_pair_counts`` adds a chunk's counts to IoUTally in one C loop (the torch path without it).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ try:
     from netdissect.tally import _kernel
 except ImportError:  # not compiled (a C compiler was missing at install): the torch path
     _kernel = None
-if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys")):
+if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys", "add_pair_counts")):
     _kernel = None  # built from an older source (rebuild: pip install -e .): the torch path
 
 _PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more than it saves
@@ -110,3 +111,13 @@ def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tens
     threads = max(1, min(torch.get_num_threads(), p // _PAIRS_PER_SLICE))
     run_in_slices(_kernel.tally_bilinear, p, threads, lambda start, stop: (*arrays, start, stop))
     return per_combo, act
+
+
+def add_pair_counts(inter: torch.Tensor, active: torch.Tensor, per_combo: torch.Tensor, act: torch.Tensor,
+                    units: torch.Tensor, images: torch.Tensor, tables: torch.Tensor,
+                    image_concepts: torch.Tensor, labeled: torch.Tensor) -> None:
+    """IoUTally.add_counts into its contiguous int64 CPU ``inter`` and ``active``, by the
+    extension (see its docstring); the other arguments are converted here."""
+    arrays = [t.detach().cpu().contiguous().to(torch.int64).numpy()
+              for t in (per_combo, act, units, images, tables, image_concepts, labeled)]
+    _kernel.add_pair_counts(*arrays, inter.numpy(), active.numpy())
