@@ -129,8 +129,8 @@ def main() -> None:
         loaded = load_model("torchvision:mobilenet_v2", weights="IMAGENET1K_V1")
         ds = BrodenDataset(data, limit=args.images)
         bare, full = [], []
-        # pair 0 warms up: this machine's first forward passes in a process run up to 30% faster
-        # than the later ones, which would flatter whichever side ran first
+        # pair 0 warms up (caches, the allocator's pools): the side that ran first in a fresh
+        # process was once up to 30% faster, before loader workers forked from a trimmed heap
         for r in range(args.repeats + 1):
             bare.append(measured(bare_pass, loaded, ds, LAYERS, args.batch_size, args.workers))
             full.append(measured(full_dissection, loaded, ds, LAYERS, args.batch_size, args.workers))

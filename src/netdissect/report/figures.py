@@ -63,11 +63,11 @@ def unique_per_category(layer: LayerView, categories: Sequence[str], thr: float,
     best = [int(stats["unique_best_per_category"].get(c, 0)) for c in cats]
     row = 26.0
     left = MARGIN + _max_width(cats, LABEL_SIZE) + 10
-    ax = Axes(left, TOP, 560 - left - 40, row * max(len(cats), 1), (0, 1), (0, 1))
+    ax = Axes(left, TOP, max(560 - left - 40, 240), row * max(len(cats), 1), (0, 1), (0, 1))
     xmax = max(top + best + [1])
     ticks = nice_ticks(xmax, integer=True)
     ax.xlim = (0, max(xmax * 1.18, ticks[-1]))
-    canvas = Canvas(560, ax.y + ax.h + 66)
+    canvas = Canvas(ax.x + ax.w + 40, ax.y + ax.h + 66)
     _title(canvas, f"{layer.name}: {_plural(stats['unique_detectors'], 'unique detector')} "
                    f"({stats['detectors']}/{stats['units']} units, IoU > {thr:g})")
     ax.xticks(canvas, ticks, size=TICK_SIZE)
