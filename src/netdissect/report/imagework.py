@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from netdissect.report.runview import LayerView
-from netdissect.stats.memory import release_before_fork
 from netdissect.report.tiles import (
     Atlas,
     LayerTiles,
@@ -31,6 +30,7 @@ from netdissect.report.tiles import (
     render_sheets,
     sheet_job,
 )
+from netdissect.stats.memory import release_before_fork
 
 MIN_FORKED_IMAGES = 64      # with fewer images (and few sheets) forking costs more than it saves
 CHUNKS_PER_WORKER = 8       # drawing tasks per worker and layer: small, so the workers end together
