@@ -67,6 +67,7 @@ def test_unique_per_category_bars_match_the_counts(layer, tmp_path):
     assert part_best.get("fill") == "none" and part_best.get("stroke-dasharray")
     texts = _texts(root)
     assert "layer4: 3 unique detectors (4/7 units, IoU > 0.04)" in texts
+    assert root.get("aria-label") == root.find("s:title", NS).text == texts[0]     # named for screen readers
     assert "0  (3)" in texts and "2" in texts            # part: 0 top labels, 3 best labels
     assert all(c in texts for c in CATS)
 

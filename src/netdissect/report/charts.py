@@ -110,8 +110,9 @@ class Canvas:
 
     def svg(self) -> str:
         w, h = math.ceil(self.width), math.ceil(self.height)
+        label = f' role="img" aria-label="{html.escape(self.title)}"' if self.title else ""
         out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-               f'font-family="{FONT_FAMILY}">',
+               f'font-family="{FONT_FAMILY}"{label}>',
                f"<title>{html.escape(self.title)}</title>" if self.title else "",
                f'<rect width="{w}" height="{h}" fill="#FFFFFF"/>']
         for s in self.shapes:
