@@ -50,7 +50,7 @@ ATLAS_COLS = 8                 # dataset images per atlas row (an atlas holds AT
 UNITS_PER_SHEET = 16           # overlay rows per sheet
 JPEG_QUALITY = 70            # the demo report (with formula overlays) stays under 25 MB
 PNG_LEVEL = 1                # zlib level of the overlay sheets (png_bytes; with Z_RLE the level barely matters)
-PNG_FILTER_UP = 2
+PNG_FILTER_UP = 2             # PNG's row filter "Up": each byte minus the byte above it
 
 # palette indices of an overlay
 EMPTY, DIM, FILL, CONTOUR, LABEL, LABEL_ALT, SPECK, LABEL_IN, LABEL_ALT_IN = range(9)
