@@ -37,13 +37,21 @@ def font(size: float, bold: bool = False):
     """A Pillow font of ``size`` px: DejaVu Sans where matplotlib ships it, else Pillow's own."""
     from PIL import ImageFont
     path = _font_path(bold)
-    if path is not None:
+    if path is None:
+        try:
+            return ImageFont.load_default(size)
+        except TypeError:                                   # Pillow before 10.1: one bitmap size
+            return ImageFont.load_default()
+    try:
+        return ImageFont.truetype(path, size)              # fractional sizes: Pillow 10.1 and later
+    except (TypeError, ValueError):
         return ImageFont.truetype(path, max(1, round(size)))
-    return ImageFont.load_default(size)
 
 
 def text_width(s: str, size: float, bold: bool = False) -> float:
-    return float(font(size, bold).getlength(s))
+    """Advance width of ``s`` at ``size`` px: measured at 100 px and scaled, so fractional
+    sizes measure exactly on any Pillow."""
+    return float(font(100.0, bold).getlength(s)) * size / 100.0
 
 
 @dataclass(frozen=True)
