@@ -140,3 +140,20 @@ def test_png_twin_drawn_from_the_same_shapes(tmp_path):
     with Image.open(figures_png.with_suffix(".png")) as im:
         assert im.size == (300, 150)
     assert ET.parse(figures_png).getroot().get("width") == "200"
+
+
+def test_degenerate_layers_still_draw(tmp_path):
+    """No units, only NaN IoUs, no categories: every figure is still written, with its title."""
+    stats = {"units": 0, "detectors": 0, "unique_detectors": 0, "unique_per_category": {},
+             "unique_best_per_category": {}}
+    empty = LayerView(name="none", dirname="none", result=None, stats=stats, units=[])
+    nan = LayerView(name="nan", dirname="nan", result=None, stats=dict(stats, units=2),
+                    units=[_unit(0, "dog", "object", float("nan")), _unit(1, "-", "", float("nan"))])
+    for layer in (empty, nan):
+        for cats in (CATS, []):
+            for make in (figures.unique_per_category, figures.concepts, figures.iou_histogram):
+                root = _svg(make(layer, cats, 0.04, tmp_path / f"{layer.name}_{len(cats)}_{make.__name__}.svg"))
+                assert root.find("s:title", NS).text.startswith(layer.name)
+                assert not _tips(root) or make is figures.unique_per_category
+            root = _svg(figures.layers_unique([layer], cats, 0.04, tmp_path / f"{layer.name}_{len(cats)}_x.svg"))
+            assert "0 unique" in _texts(root)
