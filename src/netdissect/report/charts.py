@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from netdissect.atomic import atomic_path, atomic_write_bytes
+
 FONT_FAMILY = "DejaVu Sans, Liberation Sans, Arial, Helvetica, sans-serif"
 INK = "#222222"         # text
 AXIS = "#444444"        # axis lines and ticks
@@ -210,8 +212,8 @@ def _text(image, draw, s: Text, scale: float) -> None:
 
 
 def nice_ticks(top: float, integer: bool = False, most: int = 6) -> List[float]:
-    """Ticks 0, step, 2 step, ... covering [0, top] with a step of 1, 2 or 5 times a power of ten
-    (at least 1 for integer axes), at most ``most`` + 1 of them."""
+    """Ticks 0, step, 2 step, ... up to ``top`` with a step of 1, 2 or 5 times a power of ten (at
+    least 1 for integer axes), at most ``most`` + 1 of them; the axis itself may run past the last."""
     top = max(float(top), 1e-12)
     raw = top / most
     power = 10 ** math.floor(math.log10(raw))
@@ -228,7 +230,6 @@ def tick_label(v: float) -> str:
 
 def save(canvas: Canvas, path: Path, png: bool = False) -> Path:
     """path (.svg) and, with png, its .png twin (150 dpi), each written atomically."""
-    from netdissect.atomic import atomic_path, atomic_write_bytes
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, canvas.svg().encode("utf-8"))
     if png:
