@@ -112,8 +112,12 @@ def test_layers_figure_slants_names_only_when_they_would_collide(layer, tmp_path
 
 
 def test_text_stays_inside_the_canvas(layer, tmp_path):
-    """Unrotated text, measured with the figure's font, lies within the figure's width."""
-    for make in (figures.unique_per_category, figures.concepts, figures.iou_histogram):
+    """Unrotated text, measured with the figure's font, lies within the figure's width (a long
+    layer name too)."""
+    long_name = LayerView(name="model.encoder.layers.encoder_layer_11.mlp.fc2.activation_post_process", dirname="x", result=None,
+                          stats=layer.stats, units=layer.units)
+    for make, layer in [(m, v) for m in (figures.unique_per_category, figures.concepts, figures.iou_histogram)
+                        for v in (layer, long_name)]:
         root = _svg(make(layer, CATS, 0.04, tmp_path / f"{make.__name__}.svg"))
         width = float(root.get("width"))
         for t in root.iter("{http://www.w3.org/2000/svg}text"):

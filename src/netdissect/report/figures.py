@@ -176,6 +176,7 @@ def iou_histogram(layer: LayerView, categories: Sequence[str], thr: float, path:
         items = [(c, Rect(0, 0, 0, 0, fill=color)) for c, color, _ in counts]
         width = max(text_width(c, 8.5) for c, _ in items) + 17
         legend(canvas, ax.x + ax.w - width - 8, ax.y + 16, items)
+    _fit_width(canvas)
     return save(canvas, path, png)
 
 
