@@ -161,3 +161,18 @@ def test_degenerate_layers_still_draw(tmp_path):
                 assert not _tips(root) or make is figures.unique_per_category
             root = _svg(figures.layers_unique([layer], cats, 0.04, tmp_path / f"{layer.name}_{len(cats)}_x.svg"))
             assert "0 unique" in _texts(root)
+
+
+def test_formula_gain_one_line_per_layer(tmp_path):
+    """A dot per (layer, length) at its mean gain, the same colour along a layer's line."""
+    rows = [("conv1", [0.0, 0.01, 0.03]), ("conv2", [0.0, 0.02])]
+    root = _svg(figures.formula_gain(rows, 5, tmp_path / "g.svg", png=True))
+    dots = [(c, c.find("s:title", NS).text) for c in root.iter("{http://www.w3.org/2000/svg}circle")]
+    assert [t for _, t in dots] == ["conv1, length <= 1: mean gain 0.0000", "conv1, length <= 2: mean gain 0.0100",
+                                    "conv1, length <= 3: mean gain 0.0300", "conv2, length <= 1: mean gain 0.0000",
+                                    "conv2, length <= 2: mean gain 0.0200"]
+    y = [float(c.get("cy")) for c, _ in dots]
+    assert y[0] - y[2] == pytest.approx(3 * (y[0] - y[1]), rel=1e-3)     # heights in proportion to the gain
+    assert y[3] - y[4] == pytest.approx(2 * (y[0] - y[1]), rel=1e-3)
+    assert len({c.get("fill") for c, _ in dots[:3]}) == 1 and dots[0][0].get("fill") != dots[3][0].get("fill")
+    assert "Formulas (beam 5)" in _texts(root) and (tmp_path / "g.png").is_file()

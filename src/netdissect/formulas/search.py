@@ -36,7 +36,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from netdissect.atomic import atomic_path
 from netdissect.errors import NetDissectError, RunError
 from netdissect.tally.combinations import FILE as COMBINATIONS_FILE
 from netdissect.tally.combinations import LayerCombinations
@@ -516,24 +515,7 @@ def write_gain_figure(out: Path, summary: dict) -> Optional[Path]:
     rows = [(name, s["formulas"]) for name, s in summary["layers"].items() if "formulas" in s]
     if not rows:
         return None
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.8, 3.2))
-    for name, f in rows:
-        lengths = range(1, len(f["mean_gain_by_length"]) + 1)
-        ax.plot(list(lengths), f["mean_gain_by_length"], marker="o", label=name)
-    ax.set_xlabel("maximum formula length")
-    ax.set_ylabel("mean IoU gain over the unit's label")
-    ax.set_xticks(list(range(1, max(len(f["mean_gain_by_length"]) for _, f in rows) + 1)))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", frameon=False)
-    ax.set_title(f"Formulas (beam {rows[0][1]['beam']})", fontsize="medium")
+    from netdissect.report.figures import formula_gain
     path = Path(out) / "figures" / "formula_gain.svg"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
-    with atomic_path(path.with_suffix(".png")) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=150)
-    plt.close(fig)
+    formula_gain([(name, f["mean_gain_by_length"]) for name, f in rows], rows[0][1]["beam"], path, png=True)
     return path

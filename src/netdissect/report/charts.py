@@ -81,6 +81,15 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Dot:
+    x: float
+    y: float
+    r: float
+    fill: str
+    tip: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Text:
     x: float
     y: float
@@ -135,6 +144,10 @@ class Canvas:
                 tip = f"<title>{html.escape(s.tip)}</title>" if s.tip else ""
                 body = f'<rect x="{_n(s.x)}" y="{_n(s.y)}" width="{_n(s.w)}" height="{_n(s.h)}"{paint}'
                 out.append(body + (f">{tip}</rect>" if tip else "/>"))
+            elif isinstance(s, Dot):
+                tip = f"<title>{html.escape(s.tip)}</title>" if s.tip else ""
+                body = f'<circle cx="{_n(s.x)}" cy="{_n(s.y)}" r="{_n(s.r)}" fill="{s.fill}"'
+                out.append(body + (f">{tip}</circle>" if tip else "/>"))
             elif isinstance(s, Line):
                 dash = f' stroke-dasharray="{_n(s.dash[0])} {_n(s.dash[1])}"' if s.dash else ""
                 out.append(f'<line x1="{_n(s.x1)}" y1="{_n(s.y1)}" x2="{_n(s.x2)}" y2="{_n(s.y2)}" '
@@ -163,6 +176,9 @@ class Canvas:
                     x0, y0, x1, y1 = box
                     for seg in ((x0, y0, x1, y0), (x1, y0, x1, y1), (x1, y1, x0, y1), (x0, y1, x0, y0)):
                         _line(draw, seg, s.stroke, s.stroke_width * scale, s.dash, scale)
+            elif isinstance(s, Dot):
+                draw.ellipse([(s.x - s.r) * scale, (s.y - s.r) * scale, (s.x + s.r) * scale,
+                              (s.y + s.r) * scale], fill=s.fill)
             elif isinstance(s, Line):
                 _line(draw, (s.x1 * scale, s.y1 * scale, s.x2 * scale, s.y2 * scale), s.stroke,
                       s.width * scale, s.dash, scale)

@@ -13,8 +13,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from netdissect.report.charts import Axes, Canvas, Line, Rect, Text, legend, nice_ticks, save, text_width
-from netdissect.report.colors import NONE_COLOR, category_colors
+from netdissect.report.charts import Axes, Canvas, Dot, Line, Rect, Text, legend, nice_ticks, save, text_width
+from netdissect.report.colors import NONE_COLOR, OKABE_ITO, category_colors
 from netdissect.report.runview import LayerView
 
 MARGIN = 12.0
@@ -222,6 +222,43 @@ def layers_unique(layers: Sequence[LayerView], categories: Sequence[str], thr: f
     ax.frame(canvas)
     _ylabel(canvas, ax, "unique detectors", tick_w)
     lw, lh = legend(canvas, ax.x + ax.w + 16, ax.y, [(c, Rect(0, 0, 0, 0, fill=colors[c])) for c in cats])
+    canvas.height = max(canvas.height, ax.y + lh + MARGIN)
+    _fit_width(canvas, ax.x + ax.w + 16 + lw)
+    return save(canvas, path, png)
+
+
+# one colour a layer in the formula figure (layers are not categories: Okabe-Ito, in order)
+LAYER_COLORS = [OKABE_ITO[c] for c in ("blue", "orange", "bluish_green", "vermillion", "reddish_purple",
+                                       "sky_blue", "black", "yellow")]
+
+
+def formula_gain(rows: Sequence[Tuple[str, Sequence[float]]], beam: int, path: Path, png: bool = False) -> Path:
+    """Mean IoU gain over each unit's label against the maximum formula length, one line per
+    layer: rows are (layer, gain at length 1, 2, ...)."""
+    longest = max([len(g) for _, g in rows] + [1])
+    top = max([float(v) for _, g in rows for v in g] + [0.0])
+    ticks = nice_ticks(top) if top > 0 else [0.0]
+    tick_w = _max_width([f"{t:g}" for t in ticks], TICK_SIZE)
+    left = MARGIN + LABEL_SIZE + 14 + tick_w + 8
+    ax = Axes(left, TOP, 300, 190, (0.8, longest + 0.2), (0, max(top * 1.08, ticks[-1]) or 1.0))
+    canvas = Canvas(ax.x + ax.w + MARGIN, ax.y + ax.h + 52)
+    _title(canvas, f"Formulas (beam {beam})")
+    ax.yticks(canvas, ticks, size=TICK_SIZE)
+    ax.xticks(canvas, list(range(1, longest + 1)), grid=False, size=TICK_SIZE)
+    items = []
+    for i, (name, gains) in enumerate(rows):
+        color = LAYER_COLORS[i % len(LAYER_COLORS)]
+        points = [(ax.px(n), ax.py(float(g))) for n, g in enumerate(gains, start=1)]
+        for (x1, y1), (x2, y2) in zip(points, points[1:]):
+            canvas.add(Line(x1, y1, x2, y2, stroke=color, width=1.8))
+        for n, ((x, y), g) in enumerate(zip(points, gains), start=1):
+            canvas.add(Dot(x, y, 3.2, color, tip=f"{name}, length <= {n}: mean gain {float(g):.4f}"))
+        items.append((name, Rect(0, 0, 0, 0, fill=color)))
+    ax.frame(canvas)
+    _ylabel(canvas, ax, "mean IoU gain over the label", tick_w)
+    canvas.add(Text(ax.x + ax.w / 2, ax.y + ax.h + 36, "maximum formula length", size=LABEL_SIZE,
+                    anchor="middle"))
+    lw, lh = legend(canvas, ax.x + ax.w + 16, ax.y, items)
     canvas.height = max(canvas.height, ax.y + lh + MARGIN)
     _fit_width(canvas, ax.x + ax.w + 16 + lw)
     return save(canvas, path, png)
