@@ -36,10 +36,10 @@ from netdissect.engine.manifest import manifest
 from netdissect.engine.vocabulary import Vocabulary
 from netdissect.errors import DatasetError, DissectionWarning, NetDissectError, RunError
 from netdissect.formulas.rundir import add_formulas
-from netdissect.formulas.search import write_gain_figure
 from netdissect.models.capture import LayerCapture, check_activation_shape
 from netdissect.models.specs import LoadedModel, load_model
 from netdissect.progress import progress_bar
+from netdissect.report.figures import write_gain_figure
 from netdissect.results import DissectionResult, LayerResult
 from netdissect.stats.memory import MIB, plan_memory, reuse_freed_memory
 from netdissect.stats.streaming import LayerStream

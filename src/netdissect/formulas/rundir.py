@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 from netdissect import runs
 from netdissect.config import DissectConfig
 from netdissect.errors import RunError
-from netdissect.formulas.search import explain_layer, write_gain_figure
+from netdissect.formulas.search import explain_layer
+from netdissect.report.figures import write_gain_figure
 from netdissect.tally.combinations import FILE as COMBINATIONS_FILE
 from netdissect.tally.combinations import LayerCombinations
 

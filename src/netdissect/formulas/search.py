@@ -506,16 +506,3 @@ def explain_layer(layer, length: int = 3, beam: int = 10, combos: Optional[Layer
 def _progress(total: int, desc: str, enabled: bool):
     from netdissect.progress import progress_bar
     return progress_bar(enabled, total, desc, "unit")
-
-
-# -------------------------------------------------------------------- runs
-
-def write_gain_figure(out: Path, summary: dict) -> Optional[Path]:
-    """OUT/figures/formula_gain.svg: mean IoU gain over the best single label against formula length."""
-    rows = [(name, s["formulas"]) for name, s in summary["layers"].items() if "formulas" in s]
-    if not rows:
-        return None
-    from netdissect.report.figures import formula_gain
-    path = Path(out) / "figures" / "formula_gain.svg"
-    formula_gain([(name, f["mean_gain_by_length"]) for name, f in rows], rows[0][1]["beam"], path, png=True)
-    return path

@@ -9,7 +9,7 @@ a figure costs milliseconds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -262,3 +262,13 @@ def formula_gain(rows: Sequence[Tuple[str, Sequence[float]]], beam: int, path: P
     canvas.height = max(canvas.height, ax.y + lh + MARGIN)
     _fit_width(canvas, ax.x + ax.w + 16 + lw)
     return save(canvas, path, png)
+
+
+def write_gain_figure(out: Path, summary: dict) -> Optional[Path]:
+    """OUT/figures/formula_gain.svg (and .png) from summary.json's formula means, when any layer
+    has formulas."""
+    rows = [(name, s["formulas"]) for name, s in summary["layers"].items() if "formulas" in s]
+    if not rows:
+        return None
+    return formula_gain([(name, f["mean_gain_by_length"]) for name, f in rows], rows[0][1]["beam"],
+                        Path(out) / "figures" / "formula_gain.svg", png=True)
