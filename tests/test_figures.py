@@ -59,7 +59,7 @@ def test_unique_per_category_bars_match_the_counts(layer, tmp_path):
     root = _svg(figures.unique_per_category(layer, CATS, 0.04, tmp_path / "u.svg"))
     tips = dict((t, r) for r, t in _tips(root))
     obj = tips["object: 2 distinct top labels of detectors"]
-    mat = tips["material: 1 distinct top labels of detectors"]
+    mat = tips["material: 1 distinct top label of detectors"]
     part_best = tips["part: 3 distinct best labels"]
     width = {k: float(v.get("width")) for k, v in [("obj", obj), ("mat", mat), ("part", part_best)]}
     assert width["obj"] == pytest.approx(2 * width["mat"], rel=1e-3)

@@ -75,10 +75,10 @@ def unique_per_category(layer: LayerView, categories: Sequence[str], thr: float,
         y = ax.y + i * row + row * 0.14
         h = row * 0.72
         canvas.add(Rect(ax.x, y, ax.px(t) - ax.x, h, fill=colors[c],
-                        tip=f"{c}: {t} distinct top labels of detectors"))
+                        tip=f"{c}: {_plural(t, 'distinct top label')} of detectors"))
         if b:
             canvas.add(Rect(ax.x, y, ax.px(b) - ax.x, h, stroke=colors[c], stroke_width=1.2, dash=(3, 2),
-                            tip=f"{c}: {b} distinct best labels"))
+                            tip=f"{c}: {_plural(b, 'distinct best label')}"))
         canvas.add(Text(ax.x - 8, y + h / 2, c, size=LABEL_SIZE, anchor="end", valign="middle"))
         canvas.add(Text(ax.px(max(t, b)) + 5, y + h / 2, f"{t}" + (f"  ({b})" if b != t else ""),
                         size=TICK_SIZE, valign="middle"))
