@@ -93,3 +93,20 @@ def test_layer_page_filters_by_operator(report):
         assert browser.evaluate("getComputedStyle(document.querySelector('#cards .tile .ovl')).display") == "none"
     finally:
         browser.close()
+
+
+def test_formula_figure_png_twin_only_on_request(report):
+    """The formula figure follows --figure-png like the others: drawn by the report from
+    summary.json, SVG always, the PNG twin (and its link) only when asked."""
+    summary = json.loads((report / "summary.json").read_text())
+    gains = {name: s["formulas"]["mean_gain_by_length"] for name, s in summary["layers"].items()}
+    svg = (report / "report" / "figures" / "formula_gain.svg").read_text()
+    for name, values in gains.items():
+        for n, g in enumerate(values, start=1):
+            assert f"{name}, length &lt;= {n}: mean gain {g:.4f}" in svg
+    assert not (report / "report" / "figures" / "formula_gain.png").exists()
+    assert "formula_gain.png" not in (report / "report" / "index.html").read_text()
+    render_report(report, top_k=4, figure_png=True)
+    assert (report / "report" / "figures" / "formula_gain.png").is_file()
+    assert 'href="figures/formula_gain.png" download' in (report / "report" / "index.html").read_text()
+    render_report(report, top_k=4)          # back as the module's other tests expect it

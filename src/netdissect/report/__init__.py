@@ -116,8 +116,10 @@ class FigureFiles(NamedTuple):
     png: Optional[str]
 
 
-def _figures_of(run: RunView, root: Path, stage: Path,
-                png: bool) -> Tuple[Dict[str, Dict[str, FigureFiles]], Optional[FigureFiles]]:
+def _figures_of(run: RunView, root: Path, stage: Path, png: bool) \
+        -> Tuple[Dict[str, Dict[str, FigureFiles]], Optional[FigureFiles], Optional[FigureFiles]]:
+    """Each layer's figures, the figure across layers (several layers) and the formula figure
+    (formulas searched), drawn into OUT/figures/ and copied into the report."""
     fig_dir = root / "figures"
 
     def fig(name: str, make) -> FigureFiles:
@@ -141,7 +143,10 @@ def _figures_of(run: RunView, root: Path, stage: Path,
     if len(run.layers) > 1:
         cross = fig("layers_unique_per_category.svg",
                     lambda p: _figures.layers_unique(run.layers, cats, thr, p, png))
-    return figs, cross
+    gain = None
+    if any("formulas" in s for s in run.summary.get("layers", {}).values()):
+        gain = fig("formula_gain.svg", lambda p: _figures.write_gain_figure(root, run.summary, png))
+    return figs, cross, gain
 
 
 def _flat_params(cfg: Any, prefix: str = "") -> List[Tuple[str, str]]:
@@ -241,7 +246,7 @@ def _render(run_dir, top_k: int, progress: bool, workers: Optional[int], timings
         # the workers decode the images and draw the overlays while this process draws the figures
         with ImageWork(dataset, run.layers, jobs, run.upsample, top_k, stage, workers) if with_images \
                 else contextlib.nullcontext() as work:
-            figs, cross = _figures_of(run, root, stage, figure_png)
+            figs, cross, formula_fig = _figures_of(run, root, stage, figure_png)
             clock.lap("figures")
             if work is not None:
                 bar = progress_bar(progress, len(jobs), "report: images", "img")
@@ -305,13 +310,6 @@ def _render(run_dir, top_k: int, progress: bool, workers: Optional[int], timings
             "concepts.html", **common(run, "concepts", version), page_kind="concepts",
             sections=sections, by_cat=by_cat, cats=cats, data=concepts_data), encoding="utf-8")
 
-        formula_fig = None   # written by netdissect.formulas.search next to the other figures
-        if (root / "figures" / "formula_gain.svg").exists():
-            for p in (root / "figures").glob("formula_gain.*"):
-                _copy(p, stage / "figures" / p.name)
-            formula_fig = FigureFiles("figures/formula_gain.svg",
-                                      "figures/formula_gain.png" if (stage / "figures" / "formula_gain.png").exists()
-                                      else None)
         experiments = copy_experiment_pages(root, stage)
         counts = run.category_image_counts
         cmax = max(counts.values()) if counts else 1
