@@ -13,7 +13,19 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from netdissect.report.charts import Axes, Canvas, Dot, Line, Rect, Text, legend, nice_ticks, save, text_width
+from netdissect.report.charts import (
+    Axes,
+    Canvas,
+    Dot,
+    Line,
+    Rect,
+    Text,
+    legend,
+    nice_ticks,
+    save,
+    text_width,
+    tick_label,
+)
 from netdissect.report.colors import NONE_COLOR, OKABE_ITO, category_colors
 from netdissect.report.runview import LayerView
 
@@ -50,6 +62,20 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 def _max_width(labels: Sequence[str], size: float) -> float:
     return max([text_width(s, size) for s in labels] + [0.0])
+
+
+def _y_axis_room(ticks: Sequence[float]) -> Tuple[float, float]:
+    """(width of the widest tick label, x of the plot's left edge): room for the rotated axis
+    label and the tick labels left of a vertical axis."""
+    tick_w = _max_width([tick_label(t) for t in ticks], TICK_SIZE)
+    return tick_w, MARGIN + LABEL_SIZE + 14 + tick_w + 8
+
+
+def _legend_right(canvas: Canvas, ax: Axes, items) -> None:
+    """A legend right of the plot, the canvas grown to hold it."""
+    lw, lh = legend(canvas, ax.x + ax.w + 16, ax.y, items)
+    canvas.height = max(canvas.height, ax.y + lh + MARGIN)
+    _fit_width(canvas, ax.x + ax.w + 16 + lw)
 
 
 def unique_per_category(layer: LayerView, categories: Sequence[str], thr: float, path: Path,
@@ -112,8 +138,7 @@ def concepts(layer: LayerView, categories: Sequence[str], thr: float, path: Path
         return save(canvas, path, png)
     ymax = max(t[2] for t in items)
     ticks = nice_ticks(ymax, integer=True)
-    tick_w = _max_width([f"{t:g}" for t in ticks], TICK_SIZE)
-    left = MARGIN + LABEL_SIZE + 14 + tick_w + 8
+    tick_w, left = _y_axis_room(ticks)
     step = 17.0
     label_h = _max_width([t[0] for t in items], 8.0)
     ax = Axes(left, TOP, step * n + 6, 220, (-0.7, n - 0.3), (0, ticks[-1] if ticks[-1] >= ymax else ymax))
@@ -130,11 +155,9 @@ def concepts(layer: LayerView, categories: Sequence[str], thr: float, path: Path
     _ylabel(canvas, ax, "detector units", tick_w)
     present = [c for c in categories if any(t[1] == c for t in items)]
     present += [c for c in dict.fromkeys(t[1] for t in items) if c not in present]
-    lw, lh = legend(canvas, ax.x + ax.w + 16, ax.y, [
+    _legend_right(canvas, ax, [
         (f"{c} ({_plural(sum(1 for t in items if t[1] == c), 'concept')})", Rect(0, 0, 0, 0, fill=colors[c]))
         for c in present])
-    canvas.height = max(canvas.height, ax.y + lh + MARGIN)
-    _fit_width(canvas, ax.x + ax.w + 16 + lw)
     return save(canvas, path, png)
 
 
@@ -151,8 +174,7 @@ def iou_histogram(layer: LayerView, categories: Sequence[str], thr: float, path:
     counts = [(c, color, k) for c, color, k in counts if k.sum()]
     stacked = np.sum([k for _, _, k in counts], axis=0) if counts else np.zeros(len(edges) - 1)
     yticks = nice_ticks(max(int(stacked.max()), 1), integer=True)
-    tick_w = _max_width([f"{t:g}" for t in yticks], TICK_SIZE)
-    left = MARGIN + LABEL_SIZE + 14 + tick_w + 8
+    tick_w, left = _y_axis_room(yticks)
     ax = Axes(left, TOP, 560 - left - MARGIN, 190, (0, edges[-1]), (0, yticks[-1] * 1.08))
     canvas = Canvas(560, ax.y + ax.h + 52)
     _title(canvas, f"{layer.name}: IoU of each unit's best concept")
@@ -191,8 +213,7 @@ def layers_unique(layers: Sequence[LayerView], categories: Sequence[str], thr: f
     nl, nc = len(names), max(len(cats), 1)
     top = max([max(s["unique_per_category"].values(), default=0) for s in stats] + [1])
     ticks = nice_ticks(top, integer=True)
-    tick_w = _max_width([f"{t:g}" for t in ticks], TICK_SIZE)
-    left = MARGIN + LABEL_SIZE + 14 + tick_w + 8
+    tick_w, left = _y_axis_room(ticks)
     heads = [(f"{s['unique_detectors']} unique", f"{s['detectors']}/{s['units']} units") for s in stats]
     group = max(12.0 * nc + 20, _max_width([t for h in heads for t in h], 8.0) + 10)
     name_w = _max_width(names, TICK_SIZE)
@@ -221,9 +242,7 @@ def layers_unique(layers: Sequence[LayerView], categories: Sequence[str], thr: f
             canvas.add(Text(x, bottom + 6, name, size=TICK_SIZE, anchor="middle", valign="top"))
     ax.frame(canvas)
     _ylabel(canvas, ax, "unique detectors", tick_w)
-    lw, lh = legend(canvas, ax.x + ax.w + 16, ax.y, [(c, Rect(0, 0, 0, 0, fill=colors[c])) for c in cats])
-    canvas.height = max(canvas.height, ax.y + lh + MARGIN)
-    _fit_width(canvas, ax.x + ax.w + 16 + lw)
+    _legend_right(canvas, ax, [(c, Rect(0, 0, 0, 0, fill=colors[c])) for c in cats])
     return save(canvas, path, png)
 
 
@@ -238,8 +257,7 @@ def formula_gain(rows: Sequence[Tuple[str, Sequence[float]]], beam: int, path: P
     longest = max([len(g) for _, g in rows] + [1])
     top = max([float(v) for _, g in rows for v in g] + [0.0])
     ticks = nice_ticks(top) if top > 0 else [0.0]
-    tick_w = _max_width([f"{t:g}" for t in ticks], TICK_SIZE)
-    left = MARGIN + LABEL_SIZE + 14 + tick_w + 8
+    tick_w, left = _y_axis_room(ticks)
     ax = Axes(left, TOP, 300, 190, (0.8, longest + 0.2), (0, max(top * 1.08, ticks[-1]) or 1.0))
     canvas = Canvas(ax.x + ax.w + MARGIN, ax.y + ax.h + 52)
     _title(canvas, f"Formulas (beam {beam})")
@@ -258,9 +276,7 @@ def formula_gain(rows: Sequence[Tuple[str, Sequence[float]]], beam: int, path: P
     _ylabel(canvas, ax, "mean IoU gain over the label", tick_w)
     canvas.add(Text(ax.x + ax.w / 2, ax.y + ax.h + 36, "maximum formula length", size=LABEL_SIZE,
                     anchor="middle"))
-    lw, lh = legend(canvas, ax.x + ax.w + 16, ax.y, items)
-    canvas.height = max(canvas.height, ax.y + lh + MARGIN)
-    _fit_width(canvas, ax.x + ax.w + 16 + lw)
+    _legend_right(canvas, ax, items)
     return save(canvas, path, png)
 
 
