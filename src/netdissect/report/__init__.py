@@ -122,8 +122,10 @@ def _figures_of(run: RunView, root: Path, stage: Path, png: bool) \
     (formulas searched), drawn into OUT/figures/ and copied into the report."""
     fig_dir = root / "figures"
 
-    def fig(name: str, make) -> FigureFiles:
+    def fig(name: str, make) -> Optional[FigureFiles]:
         path = make(fig_dir / name)
+        if path is None:        # nothing to draw
+            return None
         _copy(path, stage / "figures" / path.name)
         if png:
             _copy(path.with_suffix(".png"), stage / "figures" / path.with_suffix(".png").name)
@@ -143,9 +145,7 @@ def _figures_of(run: RunView, root: Path, stage: Path, png: bool) \
     if len(run.layers) > 1:
         cross = fig("layers_unique_per_category.svg",
                     lambda p: _figures.layers_unique(run.layers, cats, thr, p, png))
-    gain = None
-    if any("formulas" in s for s in run.summary.get("layers", {}).values()):
-        gain = fig("formula_gain.svg", lambda p: _figures.write_gain_figure(root, run.summary, png))
+    gain = fig("formula_gain.svg", lambda p: _figures.summary_gain(run.summary, p, png))
     return figs, cross, gain
 
 

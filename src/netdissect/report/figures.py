@@ -280,11 +280,16 @@ def formula_gain(rows: Sequence[Tuple[str, Sequence[float]]], beam: int, path: P
     return save(canvas, path, png)
 
 
-def write_gain_figure(out: Path, summary: dict, png: bool = False) -> Optional[Path]:
-    """OUT/figures/formula_gain.svg (and its PNG twin with png) from summary.json's formula
-    means, when any layer has formulas."""
+def summary_gain(summary: dict, path: Path, png: bool = False) -> Optional[Path]:
+    """The formula figure at path from summary.json's formula means; None when no layer has
+    formulas."""
     rows = [(name, s["formulas"]) for name, s in summary["layers"].items() if "formulas" in s]
     if not rows:
         return None
-    return formula_gain([(name, f["mean_gain_by_length"]) for name, f in rows], rows[0][1]["beam"],
-                        Path(out) / "figures" / "formula_gain.svg", png)
+    return formula_gain([(name, f["mean_gain_by_length"]) for name, f in rows], rows[0][1]["beam"], path, png)
+
+
+def write_gain_figure(out: Path, summary: dict) -> Optional[Path]:
+    """OUT/figures/formula_gain.svg, when any layer has formulas (the report adds its PNG twin
+    on request)."""
+    return summary_gain(summary, Path(out) / "figures" / "formula_gain.svg")
