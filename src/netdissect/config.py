@@ -42,8 +42,11 @@ class DissectConfig:
     memory_budget_mb: float = 1024
     on_bad_image: str = "fail"
     layout: str = "auto"  # auto | nchw | nhwc | tokens: how layer outputs hold unit maps (models/layouts.py)
+    label_cache: Optional[str] = None  # a directory, "off", or None: $NETDISSECT_LABEL_CACHE / ~/.cache (tally/labelcache.py)
 
     def __post_init__(self):
+        if self.label_cache is not None and not isinstance(self.label_cache, str):
+            object.__setattr__(self, "label_cache", os.fspath(self.label_cache))   # a Path, as text
         if not 0.0 < self.quantile < 1.0:
             raise NetDissectError(f"--quantile is the top fraction, in (0, 1); got {self.quantile}")
         if not 0.0 <= self.iou_threshold < 1.0:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -94,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each figure as PNG (150 dpi) next to its SVG in OUT/figures/ and the report")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("cache", help="list (or clear) the label cache: datasets' labels encoded by earlier runs")
+    p.add_argument("dir", nargs="?",
+                   help="the cache directory (default: $NETDISSECT_LABEL_CACHE, else ~/.cache/netdissect/labels)")
+    p.add_argument("--clear", action="store_true", help="remove every entry (runs encode their labels again)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("demo", help="the embedded default: ImageNet MobileNetV2 on a generated synthetic set")
     p.add_argument("--out", default="runs/demo")
@@ -245,6 +252,33 @@ def cmd_report(args) -> int:
     path = _render_report(args.run, args.top_k, args.quiet, args.strips, args.figure_png)
     if path is not None:
         print(f"report: {Path(path).resolve().as_uri()}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from netdissect.tally.labelcache import clear, default_root, entries
+    root = Path(args.dir).expanduser() if args.dir else default_root()
+    if args.dir and not root.is_dir():
+        raise NetDissectError(f"{args.dir}: not a directory; name the label cache directory (or none: "
+                              "$NETDISSECT_LABEL_CACHE, else ~/.cache/netdissect/labels)")
+    if root is None:
+        print("netdissect: the label cache is off ($NETDISSECT_LABEL_CACHE); name its directory to list one")
+        return 0
+    found = entries(root)
+    if args.clear:
+        removed = clear(root)
+        print(f"netdissect: removed {len(removed)} label cache entr{'y' if len(removed) == 1 else 'ies'} "
+              f"({sum(e['bytes'] for e in removed) / 2**20:.0f} MiB) from {root}")
+        return 0
+    if not found:
+        print(f"netdissect: the label cache {root} is empty")
+        return 0
+    print(f"label cache {root}: {len(found)} entr{'y' if len(found) == 1 else 'ies'}, "
+          f"{sum(e['bytes'] for e in found) / 2**20:.0f} MiB")
+    for e in sorted(found, key=lambda e: -e["used"]):
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["used"]))
+        print(f"  {Path(e['path']).name[:12]}  {e['images']:>7} images  {e['bytes'] / 2**20:8.1f} MiB  "
+              f"last used {used}  {e['dataset']}")
     return 0
 
 

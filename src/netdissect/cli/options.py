@@ -57,6 +57,10 @@ def add_dissect_args(p, dataset_required: bool = True) -> None:
                         "netdissect/stats/memory.py")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default=default("on_bad_image"),
                    help="an unreadable image stops the run (fail, default) or is skipped and listed (skip)")
+    p.add_argument("--label-cache", metavar="DIR|off",
+                   help="where encoded labels are kept between runs, so a dataset's masks are decoded once "
+                        "(default: $NETDISSECT_LABEL_CACHE, else ~/.cache/netdissect/labels; off: no cache). "
+                        "List or clear it with `netdissect cache [DIR]`")
     p.add_argument("--force", action="store_true",
                    help="recompute everything, ignoring finished results and checkpoints")
     p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
@@ -72,7 +76,7 @@ def dissect_params(args) -> dict:
                 batch_size=args.batch_size, workers=args.workers, device=args.device,
                 min_category_images=args.min_category_images, memory_budget_mb=args.memory_budget_mb,
                 on_bad_image=args.on_bad_image, checkpoint_every=args.checkpoint_every,
-                layout=getattr(args, "layout", "auto"))
+                layout=getattr(args, "layout", "auto"), label_cache=getattr(args, "label_cache", None))
 
 
 def add_formula_args(p, default_length: int = 3) -> None:

@@ -32,14 +32,15 @@ class ImagesAndLabels(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
+    def encode(self, i: int):
+        """Image i's labels, encoded for the tally (DatasetError when its masks are unreadable)."""
+        seg = self.ds.load_segmentation(i)
+        return encode_segmentation(seg.pixel, seg.image_labels, self.concept_of_label, self.n_concepts)
+
     def __getitem__(self, i: int):
         try:
             image = self.ds.load_image(i)
-            if not self.with_labels:
-                return i, torch.from_numpy(image), None, None
-            seg = self.ds.load_segmentation(i)
-            enc = encode_segmentation(seg.pixel, seg.image_labels, self.concept_of_label, self.n_concepts)
-            return i, torch.from_numpy(image), enc, None
+            return i, torch.from_numpy(image), self.encode(i) if self.with_labels else None, None
         except DatasetError as exc:
             if not self.skip_bad:
                 raise

@@ -1,6 +1,6 @@
 """A run's manifest: everything its numbers were computed from. A rerun compares manifests
 (netdissect.runs) to reuse, relabel or recompute; how a run runs (batch size, workers, device, memory
-budget) is left out, since it changes no number."""
+budget, label cache) is left out, since it changes no number."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -18,7 +18,7 @@ def manifest(loaded: LoadedModel, ds: BrodenDataset, config: DissectConfig,
     """What the numbers were computed from: a changed entry means they must be recomputed."""
     from netdissect import __version__
     labeling = ("iou_threshold", "min_category_images")
-    how_it_runs = ("batch_size", "workers", "device", "memory_budget_mb", "layers")
+    how_it_runs = ("batch_size", "workers", "device", "memory_budget_mb", "layers", "label_cache")
     model = {"spec": loaded.spec, "weights": loaded.weights, "checkpoint": loaded.checkpoint,
              "weights_digest": loaded.digest(), "mean": list(loaded.mean), "std": list(loaded.std)}
     if loaded.weights is None and loaded.extra.get("seed") is not None:

@@ -44,6 +44,7 @@ from netdissect.results import DissectionResult, LayerResult
 from netdissect.stats.memory import MIB, plan_memory, reuse_freed_memory
 from netdissect.stats.streaming import LayerStream
 from netdissect.tally.combinations import CombinationIndex
+from netdissect.tally.labelcache import LabelCache, cache_key, resolve_root
 from netdissect.tally.labelstore import SegmentationStore
 from netdissect.tally.upsample import measure_receptive_field
 
@@ -182,6 +183,9 @@ class _Engine:
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
         self._tempdir = None
+        self.dataset_files = run.dataset_files if run is not None else None  # for the label cache's key
+        self.label_cache: Optional[LabelCache] = None
+        self.cache_damaged = False  # the entry failed to open: this run's labels replace it
         self.layouts: dict = {}  # layer -> layouts.Layout, decided on the first image
         self.memory_plan = None  # memory.MemoryPlan, made once the layers' shapes are known
 
@@ -224,7 +228,8 @@ class _Engine:
         normalize = Normalizer(self.loaded.mean, self.loaded.std, self.device)
         # a rank's own failure here (its --out, its free space) stops every rank with its message
         streams, store = self._all_ranks(self._open_state, module, normalize, vocab, sh * sw)
-        data = ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip")
+        data = ImagesAndLabels(ds, vocab.concept_of_label, len(vocab.concepts), config.on_bad_image == "skip",
+                               with_labels=store.cache_key is None)
         return vocab, module, normalize, streams, store, data
 
     def _passes(self, module, normalize, data, streams, store) -> None:
@@ -241,8 +246,9 @@ class _Engine:
                 self._merge_ranks(streams)
             checkpoint = None
         else:
-            self._load_checkpoint(checkpoint, streams, store)
+            self._load_checkpoint(checkpoint, streams, store, data)
         self._check_skipped()
+        self._settle_labels(store)
         if any(stream.sketch for stream in streams.values()):
             self._all_ranks(self._second_pass, module, normalize, data, streams, store, checkpoint)
 
@@ -325,9 +331,12 @@ class _Engine:
                            "the ReLU of a ResNet block); its first call is dissected"
                            + (f": for the block's output dissect {parent!r}" if parent else ""))
         plan = plan_memory(int(config.memory_budget_mb * MIB), shapes, len(ds), config.level, config.top_k)
+        self.label_cache = self._label_cache(vocab, pixels)
+        cached = self._cached_store(vocab, pixels)
         # disk: the encoded labels (int16 per pixel) and the top-k maps of the results (float16);
         # spilled candidate maps depend on the data, and a full disk is a clear WriteError
-        needed = len(self.shard) * pixels * 2 + sum(k * config.top_k * h * w * 2 for k, h, w in shapes.values())
+        needed = (0 if cached else len(self.shard) * pixels * 2) + \
+            sum(k * config.top_k * h * w * 2 for k, h, w in shapes.values())
         if self.run_dir is not None:
             _check_free_space(self.run_dir.path, needed)
             self.run_dir.prepare(two_pass=[name for name, share in plan.layers.items() if share.two_pass])
@@ -355,8 +364,8 @@ class _Engine:
                            "a second pass over the data; still exact)")
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
                                         scratch, share.candidates, self.device, sketch=share.two_pass)
-        store = SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
-                                  offset=self.shard.start)
+        store = cached or SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
+                                            offset=self.shard.start)
         return streams, store
 
     def _probe_image(self) -> np.ndarray:
@@ -374,19 +383,88 @@ class _Engine:
     def _workers(self) -> int:
         return default_workers() if self.config.workers is None else self.config.workers
 
-    def _load_checkpoint(self, checkpoint: dict, streams, store) -> int:
+    def _load_checkpoint(self, checkpoint: dict, streams, store, data) -> int:
         for name, stream in streams.items():
             stream.load_state_dict(checkpoint["layers"][name])
-        store.load_state_dict(checkpoint["store"])
         self.skipped = checkpoint["skipped"]
+        saved = checkpoint["store"]
+        if store.cache_key is None:
+            if "cache" in saved:  # labels the checkpointed pass read from a cache entry now gone
+                phase = checkpoint.get("phase", 1)
+                self._encode_labels(store, data, range(self.shard.start, checkpoint["done"] if phase == 1
+                                                       else self.shard.stop))
+            else:
+                store.load_state_dict(saved)
+        # else: the store is a cache entry of the same selection: the same labels
         return checkpoint["done"]
+
+    def _label_cache(self, vocab: Vocabulary, pixels: int) -> Optional[LabelCache]:
+        """The label cache's entry for this selection (None when the cache is off)."""
+        root = resolve_root(self.config.label_cache)
+        if root is None:
+            return None
+        files = self.dataset_files if self.dataset_files is not None else {"stats": self.ds.file_stats()}
+        return LabelCache(root, cache_key(self.ds, vocab.concepts, pixels, files))
+
+    def _cached_store(self, vocab: Vocabulary, pixels: int) -> Optional[SegmentationStore]:
+        """This shard's labels from the cache, or None (a miss, or an entry that fails to open:
+        then the pass encodes them and the entry is written again)."""
+        cache = self.label_cache
+        if cache is None or not cache.exists():
+            return None
+        try:
+            store = cache.open(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, self.shard.start)
+        except (OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"label cache entry {cache.path} could not be read ({exc}); the labels are encoded "
+                          "again and replace it", DissectionWarning, stacklevel=2)
+            self.cache_damaged = True
+            return None
+        if self.progress:
+            print(f"netdissect: labels from the cache {cache.path} (no mask decoding)", file=sys.stderr)
+        return store
+
+    def _settle_labels(self, store: SegmentationStore) -> None:
+        """After pass 1: a cached store forgets the images the pass skipped; a store the pass
+        encoded becomes the cache entry (one process, every image read: a whole selection)."""
+        if store.cache_key is not None:
+            if self.skipped:
+                line_of = {r.line: i for i, r in enumerate(self.ds.records)}
+                rows = [line_of[s["line"]] - self.shard.start for s in self.skipped]
+                store.drop([r for r in rows if 0 <= r < store.n_images])
+            return
+        cache = self.label_cache
+        if cache is None or self.group is not None or self.skipped or (cache.exists() and not self.cache_damaged):
+            return
+        try:
+            written = cache.save(store, self.ds.root, replace=self.cache_damaged)
+        except OSError as exc:
+            warnings.warn(f"could not write the label cache {cache.path} ({exc}); later runs encode the labels "
+                          "again (--label-cache DIR elsewhere, or off)", DissectionWarning, stacklevel=2)
+            return
+        if written is not None and self.progress:
+            size = store.n_images * store.pixels * np.dtype(store.id_dtype).itemsize
+            print(f"netdissect: labels cached in {written} ({size / 2**20:.0f} MiB) for later runs of this "
+                  "dataset (--label-cache off: no cache)", file=sys.stderr)
+
+    def _encode_labels(self, store: SegmentationStore, data, rows: range) -> None:
+        """Encode the labels of ``rows`` (global image indices) in this process, without the
+        images: the labels a resumed pass had from a cache entry that has since gone."""
+        skipped = {s["line"] for s in self.skipped}
+        for i in rows:
+            if self.ds.records[i].line in skipped:
+                continue
+            try:
+                store.add([i], [data.encode(i)])
+            except DatasetError:
+                if not data.skip_bad:
+                    raise
 
     def _stream_pass(self, module, normalize, data, streams, store, checkpoint: Optional[dict]) -> None:
         """The forward pass over the dataset, resumed from a checkpoint when there is one."""
         ds, config = self.ds, self.config
         done = self.shard.start
         if checkpoint is not None:
-            done = self._load_checkpoint(checkpoint, streams, store)
+            done = self._load_checkpoint(checkpoint, streams, store, data)
         bar = _progress(len(self.shard), done - self.shard.start, "dissect", self.progress)
         state = {"done": done}
 
@@ -402,7 +480,8 @@ class _Engine:
                     self.skipped.append({"image": ds.records[i].image, "line": ds.records[i].line,
                                          "error": message})
                 if images is not None:
-                    store.add(indices.tolist(), encoded)
+                    if store.cache_key is None:
+                        store.add(indices.tolist(), encoded)
                     outputs = capture(normalize(images))
                     for name, stream in streams.items():
                         stream.add(float32_activations(name, outputs[name], indices, ds), indices)

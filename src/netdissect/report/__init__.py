@@ -51,6 +51,7 @@ from netdissect.report.html import (
 from netdissect.report.imagework import ImageWork
 from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
 from netdissect.report.tiles import LayerTiles, progress_bar, wanted_images, write_paper_strips
+from netdissect.tally.labelcache import open_selection
 
 __all__ = ["render_report"]
 
@@ -244,7 +245,9 @@ def _render(run_dir, top_k: int, progress: bool, workers: Optional[int], timings
             for layer in run.layers:
                 layer_notes[layer.name].append("no images: " + (dataset_note or "the dataset is empty"))
         # the workers decode the images and draw the overlays while this process draws the figures
-        with ImageWork(dataset, run.layers, jobs, run.upsample, top_k, stage, workers) if with_images \
+        labels = open_selection(dataset, (run.config.get("config") or {}).get("label_cache")) \
+            if with_images else None      # the shown images' label masks, without decoding masks
+        with ImageWork(dataset, run.layers, jobs, run.upsample, top_k, stage, workers, labels) if with_images \
                 else contextlib.nullcontext() as work:
             figs, cross, formula_fig = _figures_of(run, root, stage, figure_png)
             clock.lap("figures")

@@ -71,7 +71,7 @@ class _Gate:
 def _decode(a: int) -> int:
     work, ok = _WORK, False
     try:
-        decode_atlas(work.ds, a, work.batches[a], work.image_hw, work.report, work.masks)
+        decode_atlas(work.ds, a, work.batches[a], work.image_hw, work.report, work.masks, work.labels)
         ok = True
     finally:
         work.gate.ended(ok)
@@ -92,9 +92,9 @@ class ImageWork:
     Use as a context manager, so that an error stops the workers."""
 
     def __init__(self, ds: Any, layers: Sequence[LayerView], wanted: Dict[int, List[Tuple[int, bool]]],
-                 mode: str, top_k: int, report: Path, workers: int):
+                 mode: str, top_k: int, report: Path, workers: int, labels: Any = None):
         global _WORK
-        self.ds, self.report = ds, report
+        self.ds, self.report, self.labels = ds, report, labels   # labels: labelcache.SelectionLabels
         self.batches = atlas_batches(wanted)
         rec = ds.records[0]
         self.image_hw = (rec.ih, rec.iw) if self.batches else (0, 0)
@@ -135,7 +135,7 @@ class ImageWork:
                 done[j].extend(part)
         else:
             for a, batch in enumerate(self.batches):
-                decode_atlas(self.ds, a, batch, self.image_hw, self.report, self.masks)
+                decode_atlas(self.ds, a, batch, self.image_hw, self.report, self.masks, self.labels)
                 if bar is not None:
                     bar.update(len(batch))
             # one torch thread, as in the workers: the tensors are small, and a second thread

@@ -189,6 +189,30 @@ class MaskStore:
             else:
                 self.state[k] = self.ABSENT
 
+    def put_encoded(self, idx: int, cached: Any, want: Sequence[Tuple[int, bool]]) -> bool:
+        """The same masks from image idx's encoded labels (labelcache.SelectionLabels: no mask
+        file decoded). False, with nothing put, where a wanted label is not one of its concepts."""
+        labels, concept_of_label = cached.store, cached.concept_of_label
+        concepts = [int(concept_of_label[n]) if 0 <= n < len(concept_of_label) else -1 for n, _ in want]
+        table = labels.tables[idx]
+        if table is None or min(concepts, default=0) < 0:
+            return False
+        ids = None
+        for (number, image_level), c in zip(want, concepts):
+            k = self.slot[(idx, number)]
+            if image_level:
+                self.state[k] = self.WHOLE if c in labels.image_concepts[idx] else self.ABSENT
+                continue
+            hit = (table == c).any(axis=1)                 # the combinations holding concept c
+            if not hit.any():
+                self.state[k] = self.ABSENT
+                continue
+            if ids is None:
+                ids = np.asarray(labels.ids[idx])
+            self.bits[k] = np.packbits(hit[ids])
+            self.state[k] = self.MASK
+        return True
+
     def get(self, idx: int, number: int) -> Tuple[Optional[np.ndarray], Optional[bool]]:
         """(bool (sh, sw) mask, or None where the label is absent, and whether it is present)
         of a label in image idx; (None, None) where unknown (not wanted, or unreadable)."""
@@ -250,8 +274,10 @@ def atlas_name(a: int) -> str:
     return f"images/atlas-{a:03d}.jpg"
 
 
-def decode_atlas(ds: Any, a: int, batch, image_hw: Tuple[int, int], report: Path, store: MaskStore) -> None:
-    """Decode the images of atlas a once: write the atlas, put their wanted masks in store."""
+def decode_atlas(ds: Any, a: int, batch, image_hw: Tuple[int, int], report: Path, store: MaskStore,
+                 labels: Any = None) -> None:
+    """Decode the images of atlas a once: write the atlas, put their wanted masks in store
+    (from ``labels``, a label cache entry of the selection, where there is one)."""
     ih, iw = image_hw
     sheet = np.full((ATLAS_COLS * ih, ATLAS_COLS * iw, 3), 255, np.uint8)
     for s, (idx, want) in enumerate(batch):
@@ -260,6 +286,8 @@ def decode_atlas(ds: Any, a: int, batch, image_hw: Tuple[int, int], report: Path
             img = np.asarray(Image.fromarray(img).resize((iw, ih), Image.BILINEAR))
         c, r = s % ATLAS_COLS, s // ATLAS_COLS
         sheet[r * ih:(r + 1) * ih, c * iw:(c + 1) * iw] = img
+        if want and labels is not None and store.put_encoded(idx, labels, want):
+            continue
         if want:
             cats = _mask_categories(ds, want)
             try:

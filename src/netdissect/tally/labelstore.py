@@ -1,7 +1,8 @@
 """The dataset's labels, encoded once during the pass and read back for the final tally.
 
 Per-pixel combination ids go to a file (a memory map), so memory does not grow with the
-number of images; the small per-image tables stay in memory.
+number of images; the small per-image tables stay in memory. A store can also come whole from
+the label cache (tally.labelcache), its ids then read-only.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from netdissect.tally.counts import EncodedSegmentation
 
 class SegmentationStore:
     def __init__(self, n_images: int, pixels: int, n_concepts: int, labeled: np.ndarray,
-                 directory: Optional[Path], offset: int = 0):
+                 directory: Optional[Path], offset: int = 0, ids: Optional[np.ndarray] = None):
         # a sharded run stores only its own images: global image i is row i - offset
         self.n_images = n_images
         self.offset = offset
@@ -28,8 +29,11 @@ class SegmentationStore:
         self.image_concepts: List[Optional[np.ndarray]] = [None] * n_images
         self.combo_pixels: List[Optional[np.ndarray]] = [None] * n_images  # for formulas
         self.path = None
+        self.cache_key: Optional[str] = None    # set when the labels came from the label cache
         shape = (max(n_images, 1), pixels)
-        if directory is not None:
+        if ids is not None:
+            self.ids = ids
+        elif directory is not None:
             self.path = Path(directory) / "segmentation.ids"
             mode = "r+" if self.path.exists() else "w+"
             self.ids = np.memmap(self.path, dtype=self.id_dtype, mode=mode, shape=shape)
@@ -46,8 +50,15 @@ class SegmentationStore:
             self.concept_pixels += enc.concept_pixels
 
     def flush(self) -> None:
-        if isinstance(self.ids, np.memmap):
+        if isinstance(self.ids, np.memmap) and self.cache_key is None:
             self.ids.flush()
+
+    def drop(self, rows: Sequence[int]) -> None:
+        """Forget the labels of these rows (images a cached store holds but the pass skipped),
+        so that they count nowhere, as if never added."""
+        for r in rows:
+            self.tables[r] = self.image_concepts[r] = self.combo_pixels[r] = None
+        self.concept_pixels = self.count_concept_pixels(range(self.n_images))
 
     def gather(self, images: torch.Tensor):
         """Arrays of the given (sorted, distinct) images for IoUTally.add."""
@@ -69,6 +80,8 @@ class SegmentationStore:
                 labeled)
 
     def state_dict(self) -> dict:
+        if self.cache_key is not None:   # read again from the cache on resume
+            return {"cache": self.cache_key}
         self.flush()
         return {"concept_pixels": self.concept_pixels.copy(), "tables": list(self.tables),
                 "image_concepts": list(self.image_concepts), "combo_pixels": list(self.combo_pixels)}
@@ -86,3 +99,25 @@ class SegmentationStore:
             self.combo_pixels[i] = np.bincount(np.asarray(self.ids[i]).astype(np.int64),
                                                minlength=self.tables[i].shape[0]).astype(np.int64)
         return self.combo_pixels[i]
+
+    def count_concept_pixels(self, rows: Sequence[int]) -> np.ndarray:
+        """(C,) labeled pixels of each concept over the given rows (the sum of what
+        encode_segmentation returns per image; skipped rows hold None and count nothing)."""
+        total = np.zeros(len(self.concept_pixels), dtype=np.int64)
+        tables = [self.tables[r] for r in rows if self.tables[r] is not None]
+        if not tables:
+            return total
+        counts = np.concatenate([self.pixels_per_combination(r) for r in rows if self.tables[r] is not None])
+        width = max(t.shape[1] for t in tables)
+        flat = np.full((len(counts), width), -1, dtype=np.int64)
+        at = 0
+        for t in tables:
+            flat[at:at + t.shape[0], :t.shape[1]] = t
+            at += t.shape[0]
+        valid = flat >= 0
+        # float64 weights count exactly up to 2**53 pixels
+        total += np.bincount(flat[valid], np.broadcast_to(counts[:, None], flat.shape)[valid],
+                             minlength=len(total)).astype(np.int64)
+        image = np.concatenate([self.image_concepts[r] for r in rows if self.tables[r] is not None])
+        total += np.bincount(image.astype(np.int64), minlength=len(total)) * self.pixels
+        return total

@@ -1,0 +1,233 @@
+"""Encoded labels kept between runs, so that a dataset's masks are decoded once, not once a run.
+
+Every dissection needs every image's labels encoded (tally.counts.encode_segmentation): decoding
+the mask PNGs and hashing their label combinations costs about as much CPU as a MobileNetV2
+forward pass's share of the data loading, and it is the same work for every run over the same
+selection of the same dataset (a layer sweep, rotations, checkpoints, training conditions). The
+first run writes its SegmentationStore here; later runs open it read-only (a memory map) and load
+only the images.
+
+An entry is found by a digest of everything the encoding depends on: the encoding's version,
+the dataset's index files (index.csv, category.csv, label.csv, c_*.csv), the size and
+modification time of every image and mask file of the selection (their contents with
+--verify-content), the selected index lines, categories and concepts, and the segmentation size.
+A changed file gives another digest, so a stale entry is never read; it stays until removed
+(`netdissect cache --clear`). The cache never stops a run: an entry that cannot be read or
+written is a warning, and the labels are encoded as without it.
+
+Where: $NETDISSECT_LABEL_CACHE (``off`` disables it), else $XDG_CACHE_HOME/netdissect/labels,
+else ~/.cache/netdissect/labels. One entry is the run's ``segmentation.ids`` (2 bytes per
+segmentation pixel per image: 1.6 GB for full Broden) and its small per-image tables.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+from netdissect.atomic import atomic_write_json
+from netdissect.tally.labelstore import SegmentationStore
+
+ENCODING_VERSION = 1        # bump when encode_segmentation's output changes
+ENV = "NETDISSECT_LABEL_CACHE"
+OFF = ("off", "none", "0", "false", "no")
+FREE_MARGIN = 512 * 2 ** 20  # an entry is written only if this much disk stays free after it
+IDS, TABLES, ENTRY = "ids.bin", "tables.npz", "entry.json"
+
+
+def default_root() -> Optional[Path]:
+    """The cache directory from the environment, or None when it is switched off."""
+    value = os.environ.get(ENV)
+    if value is not None:
+        return None if value.strip().lower() in OFF or not value.strip() else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "netdissect" / "labels"
+
+
+def resolve_root(setting: Union[None, str, os.PathLike]) -> Optional[Path]:
+    """--label-cache: None (the default above), 'off', or a directory."""
+    if setting is None:
+        return default_root()
+    text = str(setting)
+    return None if text.strip().lower() in OFF else Path(text).expanduser()
+
+
+def cache_key(ds, concepts: Sequence[int], pixels: int, files: dict) -> str:
+    """The digest naming an entry (see the module's docstring for what goes in). Only the mask
+    files count: the labels do not depend on the images (an unreadable image is skipped or
+    stops the run whether or not its labels come from here)."""
+    from netdissect.data.broden import digest_of
+    masks = {name for r in ds.records for names in r.masks.values() for name in names}
+    h = hashlib.sha256()
+    parts = {"version": ENCODING_VERSION, "index": ds.index_digest(),
+             "files": digest_of({n: v for n, v in files["stats"].items() if n in masks}),
+             "content": digest_of({n: v for n, v in files["hashes"].items() if n in masks})
+             if "hashes" in files else None,
+             "lines": hashlib.sha256(np.array([r.line for r in ds.records], np.int64).tobytes()).hexdigest(),
+             "categories": list(ds.categories), "concepts": [int(c) for c in concepts], "pixels": int(pixels)}
+    h.update(json.dumps(parts, sort_keys=True).encode())
+    return h.hexdigest()[:40]
+
+
+class LabelCache:
+    """One dataset selection's entry in the cache directory ``root``."""
+
+    def __init__(self, root: Path, key: str):
+        self.root = Path(root)
+        self.key = key
+        self.path = self.root / key
+
+    def exists(self) -> bool:
+        return (self.path / ENTRY).is_file()
+
+    def open(self, n_images: int, pixels: int, n_concepts: int, labeled: np.ndarray,
+             offset: int = 0) -> SegmentationStore:
+        """The store of the entry's images offset .. offset + n_images (a shard, or all), its
+        ids read-only from the memory map. OSError or ValueError when the entry is damaged or
+        does not fit."""
+        store = SegmentationStore(n_images, pixels, n_concepts, labeled, None, offset=offset,
+                                  ids=np.zeros((0, pixels), np.uint16))
+        entry = json.loads((self.path / ENTRY).read_text())
+        n_total, pixels = int(entry["images"]), int(entry["pixels"])
+        dtype = np.dtype(entry["id_dtype"])
+        if entry.get("version") != ENCODING_VERSION or pixels != store.pixels or dtype != store.id_dtype \
+                or store.offset + store.n_images > n_total:
+            raise ValueError(f"entry of {n_total} images x {pixels} pixels ({dtype}) does not fit this run")
+        ids_path = self.path / IDS
+        if ids_path.stat().st_size != n_total * pixels * dtype.itemsize:
+            raise ValueError(f"{ids_path} is {ids_path.stat().st_size} bytes, not {n_total * pixels * dtype.itemsize}")
+        with np.load(self.path / TABLES, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        lo, hi = store.offset, store.offset + store.n_images
+        combos, widths = arrays["combos"], arrays["table_width"]
+        tables = _split(arrays["tables"], combos * widths, lo, hi)
+        store.tables = [t.reshape(n, w) for t, n, w in zip(tables, combos[lo:hi], widths[lo:hi])]
+        store.combo_pixels = _split(arrays["combo_pixels"], combos, lo, hi)
+        store.image_concepts = _split(arrays["image_concepts"], arrays["image_concept_rows"], lo, hi)
+        if any(len(c) != len(t) for c, t in zip(store.combo_pixels, store.tables)):
+            raise ValueError(f"{self.path / TABLES} is inconsistent")
+        store.ids = np.memmap(ids_path, dtype=dtype, mode="r", offset=lo * pixels * dtype.itemsize,
+                              shape=(max(store.n_images, 1), pixels))
+        store.concept_pixels = store.count_concept_pixels(range(store.n_images))
+        store.cache_key = self.key
+        os.utime(self.path / ENTRY)          # last used: `netdissect cache` lists entries by it
+        return store
+
+    def save(self, store: SegmentationStore, dataset_root: Path, replace: bool = False) -> Optional[Path]:
+        """Write ``store`` (a whole selection, every image encoded) as this entry, atomically:
+        built in a temporary directory beside it and renamed into place (``replace``: in place
+        of a damaged entry). None when another run wrote it first or the disk lacks room (the
+        entry is only a saving); OSError otherwise."""
+        if self.exists() and not replace:
+            return None
+        n, pixels = store.n_images, store.pixels
+        size = n * pixels * np.dtype(store.id_dtype).itemsize
+        self.root.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.root).free < size + FREE_MARGIN:
+            return None
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key[:12]}-", dir=self.root))
+        try:
+            store.flush()
+            if store.path is not None:
+                shutil.copyfile(store.path, tmp / IDS)
+            else:
+                np.asarray(store.ids, dtype=store.id_dtype).tofile(tmp / IDS)
+            if (tmp / IDS).stat().st_size != size:   # a store of one empty image holds one row
+                with open(tmp / IDS, "r+b") as f:
+                    f.truncate(size)
+            tables = [store.tables[i] for i in range(n)]
+            np.savez(tmp / TABLES,
+                     tables=_concat([t.reshape(-1) for t in tables], np.int32),
+                     combos=np.array([t.shape[0] for t in tables], np.int64),
+                     table_width=np.array([t.shape[1] for t in tables], np.int64),
+                     combo_pixels=_concat([store.pixels_per_combination(i) for i in range(n)], np.int64),
+                     image_concepts=_concat(store.image_concepts, np.int32),
+                     image_concept_rows=np.array([len(c) for c in store.image_concepts], np.int64))
+            atomic_write_json(tmp / ENTRY, {"version": ENCODING_VERSION, "key": self.key, "images": n,
+                                            "pixels": pixels, "id_dtype": np.dtype(store.id_dtype).name,
+                                            "dataset": str(Path(dataset_root).resolve()),
+                                            "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            if replace and self.path.exists():   # the damaged entry goes only once this one is whole
+                old = Path(tempfile.mkdtemp(prefix=f".{self.key[:12]}-old-", dir=self.root))
+                os.rename(self.path, old / "entry")
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.rename(tmp, self.path)
+            except OSError:
+                if self.exists():            # another run's entry won the race: the same labels
+                    return None
+                raise
+            return self.path
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+class SelectionLabels(NamedTuple):
+    """A selection's cached labels, and the concept index of each label number."""
+    store: SegmentationStore
+    concept_of_label: np.ndarray
+
+
+def open_selection(ds, setting: Union[None, str, os.PathLike]) -> Optional[SelectionLabels]:
+    """The entry of a dataset selection as its files are now, or None (cache off, no entry, or
+    one that fails to open): the report draws the label masks of the shown images from it."""
+    root = resolve_root(setting)
+    if root is None or not len(ds):
+        return None
+    pixels = ds.records[0].sh * ds.records[0].sw
+    cache = LabelCache(root, cache_key(ds, ds.concepts, pixels, {"stats": ds.file_stats()}))
+    if not cache.exists():
+        return None
+    try:
+        store = cache.open(len(ds), pixels, len(ds.concepts), np.zeros((len(ds), 0), bool))
+    except (OSError, ValueError, KeyError):
+        return None
+    concept_of_label = np.full(len(ds.labels), -1, dtype=np.int64)
+    concept_of_label[np.asarray(ds.concepts, dtype=np.int64)] = np.arange(len(ds.concepts))
+    return SelectionLabels(store, concept_of_label)
+
+
+def _split(flat: np.ndarray, lengths: np.ndarray, lo: int, hi: int) -> List[np.ndarray]:
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    return [flat[starts[i]:starts[i + 1]] for i in range(lo, hi)]
+
+
+def _concat(parts: Sequence[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate([np.asarray(p, dtype=dtype).reshape(-1) for p in parts]) if len(parts) else \
+        np.zeros(0, dtype=dtype)
+
+
+def entries(root: Path) -> List[dict]:
+    """The finished entries under ``root``: their entry.json plus path, size and last use."""
+    found = []
+    if not root.is_dir():
+        return found
+    for path in sorted(root.iterdir()):
+        try:
+            entry = json.loads((path / ENTRY).read_text())
+            if entry.get("key") != path.name:    # not an entry this module wrote
+                continue
+            entry["path"] = str(path)
+            entry["bytes"] = sum(p.stat().st_size for p in path.iterdir())
+            entry["used"] = (path / ENTRY).stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        found.append(entry)
+    return found
+
+
+def clear(root: Path) -> List[dict]:
+    """Remove the finished entries under ``root`` (and nothing else there); return them."""
+    removed = []
+    for entry in entries(root):
+        shutil.rmtree(entry["path"])
+        removed.append(entry)
+    return removed
