@@ -254,3 +254,23 @@ def test_the_report_draws_the_label_outlines_from_the_entry(tmp_path, monkeypatc
     assert any(f.parts[0] == "strips" for f in files)
     for f in files:
         assert (tmp_path / "a" / "report" / f).read_bytes() == (tmp_path / "b" / "report" / f).read_bytes(), f
+
+
+def test_a_dataset_object_s_selection_is_recorded_so_its_report_reads_the_entry(tmp_path, monkeypatch):
+    """dissect() given BrodenDataset(limit=...) records that limit (and split, categories) in the
+    run's config: its report opens the same selection, and so finds the labels' entry."""
+    import json
+
+    from netdissect.report import render_report
+    data = make_dataset(tmp_path / "data", n_images=30, size=32, seed=3)
+    cache = tmp_path / "cache"
+    selection = BrodenDataset(data, limit=12, categories=["object", "color"])
+    run(selection, tmp_path / "run", cache)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (config["limit"], config["categories"], config["split"]) == (12, ["object", "color"], None)
+    decoded = []
+    monkeypatch.setattr(BrodenDataset, "load_segmentation", lambda self, i, categories=None: decoded.append(i))
+    render_report(tmp_path / "run", workers=1)
+    assert decoded == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["images"] == 12

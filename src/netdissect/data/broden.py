@@ -632,6 +632,10 @@ class BrodenDataset:
             raise DatasetError("empty dataset: index.csv has no image rows; "
                                f"{_HOW_TO_GET}", index_path)
         self.split = split
+        self.limit = limit
+        # the categories asked for (None: all), as a run's config records them
+        self.category_selection: Optional[Tuple[str, ...]] = None if categories is None else \
+            tuple([categories] if isinstance(categories, str) else categories)
         self.splits: Dict[str, int] = dict(tables.splits)        # every split, image counts
         records = tables.records
         if split is not None:

@@ -79,8 +79,15 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             loaded = dataclasses.replace(loaded, mean=tuple(mean or loaded.mean), std=tuple(std or loaded.std))
     else:
         loaded = load_model(model, weights=weights, checkpoint=checkpoint, mean=mean, std=std, seed=seed)
-    ds = dataset if isinstance(dataset, BrodenDataset) else open_dataset(
-        dataset, split=config.split, categories=config.categories, limit=config.limit)
+    if isinstance(dataset, BrodenDataset):
+        ds = dataset
+        # the run records the object's selection, so its report (and a rerun) open the same one
+        selection = {"split": ds.split if ds.split is None or isinstance(ds.split, str) else tuple(ds.split),
+                     "categories": ds.category_selection, "limit": ds.limit}
+        config = dataclasses.replace(config, **{k: v for k, v in selection.items()
+                                                if v is not None and getattr(config, k) is None})
+    else:
+        ds = open_dataset(dataset, split=config.split, categories=config.categories, limit=config.limit)
     resolve_device(config.device)  # a bad device fails before the run directory is touched
     if checkpoint_every < 0:
         raise NetDissectError(f"--checkpoint-every must be 0 (never) or more; got {checkpoint_every}")

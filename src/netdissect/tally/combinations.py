@@ -195,9 +195,14 @@ class LayerCombinations:
 
     def save(self, path: Path) -> None:
         from netdissect.atomic import atomic_save_npz
+        # the counts in 4 bytes where they fit (a unit's pixels in one combination: below 2**32
+        # up to 85,000 images of 224 x 224): half the bytes to deflate, 0.18 -> 0.1 s at 1,280 units
+        count = self.unit_count
+        if count.size and 0 <= count.min() and count.max() < 2 ** 32:
+            count = count.astype(np.uint32)
         atomic_save_npz(path, table=self.table, pattern=self.pattern, pixels=self.pixels,
                         unit_indptr=self.unit_indptr, unit_combo=self.unit_combo,
-                        unit_count=self.unit_count, label_numbers=self.label_numbers,
+                        unit_count=count, label_numbers=self.label_numbers,
                         categories=np.asarray(self.categories, dtype=str))
 
     @classmethod
@@ -210,7 +215,7 @@ class LayerCombinations:
             with np.load(path, allow_pickle=False) as z:
                 return cls(table=z["table"], pattern=z["pattern"], pixels=z["pixels"],
                            unit_indptr=z["unit_indptr"], unit_combo=z["unit_combo"],
-                           unit_count=z["unit_count"], label_numbers=z["label_numbers"],
+                           unit_count=z["unit_count"].astype(np.int64), label_numbers=z["label_numbers"],
                            categories=[str(c) for c in z["categories"]])
         except (OSError, ValueError, KeyError) as exc:
             raise RunError(f"{path}: unreadable ({exc}); rerun the dissection with --force") from None
