@@ -197,20 +197,24 @@ class MaskStore:
         table = labels.tables[idx]
         if table is None or min(concepts, default=0) < 0:
             return False
-        ids = None
+        pixel = []
         for (number, image_level), c in zip(want, concepts):
             k = self.slot[(idx, number)]
             if image_level:
                 self.state[k] = self.WHOLE if c in labels.image_concepts[idx] else self.ABSENT
-                continue
-            hit = (table == c).any(axis=1)                 # the combinations holding concept c
-            if not hit.any():
+            else:
                 self.state[k] = self.ABSENT
-                continue
-            if ids is None:
-                ids = np.asarray(labels.ids[idx])
-            self.bits[k] = np.packbits(hit[ids])
-            self.state[k] = self.MASK
+                pixel.append((k, c))
+        if not pixel or not table.size:
+            return True
+        slots = np.array([k for k, _ in pixel])
+        # (combinations, labels): which of image idx's combinations hold each wanted concept
+        hit = (table[:, :, None] == np.array([c for _, c in pixel])[None, None, :]).any(axis=1)
+        present = hit.any(axis=0)
+        if present.any():
+            masks = hit[:, present][np.asarray(labels.ids[idx])]      # (pixels, present labels)
+            self.bits[slots[present]] = np.packbits(masks.T, axis=1)
+            self.state[slots[present]] = self.MASK
         return True
 
     def get(self, idx: int, number: int) -> Tuple[Optional[np.ndarray], Optional[bool]]:
