@@ -274,3 +274,48 @@ def test_a_dataset_object_s_selection_is_recorded_so_its_report_reads_the_entry(
     assert decoded == []
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["images"] == 12
+
+
+def test_the_report_checks_the_shown_images_masks_only(tmp_path, monkeypatch):
+    """The report finds the run's entry by the file times the run recorded, and checks only the
+    shown images' mask files: another image's new mask keeps the entry in use, a shown image's
+    new mask sends the report back to decoding."""
+    from netdissect.report import render_report
+    data = make_dataset(tmp_path / "data", n_images=60, size=32, seed=4)
+    run(data, tmp_path / "run", tmp_path / "cache", top_k=2)
+    shown = set()
+    for layer in LAYERS:
+        with np.load(tmp_path / "run" / layer / "topk.npz") as z:
+            shown |= set(int(i) for i in z["image_index"][:, :2].ravel())
+    ds = BrodenDataset(data)
+    hidden = next(i for i in range(len(ds)) if i not in shown and any(ds.records[i].masks.values()))
+    decoded = []
+    original = BrodenDataset.load_segmentation
+    monkeypatch.setattr(BrodenDataset, "load_segmentation",
+                        lambda self, i, categories=None: decoded.append(i) or original(self, i, categories))
+
+    def touch_a_mask_of(i):
+        mask = data / "images" / next(n for names in ds.records[i].masks.values() for n in names)
+        os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10 ** 9))
+
+    touch_a_mask_of(hidden)
+    render_report(tmp_path / "run", top_k=2, workers=1)
+    assert decoded == []
+    touch_a_mask_of(min(shown))
+    render_report(tmp_path / "run", top_k=2, workers=1)
+    assert len(decoded) > 1                    # every shown image's masks, from their files
+
+
+def test_an_entry_on_a_read_only_cache_is_still_read(data, tmp_path, monkeypatch):
+    """A cache shared read-only (its last-use time cannot be set): the entry is read, no warning."""
+    run(data, tmp_path / "off", "off")
+    run(data, tmp_path / "first", tmp_path / "cache")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+    monkeypatch.setattr(os, "utime", refuse)
+    no_mask_decoding(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DissectionWarning)
+        run(data, tmp_path / "second", tmp_path / "cache")
+    assert_same_run(run_files(tmp_path / "second", LAYERS), run_files(tmp_path / "off", LAYERS))

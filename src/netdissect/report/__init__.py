@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import shutil
 import sys
@@ -51,6 +52,7 @@ from netdissect.report.html import (
 from netdissect.report.imagework import ImageWork
 from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
 from netdissect.report.tiles import LayerTiles, progress_bar, wanted_images, write_paper_strips
+from netdissect.runs import DATASET_FILES
 from netdissect.tally.labelcache import open_selection
 
 __all__ = ["render_report"]
@@ -104,6 +106,14 @@ def _open_dataset(run: RunView) -> Tuple[Any, str]:
     if len(dataset) and len({(r.ih, r.iw, r.sh, r.sw) for r in dataset.records}) != 1:
         return None, f"dataset {ds.path} holds images of several sizes: the images cannot be shown"
     return dataset, note
+
+
+def _recorded_files(root: Path) -> Optional[dict]:
+    """The run's dataset-files.json (each file's size and time when it was dissected), or None."""
+    try:
+        return json.loads((root / DATASET_FILES).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -245,8 +255,9 @@ def _render(run_dir, top_k: int, progress: bool, workers: Optional[int], timings
             for layer in run.layers:
                 layer_notes[layer.name].append("no images: " + (dataset_note or "the dataset is empty"))
         # the workers decode the images and draw the overlays while this process draws the figures
-        labels = open_selection(dataset, (run.config.get("config") or {}).get("label_cache")) \
-            if with_images else None      # the shown images' label masks, without decoding masks
+        # the shown images' label masks from the label cache, where it holds them: no mask decoded
+        labels = open_selection(dataset, (run.config.get("config") or {}).get("label_cache"),
+                                _recorded_files(root), jobs) if with_images else None
         with ImageWork(dataset, run.layers, jobs, run.upsample, top_k, stage, workers, labels) if with_images \
                 else contextlib.nullcontext() as work:
             figs, cross, formula_fig = _figures_of(run, root, stage, figure_png)

@@ -9,11 +9,12 @@ only the images.
 
 An entry is found by a digest of everything the encoding depends on: the encoding's version,
 the dataset's index files (index.csv, category.csv, label.csv, c_*.csv), the size and
-modification time of every image and mask file of the selection (their contents with
---verify-content), the selected index lines, categories and concepts, and the segmentation size.
-A changed file gives another digest, so a stale entry is never read; it stays until removed
-(`netdissect cache --clear`). The cache never stops a run: an entry that cannot be read or
-written is a warning, and the labels are encoded as without it.
+modification time of every mask file of the selection (their contents with --verify-content),
+the selected index lines, categories and concepts, and the segmentation size. A changed mask
+gives another digest, so a stale entry is never read; it stays until removed (`netdissect cache
+--clear`). The cache never stops a run: an entry that cannot be read or written is a warning,
+and the labels are encoded as without it. The report reads the shown images' label masks from
+the run's entry too (open_selection).
 
 Where: $NETDISSECT_LABEL_CACHE (``off`` disables it), else $XDG_CACHE_HOME/netdissect/labels,
 else ~/.cache/netdissect/labels. One entry is the run's ``segmentation.ids`` (2 bytes per
@@ -117,7 +118,10 @@ class LabelCache:
                               shape=(max(store.n_images, 1), pixels))
         store.concept_pixels = store.count_concept_pixels(range(store.n_images))
         store.cache_key = self.key
-        os.utime(self.path / ENTRY)          # last used: `netdissect cache` lists entries by it
+        try:
+            os.utime(self.path / ENTRY)      # last used: `netdissect cache` lists entries by it
+        except OSError:
+            pass                             # a cache shared read-only
         return store
 
     def save(self, store: SegmentationStore, dataset_root: Path, replace: bool = False) -> Optional[Path]:
@@ -176,14 +180,32 @@ class SelectionLabels(NamedTuple):
     concept_of_label: np.ndarray
 
 
-def open_selection(ds, setting: Union[None, str, os.PathLike]) -> Optional[SelectionLabels]:
-    """The entry of a dataset selection as its files are now, or None (cache off, no entry, or
-    one that fails to open): the report draws the label masks of the shown images from it."""
+def open_selection(ds, setting: Union[None, str, os.PathLike], recorded: Optional[dict] = None,
+                   images: Sequence[int] = ()) -> Optional[SelectionLabels]:
+    """The entry of a dataset selection, or None (cache off, no entry, or one that fails to
+    open): the report draws the label masks of the shown ``images`` from it. ``recorded``: the
+    run's dataset-files.json, whose digest names the run's entry; then only the shown images'
+    mask files are checked against it (an image's labels depend on its own masks alone), not
+    every file of the dataset (a second each 300,000 files); without it, all are."""
     root = resolve_root(setting)
     if root is None or not len(ds):
         return None
+    if recorded and isinstance(recorded.get("stats"), dict):
+        stats, base = recorded["stats"], ds.root / "images"
+        for i in images:
+            for names in ds.records[i].masks.values():
+                for name in names:
+                    try:
+                        st = os.stat(base / name)
+                    except OSError:
+                        return None
+                    if stats.get(name) != [int(st.st_size), int(st.st_mtime_ns)]:
+                        return None       # changed since the run: decoded, not read from the entry
+        files = recorded
+    else:
+        files = {"stats": ds.file_stats()}
     pixels = ds.records[0].sh * ds.records[0].sw
-    cache = LabelCache(root, cache_key(ds, ds.concepts, pixels, {"stats": ds.file_stats()}))
+    cache = LabelCache(root, cache_key(ds, ds.concepts, pixels, files))
     if not cache.exists():
         return None
     try:
