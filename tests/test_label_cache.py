@@ -197,11 +197,26 @@ def test_torchrun_ranks_read_their_shards_of_the_entry(data, tmp_path, monkeypat
     os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     finished(torchrun(2, dissect_args(data, tmp_path / "two", "engine_data:tiny_net", 4, "--limit", "19")))
     assert_same_bytes(tmp_path / "one", tmp_path / "two")
-    assert len(entries(cache)) == 1                 # a sharded run writes no entry of its own
+    assert len(entries(cache)) == 1                 # the entry it read, and no second one
     monkeypatch.setenv(ENV, "off")                    # without the entry the new mask counts
     single(data, tmp_path / "decoded", limit=19)
     assert (tmp_path / "one" / "relu1" / "iou.npz").read_bytes() != \
         (tmp_path / "decoded" / "relu1" / "iou.npz").read_bytes()
+
+
+def test_a_sharded_first_run_writes_the_entry_from_every_rank(data, tmp_path, monkeypatch):
+    """Two ranks encode their shards; rank 0 gathers the tables and copies both ranks' ids into
+    one entry, which a run in one process then reads, with the same bytes."""
+    from test_distributed import assert_same_bytes, dissect_args, finished, single, torchrun
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(ENV, str(cache))
+    finished(torchrun(2, dissect_args(data, tmp_path / "two", "engine_data:tiny_net", 4, "--limit", "19")))
+    [entry] = entries(cache)
+    assert entry["images"] == 19
+    assert not list(cache.glob(".*"))               # no temporary directory left
+    no_mask_decoding(monkeypatch)
+    single(data, tmp_path / "one", limit=19)
+    assert_same_bytes(tmp_path / "one", tmp_path / "two")
 
 
 def test_cache_command_lists_and_clears_only_entries(data, tmp_path):

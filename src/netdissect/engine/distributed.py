@@ -103,6 +103,12 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
+    def collect(self, obj: Any) -> Optional[List[Any]]:
+        """Every rank's ``obj``, in rank order, on rank 0 (None on the others)."""
+        out = [None] * self.world if self.primary else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         box = [obj if self.primary else None]

@@ -432,24 +432,73 @@ class _Engine:
 
     def _settle_labels(self, store: SegmentationStore) -> None:
         """After pass 1: a cached store forgets the images the pass skipped; a store the pass
-        encoded becomes the cache entry (one process, every image read: a whole selection)."""
+        encoded becomes the cache entry (every image read: a whole selection)."""
         if store.cache_key is not None:
             if self.skipped:
                 line_of = {r.line: i for i, r in enumerate(self.ds.records)}
                 rows = [line_of[s["line"]] - self.shard.start for s in self.skipped]
                 store.drop([r for r in rows if 0 <= r < store.n_images])
             return
-        cache = self.label_cache
-        if cache is None or self.group is not None or self.skipped or (cache.exists() and not self.cache_damaged):
+        cache, group = self.label_cache, self.group
+        wanted = cache is not None and not self.skipped and (self.cache_damaged or not cache.exists())
+        if group is None:
+            if wanted:
+                self._write_label_cache([store])
             return
+        # a sharded run: rank 0 decides, gathers the ranks' tables and copies their ids files
+        # (the same machine, or a filesystem the machines share; else no entry is written)
+        if not group.broadcast(wanted):
+            return
+        store.flush()
+        shard = {"path": None if store.path is None else str(store.path), "n": store.n_images,
+                 "fingerprint": _rows_fingerprint(store.ids, store.n_images),
+                 "offset": store.offset, "tables": store.tables, "image_concepts": store.image_concepts,
+                 "combo_pixels": [store.pixels_per_combination(i) for i in range(store.n_images)]}
+        shards = group.collect(shard)
         try:
-            written = cache.save(store, self.ds.root, replace=self.cache_damaged)
+            if group.primary:
+                self._write_sharded_label_cache(shards, store)
+        finally:
+            group.barrier()                           # the ranks keep their files until copied
+
+    def _write_sharded_label_cache(self, shards: List[dict], store: SegmentationStore) -> None:
+        """Rank 0: the entry from every rank's tables and ids file, where it can read them all."""
+        parts = []
+        for rank, part in enumerate(shards):
+            path = Path(part["path"]) if part["path"] else None
+            rows = part["n"] * store.pixels * np.dtype(store.id_dtype).itemsize
+            try:
+                readable = path is not None and path.stat().st_size >= rows
+            except OSError:
+                readable = False
+            if not readable:
+                warnings.warn(f"label cache: rank {rank}'s encoded labels ({path}) are not on rank 0's filesystem; "
+                              "no entry is written (a run on one machine writes one)", DissectionWarning, stacklevel=3)
+                return
+            ids = np.memmap(path, dtype=store.id_dtype, mode="r", shape=(max(part["n"], 1), store.pixels))
+            if _rows_fingerprint(ids, part["n"]) != part["fingerprint"]:   # another machine's file of that name
+                warnings.warn(f"label cache: {path} on rank 0's machine is not rank {rank}'s; no entry is written",
+                              DissectionWarning, stacklevel=3)
+                return
+            other = SegmentationStore(part["n"], store.pixels, len(store.concept_pixels), store.labeled, None,
+                                      offset=part["offset"], ids=ids)
+            other.tables, other.image_concepts = part["tables"], part["image_concepts"]
+            other.combo_pixels = part["combo_pixels"]
+            other.cache_key = self.label_cache.key    # read-only here: never flushed
+            parts.append(other)
+        self._write_label_cache(parts)
+
+    def _write_label_cache(self, parts: List[SegmentationStore]) -> None:
+        """Write the selection's entry from its stores (a warning, never an error, when it fails)."""
+        cache = self.label_cache
+        try:
+            written = cache.save(parts, self.ds.root, replace=self.cache_damaged)
         except OSError as exc:
             warnings.warn(f"could not write the label cache {cache.path} ({exc}); later runs encode the labels "
-                          "again (--label-cache DIR elsewhere, or off)", DissectionWarning, stacklevel=2)
+                          "again (--label-cache DIR elsewhere, or off)", DissectionWarning, stacklevel=3)
             return
         if written is not None and self.progress:
-            size = store.n_images * store.pixels * np.dtype(store.id_dtype).itemsize
+            size = sum(p.n_images for p in parts) * parts[0].pixels * np.dtype(parts[0].id_dtype).itemsize
             print(f"netdissect: labels cached in {written} ({size / 2**20:.0f} MiB) for later runs of this "
                   "dataset (--label-cache off: no cache)", file=sys.stderr)
 
@@ -569,6 +618,15 @@ class _Engine:
         if self.group is not None:
             for stream in two_pass.values():
                 stream.quantile.merge_ranks(self.group)
+
+
+def _rows_fingerprint(ids: np.ndarray, n: int) -> str:
+    """A digest of a few rows of an ids file: that a file of the same name is the same one."""
+    import hashlib
+    h = hashlib.sha256(str(n).encode())
+    for row in sorted({0, n // 2, n - 1} if n else set()):
+        h.update(np.asarray(ids[row]).tobytes())
+    return h.hexdigest()
 
 
 def _check_free_space(directory: Path, needed: int) -> None:

@@ -4,8 +4,8 @@ Every dissection needs every image's labels encoded (tally.counts.encode_segment
 the mask PNGs and hashing their label combinations costs about as much CPU as a MobileNetV2
 forward pass's share of the data loading, and it is the same work for every run over the same
 selection of the same dataset (a layer sweep, rotations, checkpoints, training conditions). The
-first run writes its SegmentationStore here; later runs open it read-only (a memory map) and load
-only the images.
+first run writes its SegmentationStore here (a sharded run: rank 0, from every rank's); later
+runs open it read-only (a memory map) and load only the images.
 
 An entry is found by a digest of everything the encoding depends on: the encoding's version,
 the dataset's index files (index.csv, category.csv, label.csv, c_*.csv), the size and
@@ -124,38 +124,40 @@ class LabelCache:
             pass                             # a cache shared read-only
         return store
 
-    def save(self, store: SegmentationStore, dataset_root: Path, replace: bool = False) -> Optional[Path]:
-        """Write ``store`` (a whole selection, every image encoded) as this entry, atomically:
-        built in a temporary directory beside it and renamed into place (``replace``: in place
-        of a damaged entry). None when another run wrote it first or the disk lacks room (the
-        entry is only a saving); OSError otherwise."""
+    def save(self, parts: Sequence[SegmentationStore], dataset_root: Path, replace: bool = False) -> Optional[Path]:
+        """Write a whole selection, every image encoded, as this entry: one store, or the stores
+        of a sharded run's ranks in shard order (memory maps of their files). Atomically: built
+        in a temporary directory beside it and renamed into place (``replace``: in place of a
+        damaged entry). None when another run wrote it first or the disk lacks room (the entry
+        is only a saving); OSError otherwise."""
         if self.exists() and not replace:
             return None
-        n, pixels = store.n_images, store.pixels
-        size = n * pixels * np.dtype(store.id_dtype).itemsize
+        pixels, dtype = parts[0].pixels, np.dtype(parts[0].id_dtype)
+        n = sum(part.n_images for part in parts)
+        size = n * pixels * dtype.itemsize
         self.root.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(self.root).free < size + FREE_MARGIN:
             return None
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.key[:12]}-", dir=self.root))
         try:
-            store.flush()
-            if store.path is not None:
-                shutil.copyfile(store.path, tmp / IDS)
-            else:
-                np.asarray(store.ids, dtype=store.id_dtype).tofile(tmp / IDS)
-            if (tmp / IDS).stat().st_size != size:   # a store of one empty image holds one row
-                with open(tmp / IDS, "r+b") as f:
-                    f.truncate(size)
-            tables = [store.tables[i] for i in range(n)]
+            with open(tmp / IDS, "wb") as out:
+                for part in parts:       # its rows (a store of no image still holds one)
+                    part.flush()
+                    rows = np.asarray(part.ids[:part.n_images], dtype=dtype)
+                    for start in range(0, len(rows), 4096):
+                        out.write(rows[start:start + 4096].tobytes())
+            tables = [t for part in parts for t in part.tables]
+            image_concepts = [c for part in parts for c in part.image_concepts]
             np.savez(tmp / TABLES,
                      tables=_concat([t.reshape(-1) for t in tables], np.int32),
                      combos=np.array([t.shape[0] for t in tables], np.int64),
                      table_width=np.array([t.shape[1] for t in tables], np.int64),
-                     combo_pixels=_concat([store.pixels_per_combination(i) for i in range(n)], np.int64),
-                     image_concepts=_concat(store.image_concepts, np.int32),
-                     image_concept_rows=np.array([len(c) for c in store.image_concepts], np.int64))
+                     combo_pixels=_concat([part.pixels_per_combination(i) for part in parts
+                                           for i in range(part.n_images)], np.int64),
+                     image_concepts=_concat(image_concepts, np.int32),
+                     image_concept_rows=np.array([len(c) for c in image_concepts], np.int64))
             atomic_write_json(tmp / ENTRY, {"version": ENCODING_VERSION, "key": self.key, "images": n,
-                                            "pixels": pixels, "id_dtype": np.dtype(store.id_dtype).name,
+                                            "pixels": pixels, "id_dtype": dtype.name,
                                             "dataset": str(Path(dataset_root).resolve()),
                                             "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
             if replace and self.path.exists():   # the damaged entry goes only once this one is whole
