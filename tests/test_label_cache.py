@@ -334,3 +334,12 @@ def test_an_entry_on_a_read_only_cache_is_still_read(data, tmp_path, monkeypatch
         warnings.simplefilter("error", DissectionWarning)
         run(data, tmp_path / "second", tmp_path / "cache")
     assert_same_run(run_files(tmp_path / "second", LAYERS), run_files(tmp_path / "off", LAYERS))
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_not_an_error(data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("no directory can be made under a regular file")
+    run(data, tmp_path / "off", "off")
+    with pytest.warns(DissectionWarning, match=r"could not write the label cache .*a-file/labels"):
+        run(data, tmp_path / "run", blocker / "labels")
+    assert_same_run(run_files(tmp_path / "run", LAYERS), run_files(tmp_path / "off", LAYERS))

@@ -458,6 +458,9 @@ class _Engine:
         try:
             if group.primary:
                 self._write_sharded_label_cache(shards, store)
+        except Exception as exc:                      # the cache never stops a run (nor leaves ranks waiting)
+            warnings.warn(f"label cache: no entry written ({exc.__class__.__name__}: {exc})", DissectionWarning,
+                          stacklevel=2)
         finally:
             group.barrier()                           # the ranks keep their files until copied
 
@@ -493,7 +496,7 @@ class _Engine:
         cache = self.label_cache
         try:
             written = cache.save(parts, self.ds.root, replace=self.cache_damaged)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:          # the cache never stops a run
             warnings.warn(f"could not write the label cache {cache.path} ({exc}); later runs encode the labels "
                           "again (--label-cache DIR elsewhere, or off)", DissectionWarning, stacklevel=3)
             return
