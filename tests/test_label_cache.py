@@ -343,3 +343,34 @@ def test_a_cache_that_cannot_be_written_is_a_warning_not_an_error(data, tmp_path
     with pytest.warns(DissectionWarning, match=r"could not write the label cache .*a-file/labels"):
         run(data, tmp_path / "run", blocker / "labels")
     assert_same_run(run_files(tmp_path / "run", LAYERS), run_files(tmp_path / "off", LAYERS))
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_an_entry_round_trips_a_store_and_its_shards(tmp_path, on_disk):
+    """Save a store (in memory, or a memory-mapped file) and open any run of its rows: the same
+    ids, tables and image labels, and each shard's labeled pixels per concept are the sums that
+    encode_segmentation gave for those images."""
+    from netdissect.tally.counts import encode_segmentation
+    from netdissect.tally.labelcache import LabelCache
+    from netdissect.tally.labelstore import SegmentationStore
+    rng = np.random.default_rng(0)
+    n, h, w, n_labels = 7, 5, 6, 9
+    concept_of_label = np.array([-1, 0, 1, 2, -1, 3, 4, 5, 6], dtype=np.int64)
+    encoded = [encode_segmentation(rng.integers(0, n_labels, size=(2, h, w)), rng.integers(1, n_labels, size=2),
+                                   concept_of_label, 7) for _ in range(n)]
+    labeled = np.ones((n, 2), bool)
+    store = SegmentationStore(n, h * w, 7, labeled, tmp_path if on_disk else None)
+    store.add(range(n), encoded)
+    cache = LabelCache(tmp_path / "cache", "k" * 40)
+    assert cache.save([store], tmp_path) == cache.path
+    for lo, count in ((0, n), (2, 3), (6, 1)):
+        shard = cache.open(count, h * w, 7, labeled, offset=lo)
+        for j in range(count):
+            enc = encoded[lo + j]
+            np.testing.assert_array_equal(shard.ids[j], enc.combo_ids)
+            np.testing.assert_array_equal(shard.tables[j], enc.table)
+            np.testing.assert_array_equal(shard.image_concepts[j], enc.image_concepts)
+        np.testing.assert_array_equal(shard.concept_pixels, sum(e.concept_pixels for e in encoded[lo:lo + count]))
+        assert shard.state_dict() == {"cache": "k" * 40}
+    with pytest.raises(ValueError, match="does not fit"):
+        cache.open(3, h * w, 7, labeled, offset=5)

@@ -143,9 +143,7 @@ class LabelCache:
             with open(tmp / IDS, "wb") as out:
                 for part in parts:       # its rows (a store of no image still holds one)
                     part.flush()
-                    rows = np.asarray(part.ids[:part.n_images], dtype=dtype)
-                    for start in range(0, len(rows), 4096):
-                        out.write(rows[start:start + 4096].tobytes())
+                    _copy_rows(part.ids, part.n_images, dtype, out)
             tables = [t for part in parts for t in part.tables]
             image_concepts = [c for part in parts for c in part.image_concepts]
             np.savez(tmp / TABLES,
@@ -217,6 +215,27 @@ def open_selection(ds, setting: Union[None, str, os.PathLike], recorded: Optiona
     concept_of_label = np.full(len(ds.labels), -1, dtype=np.int64)
     concept_of_label[np.asarray(ds.concepts, dtype=np.int64)] = np.arange(len(ds.concepts))
     return SelectionLabels(store, concept_of_label)
+
+
+def _copy_rows(ids: np.ndarray, n: int, dtype: np.dtype, out) -> None:
+    """Append the first n rows of ids to the file out: from the file behind a memory map by
+    plain reads (mapping a 1.6 GB file in would count in this process's resident memory), else
+    a few megabytes at a time."""
+    length = n * (ids.shape[1] if ids.ndim == 2 else 0) * dtype.itemsize
+    source = getattr(ids, "filename", None) if isinstance(ids, np.memmap) else None
+    if source is not None and ids.dtype == dtype:
+        with open(source, "rb") as f:
+            f.seek(ids.offset)
+            while length > 0:
+                block = f.read(min(length, 1 << 22))
+                if not block:
+                    raise OSError(f"{source} ends before its {n} rows")
+                out.write(block)
+                length -= len(block)
+        return
+    step = max(1, (1 << 22) // max(1, ids.shape[1] * dtype.itemsize))
+    for start in range(0, n, step):
+        out.write(np.ascontiguousarray(ids[start:min(n, start + step)], dtype=dtype).tobytes())
 
 
 def _split(flat: np.ndarray, lengths: np.ndarray, lo: int, hi: int) -> List[np.ndarray]:
