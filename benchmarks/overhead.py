@@ -11,7 +11,8 @@
    (target: <= 1.1; the CPU-time ratios too). All are measured in this one run, alternating:
    a warm-up round, then --repeats rounds; the median of the rounds' ratios.
 2. Memory: peak resident memory of a dissection subprocess (main process plus its data loader
-   workers) at two dataset sizes. Prints the ratio (target: < 1.2).
+   workers) at two dataset sizes, the median of --memory-repeats runs of each. Prints the ratio
+   (target: < 1.2).
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--memory-images", type=int, nargs=2, default=(1000, 4000))
+    parser.add_argument("--memory-repeats", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-time", action="store_true")
     args = parser.parse_args()
@@ -154,9 +156,17 @@ def main() -> None:
                   f"wall {wall:4.2f}, CPU {cpu:4.2f}")
     if not args.skip_memory:
         small, large = args.memory_images
-        mem = {n: peak_memory(data, n, args.batch_size, args.workers) for n in (small, large)}
+        # the peak of one process moves by +-100 MiB from run to run (where the allocator's
+        # pools land): the median of --memory-repeats runs, alternating the sizes
+        runs = {small: [], large: []}
+        for _ in range(args.memory_repeats):
+            for n in (small, large):
+                runs[n].append(peak_memory(data, n, args.batch_size, args.workers))
+        mem = {n: {key: statistics.median(m[key] for m in found) for key in ("main_kib", "worker_kib")}
+               for n, found in runs.items()}
         for n, m in mem.items():
-            print(f"peak memory at {n:5d} images: main {m['main_kib'] / 1024:7.0f} MiB, "
+            print(f"peak memory at {n:5d} images: main {m['main_kib'] / 1024:7.0f} MiB "
+                  f"({', '.join('%.0f' % (r['main_kib'] / 1024) for r in runs[n])}), "
                   f"largest worker {m['worker_kib'] / 1024:5.0f} MiB")
         ratio = mem[large]["main_kib"] / mem[small]["main_kib"]
         print(f"memory growth {small} -> {large} images (target < 1.2): {ratio:5.2f}")
