@@ -374,3 +374,13 @@ def test_an_entry_round_trips_a_store_and_its_shards(tmp_path, on_disk):
         assert shard.state_dict() == {"cache": "k" * 40}
     with pytest.raises(ValueError, match="does not fit"):
         cache.open(3, h * w, 7, labeled, offset=5)
+
+
+def test_a_copy_of_the_dataset_elsewhere_has_its_own_entry(data, tmp_path):
+    """The same files (times kept by the copy) in another directory are another dataset to the
+    cache: a hit must never depend on two directories happening to agree."""
+    shutil.copytree(data, tmp_path / "copy")       # copy2: the same sizes and modification times
+    run(data, tmp_path / "a", tmp_path / "cache")
+    run(tmp_path / "copy", tmp_path / "b", tmp_path / "cache")
+    assert sorted(e["dataset"] for e in entries(tmp_path / "cache")) == sorted(
+        [str(data.resolve()), str((tmp_path / "copy").resolve())])

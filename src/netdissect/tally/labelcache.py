@@ -8,7 +8,7 @@ first run writes its SegmentationStore here (a sharded run: rank 0, from every r
 runs open it read-only (a memory map) and load only the images.
 
 An entry is found by a digest of everything the encoding depends on: the encoding's version,
-the dataset's index files (index.csv, category.csv, label.csv, c_*.csv), the size and
+the dataset's directory and index files (index.csv, category.csv, label.csv, c_*.csv), the size and
 modification time of every mask file of the selection (their contents with --verify-content),
 the selected index lines, categories and concepts, and the segmentation size. A changed mask
 gives another digest, so a stale entry is never read; it stays until removed (`netdissect cache
@@ -67,7 +67,7 @@ def cache_key(ds, concepts: Sequence[int], pixels: int, files: dict) -> str:
     from netdissect.data.broden import digest_of
     masks = {name for r in ds.records for names in r.masks.values() for name in names}
     h = hashlib.sha256()
-    parts = {"version": ENCODING_VERSION, "index": ds.index_digest(),
+    parts = {"version": ENCODING_VERSION, "root": str(Path(ds.root).resolve()), "index": ds.index_digest(),
              "files": digest_of({n: v for n, v in files["stats"].items() if n in masks}),
              "content": digest_of({n: v for n, v in files["hashes"].items() if n in masks})
              if "hashes" in files else None,
