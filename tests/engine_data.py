@@ -137,6 +137,15 @@ def slow_tiny_net() -> nn.Module:
     return SlowTinyNet()
 
 
+def tiny_net_rank1_apart() -> nn.Module:
+    """TinyNet; on torchrun rank 1 the label cache is a directory of its own, as on a machine
+    that does not hold rank 0's cache (tests/test_label_cache.py)."""
+    import os
+    if os.environ.get("RANK") == "1" and os.environ.get("NETDISSECT_LABEL_CACHE"):
+        os.environ["NETDISSECT_LABEL_CACHE"] += "-rank1"
+    return TinyNet()
+
+
 def run_files(out: Path, layers, with_summary: bool = True) -> dict:
     """The result files of a run directory as comparable values (summary.json without its timing)."""
     arrays = {}

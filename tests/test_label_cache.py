@@ -219,6 +219,21 @@ def test_a_sharded_first_run_writes_the_entry_from_every_rank(data, tmp_path, mo
     assert_same_bytes(tmp_path / "one", tmp_path / "two")
 
 
+def test_ranks_of_which_only_some_hold_the_entry(data, tmp_path, monkeypatch):
+    """On several machines one rank may find the entry and another not: that one encodes its
+    shard, no rank waits for the others, and no entry is written; the numbers are one process's."""
+    from test_distributed import SAME_BYTES, dissect_args, finished, single, torchrun
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(ENV, str(cache))
+    single(data, tmp_path / "one", limit=19)
+    finished(torchrun(2, dissect_args(data, tmp_path / "two", "engine_data:tiny_net_rank1_apart", 4,
+                                      "--limit", "19")), timeout=120)
+    for layer in LAYERS:
+        for name in SAME_BYTES:
+            assert (tmp_path / "one" / layer / name).read_bytes() == (tmp_path / "two" / layer / name).read_bytes()
+    assert len(entries(cache)) == 1 and entries(Path(str(cache) + "-rank1")) == []
+
+
 def test_cache_command_lists_and_clears_only_entries(data, tmp_path):
     cache = tmp_path / "cache"
     run(data, tmp_path / "first", cache)

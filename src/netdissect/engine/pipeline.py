@@ -433,21 +433,20 @@ class _Engine:
     def _settle_labels(self, store: SegmentationStore) -> None:
         """After pass 1: a cached store forgets the images the pass skipped; a store the pass
         encoded becomes the cache entry (every image read: a whole selection)."""
-        if store.cache_key is not None:
-            if self.skipped:
-                line_of = {r.line: i for i, r in enumerate(self.ds.records)}
-                rows = [line_of[s["line"]] - self.shard.start for s in self.skipped]
-                store.drop([r for r in rows if 0 <= r < store.n_images])
-            return
+        if store.cache_key is not None and self.skipped:
+            line_of = {r.line: i for i, r in enumerate(self.ds.records)}
+            rows = [line_of[s["line"]] - self.shard.start for s in self.skipped]
+            store.drop([r for r in rows if 0 <= r < store.n_images])
         cache, group = self.label_cache, self.group
         wanted = cache is not None and not self.skipped and (self.cache_damaged or not cache.exists())
         if group is None:
-            if wanted:
+            if wanted and store.cache_key is None:
                 self._write_label_cache([store])
             return
-        # a sharded run: rank 0 decides, gathers the ranks' tables and copies their ids files
-        # (the same machine, or a filesystem the machines share; else no entry is written)
-        if not group.broadcast(wanted):
+        # a sharded run: when every rank encoded its shard (on several machines, some may have
+        # read an entry their machine holds), rank 0 decides, gathers the ranks' tables and
+        # copies their ids files (one machine, or a filesystem the machines share; else none)
+        if not all(group.gather_objects(store.cache_key is None)) or not group.broadcast(wanted):
             return
         store.flush()
         shard = {"path": None if store.path is None else str(store.path), "n": store.n_images,
