@@ -94,7 +94,7 @@ class LabelCache:
         ids read-only from the memory map. OSError or ValueError when the entry is damaged or
         does not fit."""
         store = SegmentationStore(n_images, pixels, n_concepts, labeled, None, offset=offset,
-                                  ids=np.zeros((0, pixels), np.uint16))
+                                  ids=np.zeros((0, pixels), np.uint16))   # ids: the map, below
         entry = json.loads((self.path / ENTRY).read_text())
         n_total, pixels = int(entry["images"]), int(entry["pixels"])
         dtype = np.dtype(entry["id_dtype"])
