@@ -260,6 +260,9 @@ def test_where_the_cache_is(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert resolve_root(None) == tmp_path / "xdg" / "netdissect" / "labels"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)   # no HOME, no passwd entry
+    assert resolve_root(None) is None
 
 
 def test_the_report_draws_the_label_outlines_from_the_entry(tmp_path, monkeypatch):

@@ -48,7 +48,12 @@ def default_root() -> Optional[Path]:
     value = os.environ.get(ENV)
     if value is not None:
         return None if value.strip().lower() in OFF or not value.strip() else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        if home.startswith("~"):         # no home directory known: no default cache (not ./~)
+            return None
+        base = os.path.join(home, ".cache")
     return Path(base) / "netdissect" / "labels"
 
 
