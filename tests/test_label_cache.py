@@ -123,6 +123,27 @@ def test_a_damaged_entry_is_a_warning_and_is_replaced(data, tmp_path, monkeypatc
     assert_same_run(run_files(tmp_path / "third", LAYERS), run_files(tmp_path / "off", LAYERS))
 
 
+def test_an_entry_the_tool_cannot_prove_it_wrote_is_never_replaced(data, tmp_path):
+    """An entry whose entry.json is unreadable, or which holds a file of someone else's, fails
+    to open as before, but stays as it is: warnings, the right numbers, nothing deleted."""
+    cache = tmp_path / "cache"
+    run(data, tmp_path / "off", "off")
+    run(data, tmp_path / "first", cache)
+    [entry] = entries(cache)
+    path = Path(entry["path"])
+    (path / "ids.bin").write_bytes(b"damaged")
+    (path / "notes.txt").write_text("a file the tool did not write")
+    before = sorted((p.name, p.read_bytes()) for p in path.iterdir())
+    with pytest.warns(DissectionWarning) as caught:
+        run(data, tmp_path / "second", cache)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "could not be read" in messages and "left as it is" in messages
+    assert_same_run(run_files(tmp_path / "second", LAYERS), run_files(tmp_path / "off", LAYERS))
+    assert sorted((p.name, p.read_bytes()) for p in path.iterdir()) == before
+    assert [p.name for p in cache.iterdir()] == [path.name]       # no temporary left either
+    assert entries(cache) == []                                    # not listed, so `--clear` keeps it
+
+
 def test_a_skipped_image_counts_nowhere_with_cached_labels(data, tmp_path, monkeypatch):
     """The key covers the mask files only: an image that became unreadable keeps the entry, and
     the pass that skips it must not count its cached labels (the union of every concept)."""

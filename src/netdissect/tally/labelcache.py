@@ -137,6 +137,10 @@ class LabelCache:
         is only a saving); OSError otherwise."""
         if self.exists() and not replace:
             return None
+        if replace and self.path.exists() and _written_entry(self.path) is None:
+            raise OSError(f"{self.path} is not an entry this tool can tell it wrote (its entry.json is "
+                          "unreadable or names another key, or it holds other files), so it is left as it "
+                          "is; remove it yourself if it is yours")
         pixels, dtype = parts[0].pixels, np.dtype(parts[0].id_dtype)
         n = sum(part.n_images for part in parts)
         size = n * pixels * dtype.itemsize
@@ -253,21 +257,35 @@ def _concat(parts: Sequence[np.ndarray], dtype) -> np.ndarray:
         np.zeros(0, dtype=dtype)
 
 
+def _written_entry(path: Path) -> Optional[dict]:
+    """path's entry.json where path is provably an entry this module wrote (the only kind it
+    lists, replaces or removes): named by the key its entry.json holds, and holding nothing but
+    an entry's three files. Else None."""
+    try:
+        entry = json.loads((path / ENTRY).read_text())
+        names = set(os.listdir(path))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != path.name or not names <= {IDS, TABLES, ENTRY}:
+        return None
+    return entry
+
+
 def entries(root: Path) -> List[dict]:
     """The finished entries under ``root``: their entry.json plus path, size and last use."""
     found = []
     if not root.is_dir():
         return found
     for path in sorted(root.iterdir()):
+        entry = _written_entry(path)
+        if entry is None:
+            continue
         try:
-            entry = json.loads((path / ENTRY).read_text())
-            if entry.get("key") != path.name:    # not an entry this module wrote
-                continue
-            entry["path"] = str(path)
             entry["bytes"] = sum(p.stat().st_size for p in path.iterdir())
             entry["used"] = (path / ENTRY).stat().st_mtime
-        except (OSError, ValueError):
+        except OSError:
             continue
+        entry["path"] = str(path)
         found.append(entry)
     return found
 
