@@ -190,7 +190,7 @@ class _Engine:
         self.warnings: List[str] = []
         self.skipped: List[dict] = []
         self._tempdir = None
-        self.dataset_files = run.dataset_files if run is not None else None  # for the label cache's key
+        self.dataset_files = run.dataset_files if run is not None else None  # the label cache key, the manifest
         self.label_cache: Optional[LabelCache] = None
         self.cache_damaged = False  # the entry failed to open: this run's labels replace it
         self.layouts: dict = {}  # layer -> layouts.Layout, decided on the first image
@@ -301,7 +301,7 @@ class _Engine:
         return DissectionResult(config=config, layers=layers, category_image_counts=self.category_counts,
                                 images=len(ds) - len(self.skipped), skipped=self.skipped, warnings=self.warnings,
                                 manifest=self.run_dir.manifest if self.run_dir is not None
-                                else manifest(self.loaded, ds, config),
+                                else manifest(self.loaded, ds, config, self.dataset_files),
                                 seconds=seconds, dataset_path=str(Path(ds.root).resolve()))
 
     def _image_sizes(self) -> Tuple[int, int, int, int]:
@@ -410,8 +410,9 @@ class _Engine:
         root = resolve_root(self.config.label_cache)
         if root is None:
             return None
-        files = self.dataset_files if self.dataset_files is not None else {"stats": self.ds.file_stats()}
-        return LabelCache(root, cache_key(self.ds, vocab.concepts, pixels, files))
+        if self.dataset_files is None:   # a run without a directory: stat the files once, for both
+            self.dataset_files = {"stats": self.ds.file_stats()}
+        return LabelCache(root, cache_key(self.ds, vocab.concepts, pixels, self.dataset_files))
 
     def _cached_store(self, vocab: Vocabulary, pixels: int) -> Optional[SegmentationStore]:
         """This shard's labels from the cache, or None (a miss, or an entry that fails to open:
@@ -486,7 +487,6 @@ class _Engine:
                                       offset=part["offset"], ids=ids)
             other.tables, other.image_concepts = part["tables"], part["image_concepts"]
             other.combo_pixels = part["combo_pixels"]
-            other.cache_key = self.label_cache.key    # read-only here: never flushed
             parts.append(other)
         self._write_label_cache(parts)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import shutil
 import sys
@@ -52,7 +51,7 @@ from netdissect.report.html import (
 from netdissect.report.imagework import ImageWork
 from netdissect.report.runview import IMAGE_CATEGORIES, RunView, load_run
 from netdissect.report.tiles import LayerTiles, progress_bar, wanted_images, write_paper_strips
-from netdissect.runs import DATASET_FILES
+from netdissect.runs import DATASET_FILES, read_json
 from netdissect.tally.labelcache import open_selection
 
 __all__ = ["render_report"]
@@ -111,8 +110,8 @@ def _open_dataset(run: RunView) -> Tuple[Any, str]:
 def _recorded_files(root: Path) -> Optional[dict]:
     """The run's dataset-files.json (each file's size and time when it was dissected), or None."""
     try:
-        return json.loads((root / DATASET_FILES).read_text())
-    except (OSError, ValueError):
+        return read_json(root / DATASET_FILES)
+    except (RunError, OSError):
         return None
 
 

@@ -98,20 +98,21 @@ class LabelCache:
         """The store of the entry's images offset .. offset + n_images (a shard, or all), its
         ids read-only from the memory map. OSError or ValueError when the entry is damaged or
         does not fit."""
-        store = SegmentationStore(n_images, pixels, n_concepts, labeled, None, offset=offset,
-                                  ids=np.zeros((0, pixels), np.uint16))   # ids: the map, below
         entry = json.loads((self.path / ENTRY).read_text())
-        n_total, pixels = int(entry["images"]), int(entry["pixels"])
-        dtype = np.dtype(entry["id_dtype"])
-        if entry.get("version") != ENCODING_VERSION or pixels != store.pixels or dtype != store.id_dtype \
-                or store.offset + store.n_images > n_total:
-            raise ValueError(f"entry of {n_total} images x {pixels} pixels ({dtype}) does not fit this run")
+        n_total, dtype = int(entry["images"]), np.dtype(entry["id_dtype"])
+        if entry.get("version") != ENCODING_VERSION or int(entry["pixels"]) != pixels or offset + n_images > n_total:
+            raise ValueError(f"entry of {n_total} images x {entry['pixels']} pixels ({dtype}) does not fit this run")
         ids_path = self.path / IDS
         if ids_path.stat().st_size != n_total * pixels * dtype.itemsize:
             raise ValueError(f"{ids_path} is {ids_path.stat().st_size} bytes, not {n_total * pixels * dtype.itemsize}")
+        ids = np.memmap(ids_path, dtype=dtype, mode="r", offset=offset * pixels * dtype.itemsize,
+                        shape=(max(n_images, 1), pixels))
+        store = SegmentationStore(n_images, pixels, n_concepts, labeled, None, offset=offset, ids=ids)
+        if store.id_dtype != dtype:
+            raise ValueError(f"{ids_path} holds {dtype} ids, this run {np.dtype(store.id_dtype)}")
         with np.load(self.path / TABLES, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
-        lo, hi = store.offset, store.offset + store.n_images
+        lo, hi = offset, offset + n_images
         combos, widths = arrays["combos"], arrays["table_width"]
         tables = _split(arrays["tables"], combos * widths, lo, hi)
         store.tables = [t.reshape(n, w) for t, n, w in zip(tables, combos[lo:hi], widths[lo:hi])]
@@ -119,9 +120,7 @@ class LabelCache:
         store.image_concepts = _split(arrays["image_concepts"], arrays["image_concept_rows"], lo, hi)
         if any(len(c) != len(t) for c, t in zip(store.combo_pixels, store.tables)):
             raise ValueError(f"{self.path / TABLES} is inconsistent")
-        store.ids = np.memmap(ids_path, dtype=dtype, mode="r", offset=lo * pixels * dtype.itemsize,
-                              shape=(max(store.n_images, 1), pixels))
-        store.concept_pixels = store.count_concept_pixels(range(store.n_images))
+        store.concept_pixels = store.count_concept_pixels()
         store.cache_key = self.key
         try:
             os.utime(self.path / ENTRY)      # last used: `netdissect cache` lists entries by it

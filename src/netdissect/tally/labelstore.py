@@ -50,7 +50,7 @@ class SegmentationStore:
             self.concept_pixels += enc.concept_pixels
 
     def flush(self) -> None:
-        if isinstance(self.ids, np.memmap) and self.cache_key is None:
+        if self.path is not None:      # the scratch file this store writes (not an entry's ids)
             self.ids.flush()
 
     def drop(self, rows: Sequence[int]) -> None:
@@ -58,7 +58,7 @@ class SegmentationStore:
         so that they count nowhere, as if never added."""
         for r in rows:
             self.tables[r] = self.image_concepts[r] = self.combo_pixels[r] = None
-        self.concept_pixels = self.count_concept_pixels(range(self.n_images))
+        self.concept_pixels = self.count_concept_pixels()
 
     def gather(self, images: torch.Tensor):
         """Arrays of the given (sorted, distinct) images for IoUTally.add."""
@@ -100,9 +100,10 @@ class SegmentationStore:
                                                minlength=self.tables[i].shape[0]).astype(np.int64)
         return self.combo_pixels[i]
 
-    def count_concept_pixels(self, rows: Sequence[int]) -> np.ndarray:
-        """(C,) labeled pixels of each concept over the given rows (the sum of what
+    def count_concept_pixels(self) -> np.ndarray:
+        """(C,) labeled pixels of each concept over the store's images (the sum of what
         encode_segmentation returns per image; skipped rows hold None and count nothing)."""
+        rows = range(self.n_images)
         total = np.zeros(len(self.concept_pixels), dtype=np.int64)
         tables = [self.tables[r] for r in rows if self.tables[r] is not None]
         if not tables:
