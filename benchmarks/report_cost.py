@@ -65,12 +65,13 @@ def main() -> None:
                             progress=False, force=True, label_cache=cache)
                 start, cpu = time.perf_counter(), cpu_seconds()
                 result = dissect(loaded, args.layers, ds, out=out, batch_size=args.batch_size,
-                                 workers=args.workers, progress=False, force=True, label_cache=cache)
+                                 workers=args.workers, progress=False, force=True, label_cache=cache,
+                                 keep_report_images=True)
                 dis.append(time.perf_counter() - start)
                 dis_cpu.append(cpu_seconds() - cpu)
                 timings: dict = {}
                 start, cpu = time.perf_counter(), cpu_seconds()
-                render_report(out, timings=timings)
+                render_report(out, timings=timings, images=result.report_images)
                 rep.append(time.perf_counter() - start)
                 rep_cpu.append(cpu_seconds() - cpu)
                 if parts is None or rep[-1] == min(rep):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -110,6 +110,8 @@ class DissectionResult:
     seconds: float = 0.0
     out: Optional[Path] = None
     dataset_path: Optional[str] = None
+    # engine.report_images.ReportImages of dissect(keep_report_images=True): memory only, never saved
+    report_images: Any = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, layer: str) -> LayerResult:
         return self.layers[layer]

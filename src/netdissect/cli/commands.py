@@ -155,12 +155,12 @@ def cmd_dissect(args) -> int:
                      checkpoint=args.checkpoint, mean=args.mean, std=args.std,
                      progress=not args.quiet, force=args.force, seed=args.seed,
                      verify_content=args.verify_content, formula_length=args.formula_length,
-                     beam=args.beam, **dissect_params(args))
+                     beam=args.beam, keep_report_images=not args.no_report, **dissect_params(args))
     from netdissect.engine.distributed import is_primary
     if not is_primary():  # a sharded run (torchrun): rank 0 reports
         return 0
     if not args.no_report:
-        _render_report(result.out, args.top_k, args.quiet)
+        _render_report(result.out, args.top_k, args.quiet, images=result.report_images)
     print_summary(result)
     print_formulas(result)
     return 0
@@ -195,13 +195,15 @@ def print_formulas(result, layers=None, examples: int = 3) -> None:
                   f"{f.single_iou[k]:.4f})")
 
 
-def _render_report(out, top_k: int, quiet: bool, strips: bool = False, figure_png: bool = False) -> Optional[Path]:
+def _render_report(out, top_k: int, quiet: bool, strips: bool = False, figure_png: bool = False,
+                   images=None) -> Optional[Path]:
     try:
         from netdissect.report import render_report
     except ImportError:
         print("netdissect: the report module is not available; skipping the report", file=sys.stderr)
         return None
-    return render_report(out, top_k=top_k, progress=not quiet, paper_strips=strips, figure_png=figure_png)
+    return render_report(out, top_k=top_k, progress=not quiet, paper_strips=strips, figure_png=figure_png,
+                         images=images)
 
 
 def print_summary(result) -> None:
@@ -297,9 +299,9 @@ def cmd_demo(args) -> int:
     result = dissect("torchvision:mobilenet_v2", list(DEMO_LAYERS), data, out=args.out,
                      weights="IMAGENET1K_V1", progress=not args.quiet, force=args.force,
                      batch_size=args.batch_size, workers=args.workers, limit=args.images,
-                     formula_length=args.formula_length, beam=args.beam)
+                     formula_length=args.formula_length, beam=args.beam, keep_report_images=not args.no_report)
     if not args.no_report:
-        _render_report(result.out, 8, args.quiet)
+        _render_report(result.out, 8, args.quiet, images=result.report_images)
     print_summary(result)
     print_formulas(result)
     return 0

@@ -33,6 +33,7 @@ from netdissect.engine.final_tally import LayerTally
 from netdissect.engine.forward import Normalizer, float32_activations, prepare_model, resolve_device
 from netdissect.engine.loading import ImagesAndLabels, default_workers, make_loader
 from netdissect.engine.manifest import manifest
+from netdissect.engine.report_images import ReportImages
 from netdissect.engine.vocabulary import Vocabulary
 from netdissect.errors import DatasetError, DissectionWarning, NetDissectError, RunError
 from netdissect.formulas.rundir import add_formulas
@@ -57,7 +58,7 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
             progress: bool = True, force: bool = False, checkpoint_every: int = 50,
             seed: int = 0, verify_content: bool = False, formula_length: int = 0, beam: int = 10,
-            **params) -> DissectionResult:
+            keep_report_images: bool = False, **params) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a Broden-format ``dataset``.
 
     ``params`` are the fields of DissectConfig (quantile, iou_threshold, upsample, categories,
@@ -67,6 +68,9 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
     ``verify_content`` hashes every image and mask file instead of trusting size and mtime.
     ``formula_length`` > 0 also searches each unit's best formula of concepts (netdissect.formulas.search)
     with beam width ``beam``, from the same tally (a finished run is searched from its files).
+    ``keep_report_images`` keeps the decoded pixels of the images in the units' top k (within a
+    quarter of the memory budget) as ``result.report_images``, for ``render_report(...,
+    images=result.report_images)`` in this process: the report then need not decode them again.
     """
     if isinstance(layers, str):
         layers = [layers]
@@ -96,7 +100,7 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             raise NetDissectError("--formula-length: a sharded (torchrun) run does not collect the label "
                                   "combination counts that formulas need; dissect in one process")
         if out is None:
-            result = _run_engine(loaded, ds, config, None, progress, group)
+            result = _run_engine(loaded, ds, config, None, progress, group, keep_report_images)
             if formula_length:
                 add_formulas(result, formula_length, beam, progress=progress)
             return result
@@ -115,7 +119,7 @@ def dissect(model: Union[nn.Module, str, LoadedModel], layers: Sequence[str],
             else:
                 result = None if force else group.on_primary(lambda: runs.reuse_finished(run, config))
             if result is None:
-                result = _run_engine(loaded, ds, config, run, progress, group)
+                result = _run_engine(loaded, ds, config, run, progress, group, keep_report_images)
                 if formula_length:
                     add_formulas(result, formula_length, beam, progress=progress)
                 result.manifest = run.manifest
@@ -164,9 +168,11 @@ def _sharded_run_directory(group, out, manifest_: dict, force: bool, checkpoint_
     return run
 
 
-def _run_engine(loaded, ds, config, run, progress, group=None) -> "DissectionResult":
+def _run_engine(loaded, ds, config, run, progress, group=None, keep_report_images=False) -> "DissectionResult":
     reuse_freed_memory()
     engine = _Engine(loaded, ds, config, run, progress, group)
+    if keep_report_images and group is None:   # a sharded run's rank holds only its own images
+        engine.report_images = ReportImages(int(config.memory_budget_mb * MIB) // 4, ds)
     try:
         return engine.run()
     finally:
@@ -195,6 +201,7 @@ class _Engine:
         self.cache_damaged = False  # the entry failed to open: this run's labels replace it
         self.layouts: dict = {}  # layer -> layouts.Layout, decided on the first image
         self.memory_plan = None  # memory.MemoryPlan, made once the layers' shapes are known
+        self.report_images: Optional[ReportImages] = None   # the top images' pixels, for the report
 
     def close(self) -> None:
         """Remove the scratch space of a run without a run directory."""
@@ -302,7 +309,8 @@ class _Engine:
                                 images=len(ds) - len(self.skipped), skipped=self.skipped, warnings=self.warnings,
                                 manifest=self.run_dir.manifest if self.run_dir is not None
                                 else manifest(self.loaded, ds, config, self.dataset_files),
-                                seconds=seconds, dataset_path=str(Path(ds.root).resolve()))
+                                seconds=seconds, dataset_path=str(Path(ds.root).resolve()),
+                                report_images=self.report_images)
 
     def _image_sizes(self) -> Tuple[int, int, int, int]:
         ds = self.ds
@@ -543,6 +551,9 @@ class _Engine:
                     outputs = capture(normalize(images))
                     for name, stream in streams.items():
                         stream.add(float32_activations(name, outputs[name], indices, ds), indices)
+                    if self.report_images is not None:
+                        self.report_images.keep(indices, images, torch.cat([s.topk.index.flatten()
+                                                                            for s in streams.values()]))
                 self._batch_done(state, bar, len(indices) + len(bad), save_checkpoint, interrupt)
         bar.close()
         if self.run_dir is not None and self.run_dir.checkpoint_every and \

@@ -193,7 +193,7 @@ def _collector_paused():
 
 def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bool = False,
                   *, workers: Optional[int] = None, timings: Optional[Dict[str, float]] = None,
-                  paper_strips: bool = False, figure_png: bool = False) -> Path:
+                  paper_strips: bool = False, figure_png: bool = False, images: Any = None) -> Path:
     """Render OUT/report/ from run directory OUT; return the path of OUT/report/index.html.
 
     top_k: images per unit (at most the k stored in topk.npz). workers: processes decoding
@@ -201,13 +201,15 @@ def render_report(run_dir: Union[str, os.PathLike], top_k: int = 8, progress: bo
     with the seconds each stage took (benchmarks/report_cost.py). paper_strips: also write
     OUT/<layer>/unit_<n>.jpg, each unit's images with its regions side by side, for papers.
     figure_png: also write each figure as PNG (150 dpi) next to its SVG, and link it (a third
-    of the figures' time)."""
+    of the figures' time). images: the ``report_images`` of the DissectionResult that wrote the
+    run, when it was dissected with keep_report_images=True: the images it kept are not decoded
+    again (the same files either way)."""
     with _collector_paused():
-        return _render(run_dir, top_k, progress, workers, timings, paper_strips, figure_png)
+        return _render(run_dir, top_k, progress, workers, timings, paper_strips, figure_png, images)
 
 
 def _render(run_dir, top_k: int, progress: bool, workers: Optional[int], timings: Optional[Dict[str, float]],
-            paper_strips: bool, figure_png: bool) -> Path:
+            paper_strips: bool, figure_png: bool, images: Any = None) -> Path:
     clock = _Clock(timings)
     root = Path(run_dir)
     if top_k < 1:
@@ -257,7 +259,7 @@ def _render(run_dir, top_k: int, progress: bool, workers: Optional[int], timings
         # the shown images' label masks from the label cache, where it holds them: no mask decoded
         labels = open_selection(dataset, (run.config.get("config") or {}).get("label_cache"),
                                 _recorded_files(root), jobs) if with_images else None
-        with ImageWork(dataset, run.layers, jobs, run.upsample, top_k, stage, workers, labels) if with_images \
+        with ImageWork(dataset, run.layers, jobs, run.upsample, top_k, stage, workers, labels, images) if with_images \
                 else contextlib.nullcontext() as work:
             figs, cross, formula_fig = _figures_of(run, root, stage, figure_png)
             clock.lap("figures")

@@ -1,5 +1,6 @@
 """The report's image work in forked worker processes: each shown image decoded once (into the
-JPEG atlases, with its wanted label masks kept) and every unit's overlay sheets drawn.
+JPEG atlases, with its wanted label masks kept; not at all when the dissection in this process
+kept its pixels) and every unit's overlay sheets drawn.
 
 The workers are forked once, before any of it, so they inherit the run, the dataset and the
 shared memory of the label masks (tiles.MaskStore). The decoding tasks are queued first and
@@ -71,7 +72,8 @@ class _Gate:
 def _decode(a: int) -> int:
     work, ok = _WORK, False
     try:
-        decode_atlas(work.ds, a, work.batches[a], work.image_hw, work.report, work.masks, work.labels)
+        decode_atlas(work.ds, a, work.batches[a], work.image_hw, work.report, work.masks, work.labels,
+                     work.pixels)
         ok = True
     finally:
         work.gate.ended(ok)
@@ -92,9 +94,11 @@ class ImageWork:
     Use as a context manager, so that an error stops the workers."""
 
     def __init__(self, ds: Any, layers: Sequence[LayerView], wanted: Dict[int, List[Tuple[int, bool]]],
-                 mode: str, top_k: int, report: Path, workers: int, labels: Any = None):
+                 mode: str, top_k: int, report: Path, workers: int, labels: Any = None, pixels: Any = None):
         global _WORK
         self.ds, self.report, self.labels = ds, report, labels   # labels: labelcache.SelectionLabels
+        # pixels: engine.report_images.ReportImages, the shown images as the pass decoded them
+        self.pixels = pixels if pixels is not None and pixels.usable_for(ds) else None
         self.batches = atlas_batches(wanted)
         rec = ds.records[0]
         self.image_hw = (rec.ih, rec.iw) if self.batches else (0, 0)
@@ -135,7 +139,8 @@ class ImageWork:
                 done[j].extend(part)
         else:
             for a, batch in enumerate(self.batches):
-                decode_atlas(self.ds, a, batch, self.image_hw, self.report, self.masks, self.labels)
+                decode_atlas(self.ds, a, batch, self.image_hw, self.report, self.masks, self.labels,
+                             self.pixels)
                 if bar is not None:
                     bar.update(len(batch))
             # one torch thread, as in the workers: the tensors are small, and a second thread

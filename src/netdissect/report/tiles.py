@@ -279,13 +279,16 @@ def atlas_name(a: int) -> str:
 
 
 def decode_atlas(ds: Any, a: int, batch, image_hw: Tuple[int, int], report: Path, store: MaskStore,
-                 labels: Any = None) -> None:
+                 labels: Any = None, pixels: Any = None) -> None:
     """Decode the images of atlas a once: write the atlas, put their wanted masks in store
-    (from ``labels``, a label cache entry of the selection, where there is one)."""
+    (from ``labels``, a label cache entry of the selection, where there is one). An image whose
+    pixels the pass kept (``pixels``: engine.report_images.ReportImages) is not decoded again."""
     ih, iw = image_hw
     sheet = np.full((ATLAS_COLS * ih, ATLAS_COLS * iw, 3), 255, np.uint8)
     for s, (idx, want) in enumerate(batch):
-        img = _rgb(ds, idx)
+        img = pixels.get(idx) if pixels is not None else None
+        if img is None:
+            img = _rgb(ds, idx)
         if img.shape[:2] != (ih, iw):    # one size per run; a stray size is fitted
             img = np.asarray(Image.fromarray(img).resize((iw, ih), Image.BILINEAR))
         c, r = s % ATLAS_COLS, s // ATLAS_COLS
