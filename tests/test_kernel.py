@@ -78,6 +78,11 @@ def test_slices_of_pairs_add_up_to_one_call():
     for start, stop in [(0, 17), (17, 17), (17, 50)]:
         kernel._kernel.tally_bilinear(*arrays, *parts, start, stop=stop)
     assert np.array_equal(whole[0], parts[0]) and np.array_equal(whole[1], parts[1])
+    for threads in (2, 3, 64):        # OpenMP threads (one after the other in a build without it)
+        threaded = np.full((50, 9), -7, dtype=np.int64), np.full(50, -7, dtype=np.int64)
+        kernel._kernel.tally_bilinear(*arrays, *threaded, 0, stop=17, threads=threads)
+        kernel._kernel.tally_bilinear(*arrays, *threaded, 17, stop=50, threads=threads)
+        assert np.array_equal(whole[0], threaded[0]) and np.array_equal(whole[1], threaded[1])
 
 
 def test_without_the_kernel_no_shape_is_exact(monkeypatch):
@@ -143,6 +148,10 @@ def test_tally_rejects_a_combination_id_beyond_per_combo():
     args["combo_ids"][1, 4, 5] = 3  # per_combo has 3 columns
     with pytest.raises(ValueError, match=r"combo_ids of image 1 \(pair 2\) holds id 3"):
         kernel._kernel.tally_bilinear(**args)
+    args["maps"][3] = 1.0  # pair 3 too: threads report the first bad pair
+    args["images"][3] = 1
+    with pytest.raises(ValueError, match=r"\(pair 2\) holds id 3"):
+        kernel._kernel.tally_bilinear(**args, threads=4)
     args["combo_ids"][1, 4, 5] = -1
     with pytest.raises(ValueError, match="holds id -1"):
         kernel._kernel.tally_bilinear(**args)

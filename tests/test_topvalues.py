@@ -36,10 +36,14 @@ def _batches(seed, units, hw, batches, kind):
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("kind", ["normal", "relu", "ints"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_compiled_keeps_what_topk_keeps(fmt, kind, threads, monkeypatch):
+@pytest.mark.parametrize("openmp", [True, False])
+def test_compiled_keeps_what_topk_keeps(fmt, kind, threads, openmp, monkeypatch):
     units, hw, batches, level = 7, (5, 7), [3, 4, 1, 5], 0.9
     n = sum(batches) * hw[0] * hw[1]
     fast, plain = _states(units, n, level, monkeypatch)
+    if openmp and not Q._TOPVALUES_OPENMP:
+        pytest.skip("the extension was built without OpenMP (the compiler lacks it)")
+    monkeypatch.setattr(Q, "_TOPVALUES_OPENMP", openmp)  # ranges of units on OpenMP threads, or
     monkeypatch.setattr(Q, "_VALUES_PER_SLICE", 16)    # slices of units in pool threads
     monkeypatch.setattr(Q.torch, "get_num_threads", lambda: threads)
     everything = []

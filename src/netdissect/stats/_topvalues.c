@@ -17,6 +17,13 @@
  * equal to the bar may stay out, which changes no kept value). -0.0 is kept as +0.0. The maps
  * must be finite (the pass checks them first; a NaN that reaches a row is refused). The GIL is
  * released around the arithmetic.
+ *
+ * Units are independent: push_values(threads=n) splits them into n ranges. Built with OpenMP
+ * (setup.py, where the compiler has it), the ranges run on the OpenMP threads that torch's CPU
+ * operations use (the same libgomp, loaded once per process), which take the work at once; a
+ * thread of our own would share a core with an OpenMP thread still spinning after the forward
+ * pass's last operation (measured: 0.35 -> 0.24 s per 1,000 images at three MobileNetV2 layers).
+ * Without OpenMP the ranges run one after the other (the caller slices the units itself).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -153,22 +160,103 @@ static inline void offer(state_t *s, Py_ssize_t k, float v)
         compact(s, k);
 }
 
+/* The units [a, e) of push_values: their rows, their maxima in mx (B, K). Units are independent,
+ * so ranges run in parallel. */
+static void push_range(state_t *s, const float *m, Py_ssize_t sb, Py_ssize_t sk, Py_ssize_t sy,
+                       Py_ssize_t sx, Py_ssize_t B, Py_ssize_t H, Py_ssize_t W, Py_ssize_t K,
+                       Py_ssize_t filled, Py_ssize_t a, Py_ssize_t e, float *mx)
+{
+    float *root = s->root;
+    Py_ssize_t *len = s->len;
+    for (Py_ssize_t k = a; k < e; k++) {
+        len[k] = filled;
+        root[k] = -INFINITY;
+        compact(s, k);          /* the entry bar of a full row */
+    }
+    if (labs(sk) < labs(sx) && labs(sk) < labs(sy)) {
+        /* channels-last: position by position, the units innermost */
+        for (Py_ssize_t b = 0; b < B; b++) {
+            float *mb = mx + b * K;
+            for (Py_ssize_t k = a; k < e; k++)
+                mb[k] = -INFINITY;
+            for (Py_ssize_t y = 0; y < H; y++)
+                for (Py_ssize_t x = 0; x < W; x++) {
+                    const float *p = m + b * sb + y * sy + x * sx;
+                    if (sk == 1) {
+                        /* two loops that vectorize: the maxima, and whether any value enters */
+                        int enters = 0;
+                        for (Py_ssize_t k = a; k < e; k++) {
+                            float v = p[k];
+                            mb[k] = v > mb[k] ? v : mb[k];
+                            enters |= !(v <= root[k]);
+                        }
+                        for (Py_ssize_t k = a; enters && k < e; k++)
+                            if (!(p[k] <= root[k]))
+                                offer(s, k, p[k]);
+                    } else {
+                        for (Py_ssize_t k = a; k < e; k++) {
+                            float v = p[k * sk];
+                            mb[k] = v > mb[k] ? v : mb[k];
+                            if (!(v <= root[k]))
+                                offer(s, k, v);
+                        }
+                    }
+                }
+        }
+    } else {
+        /* unit by unit, each map row by row */
+        for (Py_ssize_t k = a; k < e; k++)
+            for (Py_ssize_t b = 0; b < B; b++) {
+                float best = -INFINITY;
+                for (Py_ssize_t y = 0; y < H; y++) {
+                    const float *p = m + b * sb + k * sk + y * sy;
+                    float top = -INFINITY;
+                    for (Py_ssize_t x = 0; x < W; x++)
+                        top = p[x * sx] > top ? p[x * sx] : top;
+                    best = top > best ? top : best;
+                    if (!(top <= root[k]))
+                        for (Py_ssize_t x = 0; x < W; x++)
+                            if (!(p[x * sx] <= root[k]))
+                                offer(s, k, p[x * sx]);
+                }
+                mx[b * K + k] = best;
+            }
+    }
+    for (Py_ssize_t k = a; k < e; k++)
+        compact(s, k);
+}
+
 PyDoc_STRVAR(push_values_doc,
-"push_values(rows, keep, filled, maps, maxima) -> filled\n\n"
+"push_values(rows, keep, filled, maps, maxima, threads=1) -> filled\n\n"
 "rows: (K, cap) float32 C-contiguous, writable, cap > keep >= 1; each row's first `filled`\n"
 "entries are the values kept so far (any order). maps: (B, K, h, w) float32, any strides, finite.\n"
 "maxima: (B, K) float32, any strides, writable: receives each map's maximum. Afterwards each row's\n"
 "first `filled` entries are the largest `keep` of its kept and new values (all of them while they\n"
-"are fewer); returns the new fill, min(keep, filled + B*h*w).");
+"are fewer); returns the new fill, min(keep, filled + B*h*w). threads: ranges of units run on\n"
+"OpenMP threads (see openmp()).");
+
+PyDoc_STRVAR(openmp_doc,
+"openmp() -> bool\n\n"
+"Whether this module was built with OpenMP: push_values' `threads` then run in parallel.");
+
+static PyObject *openmp(PyObject *self, PyObject *unused)
+{
+#ifdef _OPENMP
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
 
 static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"rows", "keep", "filled", "maps", "maxima", NULL};
+    static char *names[] = {"rows", "keep", "filled", "maps", "maxima", "threads", NULL};
+    int threads = 1;
     PyObject *rows_obj, *maps_obj, *max_obj;
     Py_ssize_t keep, filled;
     Py_buffer rows, maps, maxima;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnOO:push_values", names, &rows_obj, &keep,
-                                     &filled, &maps_obj, &max_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnOO|i:push_values", names, &rows_obj, &keep,
+                                     &filled, &maps_obj, &max_obj, &threads))
         return NULL;
     if (get_float32("rows", rows_obj, 2, 0, 1, &rows) < 0)
         return NULL;
@@ -213,63 +301,20 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     const Py_ssize_t sb = maps.strides[0] / 4, sk = maps.strides[1] / 4, sy = maps.strides[2] / 4,
                      sx = maps.strides[3] / 4;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < K; k++) {
-        len[k] = filled;
-        root[k] = -INFINITY;
-        compact(&s, k);          /* the entry bar of a full row */
-    }
-    if (labs(sk) < labs(sx) && labs(sk) < labs(sy)) {
-        /* channels-last: position by position, the units innermost */
-        for (Py_ssize_t b = 0; b < B; b++) {
-            float *mb = mx + b * K;
-            for (Py_ssize_t k = 0; k < K; k++)
-                mb[k] = -INFINITY;
-            for (Py_ssize_t y = 0; y < H; y++)
-                for (Py_ssize_t x = 0; x < W; x++) {
-                    const float *p = m + b * sb + y * sy + x * sx;
-                    if (sk == 1) {
-                        /* two loops that vectorize: the maxima, and whether any value enters */
-                        int enters = 0;
-                        for (Py_ssize_t k = 0; k < K; k++) {
-                            float v = p[k];
-                            mb[k] = v > mb[k] ? v : mb[k];
-                            enters |= !(v <= root[k]);
-                        }
-                        for (Py_ssize_t k = 0; enters && k < K; k++)
-                            if (!(p[k] <= root[k]))
-                                offer(&s, k, p[k]);
-                    } else {
-                        for (Py_ssize_t k = 0; k < K; k++) {
-                            float v = p[k * sk];
-                            mb[k] = v > mb[k] ? v : mb[k];
-                            if (!(v <= root[k]))
-                                offer(&s, k, v);
-                        }
-                    }
-                }
-        }
-    } else {
-        /* unit by unit, each map row by row */
-        for (Py_ssize_t k = 0; k < K; k++)
-            for (Py_ssize_t b = 0; b < B; b++) {
-                float best = -INFINITY;
-                for (Py_ssize_t y = 0; y < H; y++) {
-                    const float *p = m + b * sb + k * sk + y * sy;
-                    float top = -INFINITY;
-                    for (Py_ssize_t x = 0; x < W; x++)
-                        top = p[x * sx] > top ? p[x * sx] : top;
-                    best = top > best ? top : best;
-                    if (!(top <= root[k]))
-                        for (Py_ssize_t x = 0; x < W; x++)
-                            if (!(p[x * sx] <= root[k]))
-                                offer(&s, k, p[x * sx]);
-                }
-                mx[b * K + k] = best;
-            }
-    }
-    for (Py_ssize_t k = 0; k < K; k++)
-        compact(&s, k);
     {
+        int nan = 0;
+        const int slices = threads < 1 ? 1 : (threads > K ? (int)(K > 0 ? K : 1) : threads);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(slices) schedule(static, 1) reduction(| : nan)
+#endif
+        for (int t = 0; t < slices; t++) {
+            state_t own = s;
+            own.nan = 0;
+            push_range(&own, m, sb, sk, sy, sx, B, H, W, K, filled, K * t / slices,
+                       K * (t + 1) / slices, mx);
+            nan |= own.nan;
+        }
+        s.nan = nan;
         const Py_ssize_t ob = maxima.strides[0] / 4, ok = maxima.strides[1] / 4;
         float *out = (float *)maxima.buf;
         for (Py_ssize_t b = 0; b < B; b++)
@@ -299,6 +344,7 @@ done:
 static PyMethodDef methods[] = {
     {"push_values", (PyCFunction)(void (*)(void))push_values, METH_VARARGS | METH_KEYWORDS,
      push_values_doc},
+    {"openmp", openmp, METH_NOARGS, openmp_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,6 +26,8 @@ try:
     from netdissect.stats import _topvalues
 except ImportError:  # not compiled (no C compiler at install): torch.topk
     _topvalues = None
+# built with OpenMP: it slices the units itself, on torch's threads (see _topvalues.c)
+_TOPVALUES_OPENMP = bool(getattr(_topvalues, "openmp", lambda: False)())
 
 _VALUES_PER_SLICE = 1 << 18   # fewer values than this per thread: the thread costs more than it saves
 
@@ -99,8 +101,11 @@ class ExactTopQuantile:
             rows, values, out = self._rows.numpy(), maps.detach().float().numpy(), maxima.numpy()
             # the pass is waiting: the units in slices, one per torch thread (the GIL is released)
             threads = max(1, min(torch.get_num_threads(), self.units, values.size // _VALUES_PER_SLICE))
-            self._filled = run_in_slices(_topvalues.push_values, self.units, threads, lambda a, b: (
-                rows[a:b], self.keep, self._filled, values[:, a:b], out[:, a:b]))
+            if _TOPVALUES_OPENMP:   # the units in ranges on torch's OpenMP threads
+                self._filled = _topvalues.push_values(rows, self.keep, self._filled, values, out, threads)
+            else:
+                self._filled = run_in_slices(_topvalues.push_values, self.units, threads, lambda a, b: (
+                    rows[a:b], self.keep, self._filled, values[:, a:b], out[:, a:b]))
             return maxima
         maxima = maps.amax(dim=(2, 3))
         merged = torch.cat([self._values, maps.transpose(0, 1).reshape(self.units, -1).to(self._values.dtype)],

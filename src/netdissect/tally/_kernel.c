@@ -22,6 +22,11 @@
  * buffer-protocol objects (numpy arrays), check their format, shape, contiguity and
  * writability, and release the GIL around the arithmetic, so that threads tallying separate
  * slices of pairs run in parallel.
+ *
+ * Built with OpenMP (setup.py, where the compiler has it), tally_bilinear(threads=n) runs its
+ * slices of pairs itself, on the OpenMP threads that torch's CPU operations use (the same
+ * libgomp, loaded once per process): they take the work at once, where a thread of our own
+ * would share a core with an OpenMP thread still spinning after the last torch operation.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -442,29 +447,44 @@ static Py_ssize_t tally_pairs(const tally_args_t *c, workspace_t *ws, Py_ssize_t
 }
 
 PyDoc_STRVAR(tally_bilinear_doc,
-"tally_bilinear(maps, thresholds, images, combo_ids, per_combo, active, start=0, stop=None)\n--\n\n"
+"tally_bilinear(maps, thresholds, images, combo_ids, per_combo, active, start=0, stop=None,\n"
+"               threads=1)\n--\n\n"
 "For the pairs k in [start, stop): upsample maps[k] (h, w) to the (sh, sw) of combo_ids as\n"
 "upsample_bilinear does, and count the pixels above thresholds[k]: per combination id of image\n"
 "images[k] into the row per_combo[k] (overwritten), and in all into active[k].\n\n"
 "maps (p, h, w) float32; thresholds (p,) float32; images (p,) int64 in [0, n);\n"
 "combo_ids (n, sh, sw) int32 in [0, max_combos); per_combo (p, max_combos) int64 and\n"
-"active (p,) int64, writable. All C-contiguous. Releases the GIL while it counts.");
+"active (p,) int64, writable. All C-contiguous. Releases the GIL while it counts; with OpenMP\n"
+"(see openmp()), in `threads` slices of the pairs on OpenMP threads.");
+
+PyDoc_STRVAR(openmp_doc,
+"openmp() -> bool\n--\n\n"
+"Whether this module was built with OpenMP: tally_bilinear's `threads` then run in parallel.");
+
+static PyObject *openmp(PyObject *self, PyObject *unused)
+{
+#ifdef _OPENMP
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
 
 static PyObject *tally_bilinear(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static const char *fn = "tally_bilinear";
     static char *names[] = {"maps", "thresholds", "images", "combo_ids", "per_combo", "active",
-                            "start", "stop", NULL};
+                            "start", "stop", "threads", NULL};
     enum { MAPS, THR, IMAGES, IDS, PER_COMBO, ACT, NARGS };
     static const enum kind kinds[NARGS] = {FLOAT32, FLOAT32, INT64, INT32, INT64, INT64};
     static const int ndims[NARGS] = {3, 1, 1, 3, 2, 1};
     PyObject *objs[NARGS], *stop_obj = Py_None, *result = NULL;
     Py_ssize_t start = 0, stop;
     Py_buffer v[NARGS];
-    int got = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|nO:tally_bilinear", names, &objs[0],
+    int got = 0, threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|nOi:tally_bilinear", names, &objs[0],
                                      &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &start,
-                                     &stop_obj))
+                                     &stop_obj, &threads))
         return NULL;
     for (; got < NARGS; got++)
         if (get_array(fn, names[got], objs[got], kinds[got], ndims[got], got >= PER_COMBO,
@@ -512,17 +532,46 @@ static PyObject *tally_bilinear(PyObject *self, PyObject *args, PyObject *kwargs
     if (start < stop) {
         const tally_args_t c = {v[MAPS].buf, v[THR].buf, image, v[IDS].buf, v[PER_COMBO].buf,
                                 v[ACT].buf, h, w, max_combos};
-        workspace_t ws;
+        const Py_ssize_t pairs = stop - start;
+        const int slices = threads < 1 ? 1 : (threads > pairs ? (int)pairs : threads);
         int32_t bad_id = 0;
-        Py_ssize_t bad_pair;
-        if (make_workspace(&ws, h, w, sh, sw) < 0) {
+        Py_ssize_t bad_pair = -1;
+        int no_memory = 0;
+        Py_BEGIN_ALLOW_THREADS
+        /* slices of pairs on the OpenMP threads torch's operations use (see the header) */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(slices) schedule(static, 1)
+#endif
+        for (int t = 0; t < slices; t++) {
+            workspace_t ws;
+            int32_t id = 0;
+            Py_ssize_t bad;
+            if (make_workspace(&ws, h, w, sh, sw) < 0) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+                no_memory = 1;
+                continue;
+            }
+            bad = tally_pairs(&c, &ws, start + pairs * t / slices, start + pairs * (t + 1) / slices, &id);
+            free_workspace(&ws);
+            if (bad >= 0) {
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+                {
+                    if (bad_pair < 0 || bad < bad_pair) {
+                        bad_pair = bad;
+                        bad_id = id;
+                    }
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (no_memory) {
             PyErr_NoMemory();
             goto done;
         }
-        Py_BEGIN_ALLOW_THREADS
-        bad_pair = tally_pairs(&c, &ws, start, stop, &bad_id);
-        Py_END_ALLOW_THREADS
-        free_workspace(&ws);
         if (bad_pair >= 0) {
             PyErr_Format(PyExc_ValueError,
                          "%s(): combo_ids of image %lld (pair %zd) holds id %ld, outside [0, %zd) "
@@ -745,6 +794,7 @@ static PyMethodDef methods[] = {
      distinct_keys_doc},
     {"add_pair_counts", (PyCFunction)(void (*)(void))add_pair_counts, METH_VARARGS | METH_KEYWORDS,
      add_pair_counts_doc},
+    {"openmp", openmp, METH_NOARGS, openmp_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,7 +5,8 @@ materializing the upsampled maps. It is used only for shapes on which its upsamp
 the package's one upsampler (``upsample.bilinear``) bit for bit on this machine (checked on
 first use); otherwise, or when the kernel was not compiled, callers use the torch path.
 The extension checks its arguments (dtype, shape, contiguity, writability) and raises on a
-mismatch; it releases the GIL while counting, so slices of pairs run in parallel threads.
+mismatch; it releases the GIL while counting, so slices of pairs run in parallel threads (OpenMP
+threads where it was built with OpenMP: see _kernel.c).
 ``add_pair_counts`` adds a chunk's counts to IoUTally in one C loop (the torch path without it).
 """
 from __future__ import annotations
@@ -24,8 +25,9 @@ try:
     from netdissect.tally import _kernel
 except ImportError:  # not compiled (a C compiler was missing at install): the torch path
     _kernel = None
-if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys", "add_pair_counts")):
+if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys", "add_pair_counts", "openmp")):
     _kernel = None  # built from an older source (rebuild: pip install -e .): the torch path
+_OPENMP = _kernel is not None and _kernel.openmp()
 
 _PAIRS_PER_SLICE = 64  # fewer pairs than this per thread: the thread costs more than it saves
 
@@ -109,7 +111,10 @@ def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tens
     act = torch.empty(p, dtype=torch.int64)
     arrays = (maps.numpy(), thr.numpy(), images.numpy(), ids.numpy(), per_combo.numpy(), act.numpy())
     threads = max(1, min(torch.get_num_threads(), p // _PAIRS_PER_SLICE))
-    run_in_slices(_kernel.tally_bilinear, p, threads, lambda start, stop: (*arrays, start, stop))
+    if _OPENMP:   # the slices on torch's OpenMP threads (see _kernel.c)
+        _kernel.tally_bilinear(*arrays, threads=threads)
+    else:
+        run_in_slices(_kernel.tally_bilinear, p, threads, lambda start, stop: (*arrays, start, stop))
     return per_combo, act
 
 
