@@ -61,11 +61,17 @@ def test_a_report_from_kept_pixels_is_the_same_and_decodes_none_of_them(kept_run
     shutil.copytree(out, plain)
     shutil.copytree(out, kept)
     render_report(plain, top_k=4, workers=1)
-    decoded = []
-    real_rgb = tiles_mod._rgb
+    decoded, encoded = [], []
+    real_rgb, real_jpeg = tiles_mod._rgb, tiles_mod.atlas_jpeg
     monkeypatch.setattr(tiles_mod, "_rgb", lambda ds, i: decoded.append(i) or real_rgb(ds, i))
+    monkeypatch.setattr(tiles_mod, "atlas_jpeg", lambda images, hw: encoded.append(hw) or real_jpeg(images, hw))
+    assert len(result.report_images.atlases) == 1          # encoded while the dissection tallied
     render_report(kept, top_k=4, workers=1, images=result.report_images)
-    assert decoded == []
+    assert decoded == [] and encoded == []
+    # a report of fewer top images lays its atlas out otherwise: encoded here, from kept pixels
+    render_report(kept, top_k=2, workers=1, images=result.report_images)
+    assert decoded == [] and len(encoded) == 1
+    render_report(kept, top_k=4, workers=1, images=result.report_images)
     files = sorted(p.relative_to(plain / "report") for p in (plain / "report").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(kept / "report") for p in (kept / "report").rglob("*") if p.is_file())
     assert any(f.parts[0] == "images" for f in files)

@@ -219,6 +219,9 @@ class _Engine:
         # 1. one pass: quantiles, top images, candidate maps, encoded labels (and a second pass
         #    for the layers whose exact threshold state does not fit the memory budget)
         self._passes(module, normalize, data, streams, store)
+        if self.report_images is not None:   # the top images are final: their atlases, while it tallies
+            self.report_images.encode_atlases(torch.cat([s.topk.index.flatten() for s in streams.values()]).tolist(),
+                                              self.sizes[:2])
         # 2. thresholds: the (1 - quantile) quantile of each unit's activations
         thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
         # 3. tally intersections and unions at those thresholds (and, for formulas, each unit's

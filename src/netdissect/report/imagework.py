@@ -99,6 +99,8 @@ class ImageWork:
         self.ds, self.report, self.labels = ds, report, labels   # labels: labelcache.SelectionLabels
         # pixels: engine.report_images.ReportImages, the shown images as the pass decoded them
         self.pixels = pixels if pixels is not None and pixels.usable_for(ds) else None
+        if self.pixels is not None:
+            self.pixels.wait()            # its atlases, before the workers fork
         self.batches = atlas_batches(wanted)
         rec = ds.records[0]
         self.image_hw = (rec.ih, rec.iw) if self.batches else (0, 0)

@@ -22,6 +22,7 @@ the yellow of Broden's "yellow" concept.
 from __future__ import annotations
 
 import base64
+import io
 import mmap
 import struct
 import zlib
@@ -282,17 +283,14 @@ def decode_atlas(ds: Any, a: int, batch, image_hw: Tuple[int, int], report: Path
                  labels: Any = None, pixels: Any = None) -> None:
     """Decode the images of atlas a once: write the atlas, put their wanted masks in store
     (from ``labels``, a label cache entry of the selection, where there is one). An image whose
-    pixels the pass kept (``pixels``: engine.report_images.ReportImages) is not decoded again."""
-    ih, iw = image_hw
-    sheet = np.full((ATLAS_COLS * ih, ATLAS_COLS * iw, 3), 255, np.uint8)
-    for s, (idx, want) in enumerate(batch):
-        img = pixels.get(idx) if pixels is not None else None
-        if img is None:
-            img = _rgb(ds, idx)
-        if img.shape[:2] != (ih, iw):    # one size per run; a stray size is fitted
-            img = np.asarray(Image.fromarray(img).resize((iw, ih), Image.BILINEAR))
-        c, r = s % ATLAS_COLS, s // ATLAS_COLS
-        sheet[r * ih:(r + 1) * ih, c * iw:(c + 1) * iw] = img
+    pixels the pass kept (``pixels``: engine.report_images.ReportImages) is not decoded again,
+    and an atlas it already encoded is written as it is."""
+    encoded = pixels.atlas([idx for idx, _ in batch], image_hw) if pixels is not None else None
+    images = []
+    for idx, want in batch:
+        if encoded is None:
+            img = pixels.get(idx) if pixels is not None else None
+            images.append(_rgb(ds, idx) if img is None else img)
         if want and labels is not None and store.put_encoded(idx, labels, want):
             continue
         if want:
@@ -303,7 +301,25 @@ def decode_atlas(ds: Any, a: int, batch, image_hw: Tuple[int, int], report: Path
                 seg = None               # the masks stay unknown: no outline, presence unknown
             if seg is not None:
                 store.put(idx, seg, want)
-    _save_jpeg(sheet, report / atlas_name(a))
+    with atomic_path(report / atlas_name(a)) as tmp:
+        tmp.write_bytes(encoded if encoded is not None else atlas_jpeg(images, image_hw))
+
+
+def atlas_jpeg(images: Sequence[np.ndarray], image_hw: Tuple[int, int]) -> bytes:
+    """The JPEG of one atlas: RGB images (ATLAS_COLS ** 2 at most) ATLAS_COLS a row, in order,
+    the empty slots white."""
+    ih, iw = image_hw
+    sheet = np.full((ATLAS_COLS * ih, ATLAS_COLS * iw, 3), 255, np.uint8)
+    for s, img in enumerate(images):
+        if img.shape[:2] != (ih, iw):    # one size per run; a stray size is fitted
+            img = np.asarray(Image.fromarray(img).resize((iw, ih), Image.BILINEAR))
+        c, r = s % ATLAS_COLS, s // ATLAS_COLS
+        sheet[r * ih:(r + 1) * ih, c * iw:(c + 1) * iw] = img
+    # no optimize=True: its Huffman tables would save 2% of the atlases' bytes for 3x the
+    # encoding time (the 4-bit overlay sheets save as much)
+    out = io.BytesIO()
+    Image.fromarray(sheet).save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
 
 
 # ----------------------------------------------------------------------------- output
@@ -340,13 +356,6 @@ def _save_png(index: np.ndarray, path: Path) -> None:
     data = png_bytes(index)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-
-
-def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
-    # no optimize=True: its Huffman tables would save 2% of the atlases' bytes for 3x the
-    # encoding time (the 4-bit overlay sheets save as much)
-    with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
 
 
 @dataclass
