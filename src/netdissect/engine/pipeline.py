@@ -44,6 +44,7 @@ from netdissect.report.figures import write_gain_figure
 from netdissect.results import DissectionResult, LayerResult
 from netdissect.stats.memory import MIB, plan_memory, reuse_freed_memory
 from netdissect.stats.streaming import LayerStream
+from netdissect.tally import kernel
 from netdissect.tally.combinations import CombinationIndex
 from netdissect.tally.labelcache import LabelCache, cache_key, resolve_root
 from netdissect.tally.labelstore import SegmentationStore
@@ -380,8 +381,13 @@ class _Engine:
                        f"share of --memory-budget {config.memory_budget_mb:g} MiB")
                 self._warn(f"layer {name!r}: {why}; using the two-pass radix quantile (65,536 counts per unit, "
                            "a second pass over the data; still exact)")
+            # where the fused kernel will tally the layer its candidate maps are kept packed, in
+            # about a tenth of their bytes (tally.kernel.pack_maps): a smaller share holds as many
+            packed = config.upsample == "bilinear" and kernel.exact_for((h, w), self.sizes[2:])
+            candidates = share.candidates // PACKED_SHARE_DIVISOR if packed else share.candidates
             streams[name] = LayerStream(name, k, (h, w), len(ds), config.level, config.top_k,
-                                        scratch, share.candidates, self.device, sketch=share.two_pass)
+                                        scratch, candidates, self.device, sketch=share.two_pass,
+                                        pack_candidates=packed)
         store = cached or SegmentationStore(len(self.shard), pixels, len(vocab.concepts), vocab.labeled, scratch,
                                             offset=self.shard.start)
         return streams, store
@@ -634,6 +640,9 @@ class _Engine:
         if self.group is not None:
             for stream in two_pass.values():
                 stream.quantile.merge_ranks(self.group)
+
+
+PACKED_SHARE_DIVISOR = 8   # of a layer's candidate share, when its maps are kept packed
 
 
 def _rows_fingerprint(ids: np.ndarray, n: int) -> str:

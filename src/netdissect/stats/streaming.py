@@ -7,7 +7,9 @@ For each layer, every batch updates three small statistics and one buffer:
   bound. Only those pairs can have active pixels once the threshold is known, so the IoU is
   tallied from them after the pass, without a second forward pass. The buffer is pruned as the
   bound rises and spilled to disk beyond a memory budget, so memory does not grow with the
-  number of images.
+  number of images. Where the tally is the fused kernel's, a map is kept packed: only its pixels
+  near values above the bound, the only ones the kernel reads at any threshold above it
+  (tally.kernel.pack_maps; a tenth of an early layer's maps, whose candidates are most pairs).
 """
 from __future__ import annotations
 
@@ -98,21 +100,29 @@ def best_slots(score: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor
 
 
 class PairBuffer:
-    """Native maps of (unit, image) pairs that may still exceed the final threshold."""
+    """Native maps of (unit, image) pairs that may still exceed the final threshold.
 
-    def __init__(self, spill_dir: Optional[Path], budget_bytes: int, name: str):
+    A chunk holds "unit", "image", "max" (one per pair) and either "maps" (p, h, w) or the maps
+    packed by tally.kernel.pack_maps ("fill", "count", "need", "values": PACKED_KEYS);
+    final_pairs gives maps either way."""
+
+    def __init__(self, spill_dir: Optional[Path], budget_bytes: int, name: str,
+                 map_shape: Tuple[int, int] = (0, 0)):
         self.spill_dir = spill_dir
         self.budget = budget_bytes
         self.name = name
+        self.map_shape = tuple(map_shape)
         self.chunks: List[dict] = []
         self.spilled: List[Path] = []
         self.bytes = 0
 
     def add(self, units: torch.Tensor, images: torch.Tensor, maxima: torch.Tensor,
-            maps: torch.Tensor) -> None:
+            maps: Optional[torch.Tensor] = None, packed: Optional[dict] = None) -> None:
+        """The pairs' maps, as ``maps`` or ``packed`` (tally.kernel.pack_maps)."""
         if units.numel() == 0:
             return
-        chunk = {"unit": units.cpu(), "image": images.cpu(), "max": maxima.cpu(), "maps": maps.cpu()}
+        chunk = {"unit": units.cpu(), "image": images.cpu(), "max": maxima.cpu()}
+        chunk.update({"maps": maps.cpu()} if packed is None else packed)
         self.chunks.append(chunk)
         self.bytes += _chunk_bytes(chunk)
 
@@ -129,7 +139,7 @@ class PairBuffer:
         for chunk in self.chunks:
             keep = chunk["max"] > bound[chunk["unit"]]
             if 4 * int(keep.sum()) < 3 * keep.numel():
-                chunk = {key: value[keep] for key, value in chunk.items()}
+                chunk = _select(chunk, keep)
             if chunk["unit"].numel():
                 kept.append(chunk)
                 self.bytes += _chunk_bytes(chunk)
@@ -143,18 +153,26 @@ class PairBuffer:
         # .npy arrays back to back, not a zip: no CRC to compute on the way out and back in
         # the layer name's digest keeps layers apart whose safe names collide ("a b", "a_b")
         digest = hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:8]
-        path = self.spill_dir / f"{safe_name(self.name)}-{digest}.pairs{len(self.spilled):05d}.npys"
+        stem = f"{safe_name(self.name)}-{digest}"
+        for packed in (False, True):    # one file per kind of chunk (a resumed run may hold both)
+            chunks = [c for c in self.chunks if ("values" in c) == packed]
+            if chunks:
+                path = self.spill_dir / f"{stem}.{'packed' if packed else 'pairs'}{len(self.spilled):05d}.npys"
+                self._write(path, chunks, PACKED_SPILL_KEYS if packed else SPILL_KEYS)
+                self.spilled.append(path)
+        self.chunks = []
+        self.bytes = 0
+
+    @staticmethod
+    def _write(path: Path, chunks: List[dict], keys: Tuple[str, ...]) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            for key in SPILL_KEYS:   # each array's header, then its chunks' bytes: no joined copy
-                parts = [np.ascontiguousarray(c[key].numpy()) for c in self.chunks]
+            for key in keys:   # each array's header, then its chunks' bytes: no joined copy
+                parts = [np.ascontiguousarray(c[key].numpy()) for c in chunks]
                 shape = (sum(p.shape[0] for p in parts),) + parts[0].shape[1:]
                 np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(parts[0].dtype),
                                                          "fortran_order": False, "shape": shape})
                 for part in parts:
                     f.write(part.data)
-        self.spilled.append(path)
-        self.chunks = []
-        self.bytes = 0
 
     def final_pairs(self, thresholds: torch.Tensor) -> Iterator[dict]:
         """Chunks of the pairs whose maximum exceeds the final threshold, in image order."""
@@ -163,10 +181,15 @@ class PairBuffer:
             chunks = [_load_spill(source)] if source is not None else self.chunks
             for chunk in chunks:
                 keep = chunk["max"] > thresholds[chunk["unit"]]
-                if bool(keep.all()):
-                    yield chunk  # no copy of the maps
-                elif bool(keep.any()):
-                    yield {key: value[keep] for key, value in chunk.items()}
+                if not bool(keep.all()):
+                    if not bool(keep.any()):
+                        continue
+                    chunk = _select(chunk, keep)
+                if "values" in chunk:
+                    from netdissect.tally.kernel import unpack_maps
+                    chunk = {"unit": chunk["unit"], "image": chunk["image"], "max": chunk["max"],
+                             "maps": unpack_maps(chunk, self.map_shape)}
+                yield chunk  # a plain chunk kept whole: no copy of the maps
 
     def state_dict(self) -> dict:
         # file names only: a run directory that was moved still resumes
@@ -179,6 +202,16 @@ class PairBuffer:
 
 
 SPILL_KEYS = ("unit", "image", "max", "maps")    # a spill file's arrays, in this order
+PACKED_KEYS = ("fill", "count", "need", "values")  # a packed chunk's maps (tally.kernel.pack_maps)
+PACKED_SPILL_KEYS = ("unit", "image", "max") + PACKED_KEYS
+
+
+def _select(chunk: dict, keep: torch.Tensor) -> dict:
+    """The pairs ``keep`` (bool, one per pair) of a chunk, plain or packed."""
+    out = {key: value[keep] for key, value in chunk.items() if key != "values"}
+    if "values" in chunk:   # each pair's run of values: count[k] of them, pair after pair
+        out["values"] = chunk["values"][torch.repeat_interleave(keep, chunk["count"])]
+    return out
 
 
 def _load_spill(path: Path) -> dict:
@@ -186,7 +219,8 @@ def _load_spill(path: Path) -> dict:
         if path.suffix == ".npz":    # spilled by an earlier version (a checkpoint resumed)
             with np.load(path, allow_pickle=False) as z:
                 return {key: torch.from_numpy(z[key]) for key in z.files}
-        return {key: torch.from_numpy(array) for key, array in zip(SPILL_KEYS, _map_arrays(path))}
+        keys = PACKED_SPILL_KEYS if ".packed" in path.name else SPILL_KEYS
+        return {key: torch.from_numpy(array) for key, array in zip(keys, _map_arrays(path, len(keys)))}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         from netdissect.errors import RunError
         raise RunError(f"{path}: scratch file cannot be read ({exc.__class__.__name__}); rerun with "
@@ -196,12 +230,12 @@ def _load_spill(path: Path) -> dict:
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _map_arrays(path: Path) -> List[np.ndarray]:
+def _map_arrays(path: Path, n: int) -> List[np.ndarray]:
     """The .npy arrays of a spill file, memory-mapped copy-on-write: the tally reads the maps
     straight from the page cache instead of copying them into fresh memory first."""
     arrays, offset = [], 0
     with open(path, "rb") as f:
-        for _ in SPILL_KEYS:
+        for _ in range(n):
             f.seek(offset)
             read_header = _NPY_HEADERS.get(np.lib.format.read_magic(f))
             if read_header is None:
@@ -228,7 +262,7 @@ class LayerStream:
 
     def __init__(self, name: str, units: int, map_shape: Tuple[int, int], expected_n_images: int,
                  level: float, top_k: int, spill_dir: Optional[Path], budget_bytes: int, device,
-                 sketch: bool = False):
+                 sketch: bool = False, pack_candidates: bool = False):
         self.name = name
         self.units = units
         self.map_shape = map_shape
@@ -239,7 +273,8 @@ class LayerStream:
         else:
             self.quantile = ExactTopQuantile(units, expected_n_images * h * w, level, device=device)
         self.topk = TopKImages(units, top_k, map_shape, device=device)
-        self.pairs = PairBuffer(spill_dir, budget_bytes, name)
+        self.pairs = PairBuffer(spill_dir, budget_bytes, name, map_shape)
+        self.pack_candidates = pack_candidates  # the fused kernel will tally this layer (tally.kernel)
 
     def add(self, acts: torch.Tensor, images: torch.Tensor) -> None:
         """acts: (B, K, h, w) float32; images: (B,) global image indices."""
@@ -259,7 +294,12 @@ class LayerStream:
     def _keep_candidates(self, acts: torch.Tensor, maxima: torch.Tensor, images: torch.Tensor) -> None:
         bound = self.quantile.lower_bound()
         b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
-        self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
+        if self.pack_candidates and u.numel():
+            from netdissect.tally.kernel import pack_maps, skip_values
+            self.pairs.add(u, images.to(acts.device)[b], maxima[b, u],
+                           packed=pack_maps(acts[b, u], skip_values(bound)[u.cpu().numpy()]))
+        else:
+            self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
         if self.pairs.over_budget():
             self.pairs.prune(bound)
             if self.pairs.bytes > self.pairs.budget // 2:

@@ -37,11 +37,11 @@
 
 /* ---- argument checking ------------------------------------------------------------------ */
 
-enum kind { FLOAT32, INT32, INT64 };
+enum kind { FLOAT32, INT32, INT64, UINT8 };
 
 static const char *kind_name(enum kind k)
 {
-    return k == FLOAT32 ? "float32" : k == INT32 ? "int32" : "int64";
+    return k == FLOAT32 ? "float32" : k == INT32 ? "int32" : k == INT64 ? "int64" : "uint8";
 }
 
 /* Whether a struct-module format string names a native-order scalar of this kind. */
@@ -69,6 +69,8 @@ static int format_is(const char *format, Py_ssize_t itemsize, enum kind k)
         return strchr("il", format[0]) != NULL && itemsize == 4;
     case INT64:
         return strchr("lqn", format[0]) != NULL && itemsize == 8;
+    case UINT8:
+        return format[0] == 'B' && itemsize == 1;
     }
     return 0;
 }
@@ -588,6 +590,107 @@ done:
     return result;
 }
 
+/* ---- pack_maps -------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(pack_maps_doc,
+"pack_maps(maps, skip, need, counts, fill, values) -> total\n--\n\n"
+"The pass's candidate maps, compactly. tally_bilinear reads a source pixel only in a 2 x 2 window\n"
+"of sources one of which exceeds its skip value (skip_threshold of the final threshold); a map\n"
+"kept while the threshold's lower bound gives skip[k] needs, at any final threshold whose skip\n"
+"value is at least skip[k], only its pixels within one row and column of a pixel above skip[k].\n"
+"Those are kept, row-major, in values (from the start, pair after pair; counts[k] of them), marked\n"
+"in need[k] (bit q % 8 of byte q / 8 for pixel q), and every other pixel, at most skip[k], may be\n"
+"read as fill[k] = skip[k]: the same windows are skipped, the same pixels counted. skip[k] = -inf\n"
+"keeps the whole map.\n\n"
+"maps (p, h, w) float32; skip (p,) float32; need (p, ceil(h*w / 8)) uint8, counts (p,) int64,\n"
+"fill (p,) float32 and values (p*h*w,) float32, writable. All C-contiguous. Returns the number of\n"
+"values written.");
+
+static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static const char *fn = "pack_maps";
+    static char *names[] = {"maps", "skip", "need", "counts", "fill", "values", NULL};
+    enum { MAPS, SKIP, NEED, COUNTS, FILL, VALUES, NARGS };
+    static const enum kind kinds[NARGS] = {FLOAT32, FLOAT32, UINT8, INT64, FLOAT32, FLOAT32};
+    static const int ndims[NARGS] = {3, 1, 2, 1, 1, 1};
+    PyObject *objs[NARGS], *result = NULL;
+    Py_buffer v[NARGS];
+    int got = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO:pack_maps", names, &objs[0], &objs[1],
+                                     &objs[2], &objs[3], &objs[4], &objs[5]))
+        return NULL;
+    for (; got < NARGS; got++)
+        if (get_array(fn, names[got], objs[got], kinds[got], ndims[got], got >= NEED, &v[got]) < 0)
+            goto done;
+    const Py_ssize_t p = v[MAPS].shape[0], h = v[MAPS].shape[1], w = v[MAPS].shape[2];
+    const Py_ssize_t hw = h * w, nb = (hw + 7) / 8;
+    if (check_dim(fn, "skip", &v[SKIP], 0, p, "one per map") ||
+        check_dim(fn, "need", &v[NEED], 0, p, "one row per map") ||
+        check_dim(fn, "need", &v[NEED], 1, nb, "one bit per pixel") ||
+        check_dim(fn, "counts", &v[COUNTS], 0, p, "one per map") ||
+        check_dim(fn, "fill", &v[FILL], 0, p, "one per map") ||
+        check_dim(fn, "values", &v[VALUES], 0, p * hw, "room for every pixel"))
+        goto done;
+    uint8_t *near = malloc((size_t)(hw > 0 ? hw : 1));
+    if (near == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *maps = v[MAPS].buf, *skip = v[SKIP].buf;
+    uint8_t *need = v[NEED].buf;
+    int64_t *counts = v[COUNTS].buf;
+    float *fill = v[FILL].buf, *values = v[VALUES].buf;
+    Py_ssize_t total = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < p; k++) {
+        const float *m = maps + k * hw;
+        const float s = skip[k];
+        uint8_t *bits = need + k * nb;
+        memset(near, 0, (size_t)hw);
+        for (Py_ssize_t y = 0; y < h; y++) {
+            const float *row = m + y * w;
+            if (!any_above(row, w, s))
+                continue;
+            const Py_ssize_t y0 = y > 0 ? y - 1 : 0, y1 = y + 1 < h ? y + 1 : h - 1;
+            for (Py_ssize_t x = 0; x < w; x++) {
+                if (!(row[x] > s))
+                    continue;
+                const Py_ssize_t x0 = x > 0 ? x - 1 : 0, x1 = x + 1 < w ? x + 1 : w - 1;
+                for (Py_ssize_t yy = y0; yy <= y1; yy++)
+                    memset(near + yy * w + x0, 1, (size_t)(x1 - x0 + 1));
+            }
+        }
+        Py_ssize_t n = 0;
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            uint8_t byte = 0;
+            const Py_ssize_t q0 = 8 * b, q1 = q0 + 8 < hw ? q0 + 8 : hw;
+            if (q1 - q0 == 8) {      /* most groups of eight pixels keep none */
+                uint64_t group;
+                memcpy(&group, near + q0, 8);
+                if (group == 0) {
+                    bits[b] = 0;
+                    continue;
+                }
+            }
+            for (Py_ssize_t q = q0; q < q1; q++)
+                byte |= (uint8_t)(near[q] << (q - q0));
+            bits[b] = byte;
+            for (unsigned rest = byte; rest; rest &= rest - 1)    /* the kept pixels, in order */
+                values[total + n++] = m[q0 + __builtin_ctz(rest)];
+        }
+        counts[k] = n;
+        fill[k] = s;
+        total += n;
+    }
+    Py_END_ALLOW_THREADS
+    free(near);
+    result = PyLong_FromSsize_t(total);
+done:
+    while (got-- > 0)
+        PyBuffer_Release(&v[got]);
+    return result;
+}
+
 /* ---- add_pair_counts -------------------------------------------------------------------- */
 
 PyDoc_STRVAR(add_pair_counts_doc,
@@ -794,6 +897,8 @@ static PyMethodDef methods[] = {
      distinct_keys_doc},
     {"add_pair_counts", (PyCFunction)(void (*)(void))add_pair_counts, METH_VARARGS | METH_KEYWORDS,
      add_pair_counts_doc},
+    {"pack_maps", (PyCFunction)(void (*)(void))pack_maps, METH_VARARGS | METH_KEYWORDS,
+     pack_maps_doc},
     {"openmp", openmp, METH_NOARGS, openmp_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -25,7 +25,8 @@ try:
     from netdissect.tally import _kernel
 except ImportError:  # not compiled (a C compiler was missing at install): the torch path
     _kernel = None
-if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys", "add_pair_counts", "openmp")):
+if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys", "add_pair_counts", "openmp",
+                                              "pack_maps")):
     _kernel = None  # built from an older source (rebuild: pip install -e .): the torch path
 _OPENMP = _kernel is not None and _kernel.openmp()
 
@@ -126,3 +127,36 @@ def add_pair_counts(inter: torch.Tensor, active: torch.Tensor, per_combo: torch.
     arrays = [t.detach().cpu().contiguous().to(torch.int64).numpy()
               for t in (per_combo, act, units, images, tables, image_concepts, labeled)]
     _kernel.add_pair_counts(*arrays, inter.numpy(), active.numpy())
+
+
+def skip_values(bounds: torch.Tensor) -> np.ndarray:
+    """(K,) float32: the kernel's skip_threshold of each unit's threshold bound, where it only
+    rises with the threshold (bounds of at least 2**-100), so that a map packed at the bound keeps
+    every pixel the tally at the final threshold reads; -inf (whole maps) elsewhere."""
+    b = bounds.detach().cpu().numpy().astype(np.float32)
+    return np.where(b >= np.float32(2.0 ** -100), b * np.float32(1.0 - 2.0 ** -18),
+                    np.float32(-np.inf)).astype(np.float32)
+
+
+def pack_maps(maps: torch.Tensor, skip: np.ndarray) -> dict:
+    """(p, h, w) candidate maps packed by the extension (see pack_maps in _kernel.c): each map's
+    pixels within one row and column of a pixel above its skip value, the rest read as that skip
+    value. {"fill" (p,), "count" (p,), "need" (p, ceil(h*w/8)) bits, "values" (sum count,)}."""
+    maps = maps.detach().cpu().contiguous().float()
+    p, h, w = maps.shape
+    need = np.empty((p, (h * w + 7) // 8), np.uint8)
+    count, fill = np.empty(p, np.int64), np.empty(p, np.float32)
+    values = np.empty(p * h * w, np.float32)
+    n = _kernel.pack_maps(maps.numpy(), np.ascontiguousarray(skip, np.float32), need, count, fill, values)
+    return {"fill": torch.from_numpy(fill), "count": torch.from_numpy(count),
+            "need": torch.from_numpy(need), "values": torch.from_numpy(values[:n].copy())}
+
+
+def unpack_maps(packed: dict, map_shape: Tuple[int, int]) -> torch.Tensor:
+    """The (p, h, w) maps of pack_maps' output: kept pixels as they were, the others the fill."""
+    h, w = map_shape
+    fill = np.asarray(packed["fill"].numpy(), np.float32)
+    mask = np.unpackbits(np.asarray(packed["need"].numpy()), axis=1, count=h * w, bitorder="little").view(bool)
+    maps = np.repeat(fill[:, None], h * w, axis=1)
+    maps[mask] = np.asarray(packed["values"].numpy())
+    return torch.from_numpy(maps.reshape(-1, h, w))

@@ -1,0 +1,128 @@
+"""Candidate maps kept packed (tally.kernel.pack_maps): only the pixels near values above the
+threshold's lower bound. The tally of the unpacked maps equals the tally of the maps at every
+threshold from that bound up, the buffer prunes, spills and reloads packed chunks, and a whole
+run gives the same files as one that keeps plain maps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from engine_data import assert_same_run, make_dataset, run_files, tiny_net
+
+import netdissect
+from netdissect.stats.streaming import PairBuffer
+from netdissect.tally import kernel
+from netdissect.tally.counts import combination_counts
+
+pytestmark = pytest.mark.skipif(not kernel.available(), reason="the C kernel was not compiled")
+
+
+def _torch_counts(maps, thr, images, combo_ids, size, max_combos):
+    masks = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] > thr[:, None, None]
+    return combination_counts(masks.reshape(maps.shape[0], -1), images, combo_ids, max_combos)
+
+
+@pytest.mark.parametrize("native, size", [((7, 7), (112, 112)), ((14, 14), (112, 112)), ((56, 56), (112, 112)),
+                                          ((9, 5), (112, 120))])
+def test_unpacked_maps_tally_the_same_at_every_threshold_from_the_bound(native, size):
+    gen = torch.Generator().manual_seed(sum(native))
+    p, n, combos = 240, 5, 7
+    maps = torch.randn((p,) + native, generator=gen)
+    maps[::3] = maps[::3].relu()                                   # ties at zero
+    bound = torch.quantile(maps.flatten(1), 0.9, dim=1)
+    bound[::7] = -float("inf")                                     # before the state is full
+    bound[1::7] = 1e-31                                            # a bound too small to pack by
+    bound[2::7] = -0.5                                             # a negative bound: whole maps too
+    unpacked = kernel.unpack_maps(kernel.pack_maps(maps, kernel.skip_values(bound)), native)
+    kept = (unpacked == maps).float().mean()
+    assert kept < 0.8
+    images = torch.randint(0, n, (p,), generator=gen)
+    ids = torch.randint(0, combos, (n, size[0] * size[1]), generator=gen, dtype=torch.int32)
+    values = maps.flatten(1)
+    lifts = [torch.zeros(p), torch.full((p,), 1e-6), torch.rand(p, generator=gen) * 0.5]
+    # the bound itself, just above it, anywhere above it, exact map values above it
+    candidates = [torch.where(torch.isfinite(bound), bound, values.min(1).values) + lift for lift in lifts]
+    above = torch.where(values >= bound[:, None], values, torch.full_like(values, float("inf")))
+    candidates.append(torch.where(torch.isfinite(above.min(1).values), above.min(1).values, bound))
+    for thr in candidates:
+        thr = torch.maximum(thr, bound).float()
+        expected = kernel.fused_tally(maps, thr, images, ids, size, combos)
+        got = kernel.fused_tally(unpacked, thr, images, ids, size, combos)
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+        plain = _torch_counts(maps, thr, images, ids, size, combos)
+        assert torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])
+
+
+def test_a_packed_map_keeps_the_neighbours_of_its_values_above_the_bound():
+    maps = torch.zeros(4, 6, 6)
+    maps[0, 2, 3] = 5.0           # inside: its 3 x 3 neighbourhood
+    maps[1, 0, 0] = 5.0           # a corner: 2 x 2
+    maps[2, 0, 0] = maps[2, 5, 5] = 5.0
+    skip = kernel.skip_values(torch.tensor([1.0, 1.0, 1.0, -float("inf")]))
+    packed = kernel.pack_maps(maps, skip)
+    assert packed["count"].tolist() == [9, 4, 8, 36]
+    bits = np.unpackbits(packed["need"].numpy(), axis=1, count=36, bitorder="little").reshape(4, 6, 6)
+    expected = np.zeros((6, 6), np.uint8)
+    expected[1:4, 2:5] = 1
+    np.testing.assert_array_equal(bits[0], expected)
+    assert packed["fill"][0] == skip[0] and packed["fill"][0] < 1.0
+    unpacked = kernel.unpack_maps(packed, (6, 6))
+    assert torch.equal(unpacked[3], maps[3]) and unpacked[0, 2, 3] == 5.0 and unpacked[0, 0, 0] == skip[0]
+
+
+def test_packed_chunks_are_pruned_spilled_and_read_back(tmp_path: Path):
+    gen = torch.Generator().manual_seed(3)
+    shape = (8, 8)
+    buffer = PairBuffer(tmp_path, budget_bytes=1, name="layer one", map_shape=shape)
+    expected = {}
+    for step in range(4):
+        maps = torch.randn((10,) + shape, generator=gen)
+        units, images = torch.arange(10) % 3, torch.arange(10) + 10 * step
+        maxima = maps.flatten(1).amax(1)
+        bound = torch.full((3,), 0.5)
+        if step == 2:                 # a plain chunk among packed ones (a run resumed)
+            buffer.add(units, images, maxima, maps)
+            decoded = maps
+        else:
+            packed = kernel.pack_maps(maps, kernel.skip_values(bound)[units.numpy()])
+            buffer.add(units, images, maxima, packed=packed)
+            decoded = kernel.unpack_maps(packed, shape)
+        expected.update({int(i): (m, d) for i, m, d in zip(images, maxima, decoded)})
+        if step == 1:
+            buffer.prune(torch.tensor([1.0, 1.5, 2.0]))   # drops pairs; packed runs of values follow
+            buffer.spill()
+    assert any(".packed" in p.name for p in buffer.spilled)
+    thresholds = torch.tensor([1.2, 1.6, 2.1])
+    seen = set()
+    for chunk in buffer.final_pairs(thresholds):
+        assert set(chunk) == {"unit", "image", "max", "maps"}
+        for u, i, m, got in zip(chunk["unit"], chunk["image"], chunk["max"], chunk["maps"]):
+            assert m > thresholds[u] and torch.equal(got, expected[int(i)][1])
+            seen.add(int(i))
+    assert seen == {i for i, (m, _) in expected.items() if m > thresholds[i % 10 % 3]}
+
+
+def test_a_run_with_packed_candidates_writes_what_plain_candidates_write(tmp_path: Path, monkeypatch):
+    """The same run with candidates packed (and spilled: no share of the budget left for them)
+    and with plain maps tallied by torch (no compiled kernel): the same files."""
+    from netdissect.engine import pipeline
+    data = make_dataset(tmp_path / "data", n_images=24, size=32, seed=5)
+    packs, spilled = [], []
+    real_pack, real_spill = kernel.pack_maps, PairBuffer.spill
+    monkeypatch.setattr(kernel, "pack_maps", lambda maps, skip: packs.append(len(skip)) or real_pack(maps, skip))
+
+    def spill(buffer):
+        real_spill(buffer)
+        spilled.extend(p.name for p in buffer.spilled)
+    monkeypatch.setattr(PairBuffer, "spill", spill)
+    monkeypatch.setattr(pipeline, "PACKED_SHARE_DIVISOR", 1 << 40)
+    layers = ["conv1", "conv3"]
+    args = dict(progress=False, batch_size=4, workers=0, device="cpu", min_category_images=0, label_cache="off")
+    netdissect.dissect(tiny_net(), layers, data, out=tmp_path / "packed", **args)
+    assert packs and any(".packed" in name for name in spilled)
+    monkeypatch.setenv("NETDISSECT_NO_KERNEL", "1")
+    netdissect.dissect(tiny_net(), layers, data, out=tmp_path / "plain", **args)
+    assert_same_run(run_files(tmp_path / "packed", layers), run_files(tmp_path / "plain", layers))
