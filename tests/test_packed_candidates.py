@@ -126,3 +126,16 @@ def test_a_run_with_packed_candidates_writes_what_plain_candidates_write(tmp_pat
     monkeypatch.setenv("NETDISSECT_NO_KERNEL", "1")
     netdissect.dissect(tiny_net(), layers, data, out=tmp_path / "plain", **args)
     assert_same_run(run_files(tmp_path / "packed", layers), run_files(tmp_path / "plain", layers))
+
+
+def test_unpacking_checks_the_counts_against_the_bits():
+    maps = torch.zeros(2, 3, 3)
+    maps[0, 1, 1] = 2.0
+    packed = kernel.pack_maps(maps, kernel.skip_values(torch.tensor([1.0, 1.0])))
+    assert packed["count"].tolist() == [9, 0]
+    bad = dict(packed, count=torch.tensor([8, 1]))
+    with pytest.raises(ValueError, match="map 0 has 9 bits set but a count of 8"):
+        kernel.unpack_maps(bad, (3, 3))
+    short = dict(packed, values=packed["values"][:-1])
+    with pytest.raises(ValueError, match="add up to 9 values, values holds 8"):
+        kernel.unpack_maps(short, (3, 3))

@@ -691,6 +691,81 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(unpack_maps_doc,
+"unpack_maps(fill, counts, need, values, maps)\n--\n\n"
+"The maps pack_maps packed, into maps (p, h, w) float32 (writable): pixel q of map k is the next\n"
+"of map k's values where bit q of need[k] is set, else fill[k]. fill (p,) float32, counts (p,)\n"
+"int64, need (p, ceil(h*w / 8)) uint8, values (sum of counts,) float32; all C-contiguous.");
+
+static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static const char *fn = "unpack_maps";
+    static char *names[] = {"fill", "counts", "need", "values", "maps", NULL};
+    enum { FILL, COUNTS, NEED, VALUES, MAPS, NARGS };
+    static const enum kind kinds[NARGS] = {FLOAT32, INT64, UINT8, FLOAT32, FLOAT32};
+    static const int ndims[NARGS] = {1, 1, 2, 1, 3};
+    PyObject *objs[NARGS], *result = NULL;
+    Py_buffer v[NARGS];
+    int got = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:unpack_maps", names, &objs[0], &objs[1],
+                                     &objs[2], &objs[3], &objs[4]))
+        return NULL;
+    for (; got < NARGS; got++)
+        if (get_array(fn, names[got], objs[got], kinds[got], ndims[got], got == MAPS, &v[got]) < 0)
+            goto done;
+    const Py_ssize_t p = v[MAPS].shape[0], hw = v[MAPS].shape[1] * v[MAPS].shape[2];
+    const Py_ssize_t nb = (hw + 7) / 8;
+    if (check_dim(fn, "fill", &v[FILL], 0, p, "one per map") ||
+        check_dim(fn, "counts", &v[COUNTS], 0, p, "one per map") ||
+        check_dim(fn, "need", &v[NEED], 0, p, "one row per map") ||
+        check_dim(fn, "need", &v[NEED], 1, nb, "one bit per pixel"))
+        goto done;
+    const float *fill = v[FILL].buf, *values = v[VALUES].buf;
+    const int64_t *counts = v[COUNTS].buf;
+    const uint8_t *need = v[NEED].buf;
+    float *maps = v[MAPS].buf;
+    /* every count within the values, and each map's bits as many as its count */
+    Py_ssize_t total = 0;
+    for (Py_ssize_t k = 0; k < p; k++) {
+        Py_ssize_t bits = 0;
+        for (Py_ssize_t b = 0; b < nb; b++)
+            bits += __builtin_popcount(need[k * nb + b] & (b + 1 < nb || hw % 8 == 0 ? 0xffu : (1u << (hw % 8)) - 1));
+        if (counts[k] != bits || counts[k] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s(): map %zd has %zd bits set but a count of %lld", fn, k,
+                         bits, (long long)counts[k]);
+            goto done;
+        }
+        total += bits;
+    }
+    if (total != v[VALUES].shape[0]) {
+        PyErr_Format(PyExc_ValueError, "%s(): the counts add up to %zd values, values holds %zd", fn, total,
+                     v[VALUES].shape[0]);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t j = 0;
+    for (Py_ssize_t k = 0; k < p; k++) {
+        float *m = maps + k * hw;
+        const uint8_t *bits = need + k * nb;
+        const float f = fill[k];
+        for (Py_ssize_t q = 0; q < hw; q++)
+            m[q] = f;
+        for (Py_ssize_t b = 0; b < nb; b++)
+            for (unsigned rest = bits[b]; rest; rest &= rest - 1) {
+                const Py_ssize_t q = 8 * b + __builtin_ctz(rest);
+                if (q < hw)
+                    m[q] = values[j++];
+            }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    while (got-- > 0)
+        PyBuffer_Release(&v[got]);
+    return result;
+}
+
 /* ---- add_pair_counts -------------------------------------------------------------------- */
 
 PyDoc_STRVAR(add_pair_counts_doc,
@@ -899,6 +974,8 @@ static PyMethodDef methods[] = {
      add_pair_counts_doc},
     {"pack_maps", (PyCFunction)(void (*)(void))pack_maps, METH_VARARGS | METH_KEYWORDS,
      pack_maps_doc},
+    {"unpack_maps", (PyCFunction)(void (*)(void))unpack_maps, METH_VARARGS | METH_KEYWORDS,
+     unpack_maps_doc},
     {"openmp", openmp, METH_NOARGS, openmp_doc},
     {NULL, NULL, 0, NULL},
 };

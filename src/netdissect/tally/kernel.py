@@ -26,7 +26,7 @@ try:
 except ImportError:  # not compiled (a C compiler was missing at install): the torch path
     _kernel = None
 if not all(hasattr(_kernel, name) for name in ("tally_bilinear", "distinct_keys", "add_pair_counts", "openmp",
-                                              "pack_maps")):
+                                              "pack_maps", "unpack_maps")):
     _kernel = None  # built from an older source (rebuild: pip install -e .): the torch path
 _OPENMP = _kernel is not None and _kernel.openmp()
 
@@ -155,8 +155,7 @@ def pack_maps(maps: torch.Tensor, skip: np.ndarray) -> dict:
 def unpack_maps(packed: dict, map_shape: Tuple[int, int]) -> torch.Tensor:
     """The (p, h, w) maps of pack_maps' output: kept pixels as they were, the others the fill."""
     h, w = map_shape
-    fill = np.asarray(packed["fill"].numpy(), np.float32)
-    mask = np.unpackbits(np.asarray(packed["need"].numpy()), axis=1, count=h * w, bitorder="little").view(bool)
-    maps = np.repeat(fill[:, None], h * w, axis=1)
-    maps[mask] = np.asarray(packed["values"].numpy())
-    return torch.from_numpy(maps.reshape(-1, h, w))
+    arrays = [np.ascontiguousarray(packed[key].numpy()) for key in ("fill", "count", "need", "values")]
+    maps = np.empty((arrays[0].shape[0], h, w), np.float32)
+    _kernel.unpack_maps(*arrays, maps)
+    return torch.from_numpy(maps)
