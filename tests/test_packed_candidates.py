@@ -76,14 +76,14 @@ def test_a_packed_map_keeps_the_neighbours_of_its_values_above_the_bound():
 def test_packed_chunks_are_pruned_spilled_and_read_back(tmp_path: Path):
     gen = torch.Generator().manual_seed(3)
     shape = (8, 8)
-    buffer = PairBuffer(tmp_path, budget_bytes=1, name="layer one", map_shape=shape)
+    buffer = PairBuffer(tmp_path, budget_bytes=1, name="layer.packed1", map_shape=shape)   # a name like a file's kind
     expected = {}
     for step in range(4):
         maps = torch.randn((10,) + shape, generator=gen)
         units, images = torch.arange(10) % 3, torch.arange(10) + 10 * step
         maxima = maps.flatten(1).amax(1)
         bound = torch.full((3,), 0.5)
-        if step == 2:                 # a plain chunk among packed ones (a run resumed)
+        if step == 0:                 # a plain chunk among packed ones (a run resumed)
             buffer.add(units, images, maxima, maps)
             decoded = maps
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -219,7 +220,7 @@ def _load_spill(path: Path) -> dict:
         if path.suffix == ".npz":    # spilled by an earlier version (a checkpoint resumed)
             with np.load(path, allow_pickle=False) as z:
                 return {key: torch.from_numpy(z[key]) for key in z.files}
-        keys = PACKED_SPILL_KEYS if ".packed" in path.name else SPILL_KEYS
+        keys = PACKED_SPILL_KEYS if re.search(r"\.packed\d+\.npys$", path.name) else SPILL_KEYS
         return {key: torch.from_numpy(array) for key, array in zip(keys, _map_arrays(path, len(keys)))}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         from netdissect.errors import RunError
