@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from engine_data import assert_same_run, make_dataset, run_files, tiny_net
 
 import netdissect
+from netdissect.stats import streaming
 from netdissect.stats.streaming import PairBuffer
 from netdissect.tally import kernel
 from netdissect.tally.counts import combination_counts
@@ -36,7 +37,7 @@ def test_unpacked_maps_tally_the_same_at_every_threshold_from_the_bound(native, 
     bound[::7] = -float("inf")                                     # before the state is full
     bound[1::7] = 1e-31                                            # a bound too small to pack by
     bound[2::7] = -0.5                                             # a negative bound: whole maps too
-    unpacked = kernel.unpack_maps(kernel.pack_maps(maps, kernel.skip_values(bound)), native)
+    unpacked = kernel.unpack_maps(kernel.pack_maps(maps, bound), native)
     kept = (unpacked == maps).float().mean()
     assert kept < 0.8
     images = torch.randint(0, n, (p,), generator=gen)
@@ -61,16 +62,16 @@ def test_a_packed_map_keeps_the_neighbours_of_its_values_above_the_bound():
     maps[0, 2, 3] = 5.0           # inside: its 3 x 3 neighbourhood
     maps[1, 0, 0] = 5.0           # a corner: 2 x 2
     maps[2, 0, 0] = maps[2, 5, 5] = 5.0
-    skip = kernel.skip_values(torch.tensor([1.0, 1.0, 1.0, -float("inf")]))
-    packed = kernel.pack_maps(maps, skip)
+    packed = kernel.pack_maps(maps, torch.tensor([1.0, 1.0, 1.0, -float("inf")]))
+    skip = np.float32(1.0) * np.float32(1.0 - 2.0 ** -18)     # skip_threshold(1.0) in _kernel.c
     assert packed["count"].tolist() == [9, 4, 8, 36]
     bits = np.unpackbits(packed["need"].numpy(), axis=1, count=36, bitorder="little").reshape(4, 6, 6)
     expected = np.zeros((6, 6), np.uint8)
     expected[1:4, 2:5] = 1
     np.testing.assert_array_equal(bits[0], expected)
-    assert packed["fill"][0] == skip[0] and packed["fill"][0] < 1.0
+    assert packed["fill"][0] == skip and packed["fill"][0] < 1.0 and packed["fill"][3] == -float("inf")
     unpacked = kernel.unpack_maps(packed, (6, 6))
-    assert torch.equal(unpacked[3], maps[3]) and unpacked[0, 2, 3] == 5.0 and unpacked[0, 0, 0] == skip[0]
+    assert torch.equal(unpacked[3], maps[3]) and unpacked[0, 2, 3] == 5.0 and unpacked[0, 0, 0] == skip
 
 
 def test_packed_chunks_are_pruned_spilled_and_read_back(tmp_path: Path):
@@ -87,7 +88,7 @@ def test_packed_chunks_are_pruned_spilled_and_read_back(tmp_path: Path):
             buffer.add(units, images, maxima, maps)
             decoded = maps
         else:
-            packed = kernel.pack_maps(maps, kernel.skip_values(bound)[units.numpy()])
+            packed = kernel.pack_maps(maps, bound[units])
             buffer.add(units, images, maxima, packed=packed)
             decoded = kernel.unpack_maps(packed, shape)
         expected.update({int(i): (m, d) for i, m, d in zip(images, maxima, decoded)})
@@ -112,7 +113,7 @@ def test_a_run_with_packed_candidates_writes_what_plain_candidates_write(tmp_pat
     data = make_dataset(tmp_path / "data", n_images=24, size=32, seed=5)
     packs, spilled = [], []
     real_pack, real_spill = kernel.pack_maps, PairBuffer.spill
-    monkeypatch.setattr(kernel, "pack_maps", lambda maps, skip: packs.append(len(skip)) or real_pack(maps, skip))
+    monkeypatch.setattr(streaming, "pack_maps", lambda maps, bounds: packs.append(len(bounds)) or real_pack(maps, bounds))
 
     def spill(buffer):
         real_spill(buffer)
@@ -131,7 +132,7 @@ def test_a_run_with_packed_candidates_writes_what_plain_candidates_write(tmp_pat
 def test_unpacking_checks_the_counts_against_the_bits():
     maps = torch.zeros(2, 3, 3)
     maps[0, 1, 1] = 2.0
-    packed = kernel.pack_maps(maps, kernel.skip_values(torch.tensor([1.0, 1.0])))
+    packed = kernel.pack_maps(maps, torch.tensor([1.0, 1.0]))
     assert packed["count"].tolist() == [9, 0]
     bad = dict(packed, count=torch.tensor([8, 1]))
     with pytest.raises(ValueError, match="map 0 has 9 bits set but a count of 8"):

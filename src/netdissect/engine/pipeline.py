@@ -221,8 +221,7 @@ class _Engine:
         #    for the layers whose exact threshold state does not fit the memory budget)
         self._passes(module, normalize, data, streams, store)
         if self.report_images is not None:   # the top images are final: their atlases, while it tallies
-            self.report_images.encode_atlases(torch.cat([s.topk.index.flatten() for s in streams.values()]).tolist(),
-                                              self.sizes[:2])
+            self.report_images.encode_atlases(_top_images(streams).tolist(), self.sizes[:2])
         # 2. thresholds: the (1 - quantile) quantile of each unit's activations
         thresholds = {name: s.quantile.threshold(s.quantile.count) for name, s in streams.items()}
         # 3. tally intersections and unions at those thresholds (and, for formulas, each unit's
@@ -561,8 +560,7 @@ class _Engine:
                     for name, stream in streams.items():
                         stream.add(float32_activations(name, outputs[name], indices, ds), indices)
                     if self.report_images is not None:
-                        self.report_images.keep(indices, images, torch.cat([s.topk.index.flatten()
-                                                                            for s in streams.values()]))
+                        self.report_images.keep(indices, images, _top_images(streams))
                 self._batch_done(state, bar, len(indices) + len(bad), save_checkpoint, interrupt)
         bar.close()
         if self.run_dir is not None and self.run_dir.checkpoint_every and \
@@ -643,6 +641,11 @@ class _Engine:
 
 
 PACKED_SHARE_DIVISOR = 8   # of a layer's candidate share, when its maps are kept packed
+
+
+def _top_images(streams) -> torch.Tensor:
+    """The dataset indices in every layer's units' current top k (-1 for an empty slot)."""
+    return torch.cat([s.topk.index.flatten() for s in streams.values()])
 
 
 def _rows_fingerprint(ids: np.ndarray, n: int) -> str:

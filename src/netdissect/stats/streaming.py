@@ -27,6 +27,7 @@ from netdissect.atomic import atomic_path
 from netdissect.runs import safe_name
 from netdissect.stats.memory import release_free_memory
 from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile
+from netdissect.tally.kernel import pack_maps, unpack_maps
 
 
 class TopKImages:
@@ -187,7 +188,6 @@ class PairBuffer:
                         continue
                     chunk = _select(chunk, keep)
                 if "values" in chunk:
-                    from netdissect.tally.kernel import unpack_maps
                     chunk = {"unit": chunk["unit"], "image": chunk["image"], "max": chunk["max"],
                              "maps": unpack_maps(chunk, self.map_shape)}
                 yield chunk  # a plain chunk kept whole: no copy of the maps
@@ -296,9 +296,7 @@ class LayerStream:
         bound = self.quantile.lower_bound()
         b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
         if self.pack_candidates and u.numel():
-            from netdissect.tally.kernel import pack_maps, skip_values
-            self.pairs.add(u, images.to(acts.device)[b], maxima[b, u],
-                           packed=pack_maps(acts[b, u], skip_values(bound)[u.cpu().numpy()]))
+            self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], packed=pack_maps(acts[b, u], bound[u]))
         else:
             self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
         if self.pairs.over_budget():

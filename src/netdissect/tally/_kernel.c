@@ -593,24 +593,24 @@ done:
 /* ---- pack_maps -------------------------------------------------------------------------- */
 
 PyDoc_STRVAR(pack_maps_doc,
-"pack_maps(maps, skip, need, counts, fill, values) -> total\n--\n\n"
+"pack_maps(maps, bounds, need, counts, fill, values) -> total\n--\n\n"
 "The pass's candidate maps, compactly. tally_bilinear reads a source pixel only in a 2 x 2 window\n"
-"of sources one of which exceeds its skip value (skip_threshold of the final threshold); a map\n"
-"kept while the threshold's lower bound gives skip[k] needs, at any final threshold whose skip\n"
-"value is at least skip[k], only its pixels within one row and column of a pixel above skip[k].\n"
-"Those are kept, row-major, in values (from the start, pair after pair; counts[k] of them), marked\n"
-"in need[k] (bit q % 8 of byte q / 8 for pixel q), and every other pixel, at most skip[k], may be\n"
-"read as fill[k] = skip[k]: the same windows are skipped, the same pixels counted. skip[k] = -inf\n"
-"keeps the whole map.\n\n"
-"maps (p, h, w) float32; skip (p,) float32; need (p, ceil(h*w / 8)) uint8, counts (p,) int64,\n"
+"of sources one of which exceeds s = skip_threshold(final threshold). For a map kept while the\n"
+"threshold's lower bound is bounds[k] >= 2**-100 (where skip_threshold only rises), s is at least\n"
+"s_k = skip_threshold(bounds[k]), so only its pixels within one row and column of a pixel above\n"
+"s_k are read. Those are kept, row-major, in values (from the start, pair after pair; counts[k] of\n"
+"them), marked in need[k] (bit q % 8 of byte q / 8 for pixel q), and every other pixel, at most\n"
+"s_k, may be read as fill[k] = s_k: the same windows are skipped, the same pixels counted. A\n"
+"smaller bound (-inf before the threshold state fills) keeps the whole map (fill[k] = -inf).\n\n"
+"maps (p, h, w) float32; bounds (p,) float32; need (p, ceil(h*w / 8)) uint8, counts (p,) int64,\n"
 "fill (p,) float32 and values (p*h*w,) float32, writable. All C-contiguous. Returns the number of\n"
 "values written.");
 
 static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static const char *fn = "pack_maps";
-    static char *names[] = {"maps", "skip", "need", "counts", "fill", "values", NULL};
-    enum { MAPS, SKIP, NEED, COUNTS, FILL, VALUES, NARGS };
+    static char *names[] = {"maps", "bounds", "need", "counts", "fill", "values", NULL};
+    enum { MAPS, BOUNDS, NEED, COUNTS, FILL, VALUES, NARGS };
     static const enum kind kinds[NARGS] = {FLOAT32, FLOAT32, UINT8, INT64, FLOAT32, FLOAT32};
     static const int ndims[NARGS] = {3, 1, 2, 1, 1, 1};
     PyObject *objs[NARGS], *result = NULL;
@@ -624,7 +624,7 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
             goto done;
     const Py_ssize_t p = v[MAPS].shape[0], h = v[MAPS].shape[1], w = v[MAPS].shape[2];
     const Py_ssize_t hw = h * w, nb = (hw + 7) / 8;
-    if (check_dim(fn, "skip", &v[SKIP], 0, p, "one per map") ||
+    if (check_dim(fn, "bounds", &v[BOUNDS], 0, p, "one per map") ||
         check_dim(fn, "need", &v[NEED], 0, p, "one row per map") ||
         check_dim(fn, "need", &v[NEED], 1, nb, "one bit per pixel") ||
         check_dim(fn, "counts", &v[COUNTS], 0, p, "one per map") ||
@@ -636,7 +636,7 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_NoMemory();
         goto done;
     }
-    const float *maps = v[MAPS].buf, *skip = v[SKIP].buf;
+    const float *maps = v[MAPS].buf, *bounds = v[BOUNDS].buf;
     uint8_t *need = v[NEED].buf;
     int64_t *counts = v[COUNTS].buf;
     float *fill = v[FILL].buf, *values = v[VALUES].buf;
@@ -644,7 +644,7 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < p; k++) {
         const float *m = maps + k * hw;
-        const float s = skip[k];
+        const float s = bounds[k] >= 0x1p-100f ? skip_threshold(bounds[k]) : -INFINITY;
         uint8_t *bits = need + k * nb;
         memset(near, 0, (size_t)hw);
         for (Py_ssize_t y = 0; y < h; y++) {
@@ -728,9 +728,9 @@ static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_ssize_t total = 0;
     for (Py_ssize_t k = 0; k < p; k++) {
         Py_ssize_t bits = 0;
-        for (Py_ssize_t b = 0; b < nb; b++)
-            bits += __builtin_popcount(need[k * nb + b] & (b + 1 < nb || hw % 8 == 0 ? 0xffu : (1u << (hw % 8)) - 1));
-        if (counts[k] != bits || counts[k] < 0) {
+        for (Py_ssize_t b = 0; b < nb; b++)      /* bits past the map's last pixel do not count */
+            bits += __builtin_popcount(need[k * nb + b] & (8 * b + 8 <= hw ? 0xffu : (1u << (hw - 8 * b)) - 1));
+        if (counts[k] != bits) {
             PyErr_Format(PyExc_ValueError, "%s(): map %zd has %zd bits set but a count of %lld", fn, k,
                          bits, (long long)counts[k]);
             goto done;

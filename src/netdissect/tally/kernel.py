@@ -129,25 +129,19 @@ def add_pair_counts(inter: torch.Tensor, active: torch.Tensor, per_combo: torch.
     _kernel.add_pair_counts(*arrays, inter.numpy(), active.numpy())
 
 
-def skip_values(bounds: torch.Tensor) -> np.ndarray:
-    """(K,) float32: the kernel's skip_threshold of each unit's threshold bound, where it only
-    rises with the threshold (bounds of at least 2**-100), so that a map packed at the bound keeps
-    every pixel the tally at the final threshold reads; -inf (whole maps) elsewhere."""
-    b = bounds.detach().cpu().numpy().astype(np.float32)
-    return np.where(b >= np.float32(2.0 ** -100), b * np.float32(1.0 - 2.0 ** -18),
-                    np.float32(-np.inf)).astype(np.float32)
-
-
-def pack_maps(maps: torch.Tensor, skip: np.ndarray) -> dict:
-    """(p, h, w) candidate maps packed by the extension (see pack_maps in _kernel.c): each map's
-    pixels within one row and column of a pixel above its skip value, the rest read as that skip
-    value. {"fill" (p,), "count" (p,), "need" (p, ceil(h*w/8)) bits, "values" (sum count,)}."""
+def pack_maps(maps: torch.Tensor, bounds: torch.Tensor) -> dict:
+    """(p, h, w) candidate maps packed by the extension (see pack_maps in _kernel.c), each kept
+    while its unit's threshold had the lower bound ``bounds`` (p,): the map's pixels within one
+    row and column of a pixel above the kernel's skip value of that bound, the rest read as that
+    value, so the tally at any threshold from the bound up counts the same pixels.
+    {"fill" (p,), "count" (p,), "need" (p, ceil(h*w/8)) bits, "values" (sum count,)}."""
     maps = maps.detach().cpu().contiguous().float()
     p, h, w = maps.shape
     need = np.empty((p, (h * w + 7) // 8), np.uint8)
     count, fill = np.empty(p, np.int64), np.empty(p, np.float32)
     values = np.empty(p * h * w, np.float32)
-    n = _kernel.pack_maps(maps.numpy(), np.ascontiguousarray(skip, np.float32), need, count, fill, values)
+    bounds = bounds.detach().cpu().contiguous().float()
+    n = _kernel.pack_maps(maps.numpy(), bounds.numpy(), need, count, fill, values)
     return {"fill": torch.from_numpy(fill), "count": torch.from_numpy(count),
             "need": torch.from_numpy(need), "values": torch.from_numpy(values[:n].copy())}
 
