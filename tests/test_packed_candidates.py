@@ -97,13 +97,16 @@ def test_packed_chunks_are_pruned_spilled_and_read_back(tmp_path: Path):
             buffer.spill()
     assert any(".packed" in p.name for p in buffer.spilled)
     thresholds = torch.tensor([1.2, 1.6, 2.1])
-    seen = set()
-    for chunk in buffer.final_pairs(thresholds):
-        assert set(chunk) == {"unit", "image", "max", "maps"}
-        for u, i, m, got in zip(chunk["unit"], chunk["image"], chunk["max"], chunk["maps"]):
-            assert m > thresholds[u] and torch.equal(got, expected[int(i)][1])
-            seen.add(int(i))
-    assert seen == {i for i, (m, _) in expected.items() if m > thresholds[i % 10 % 3]}
+    for max_pairs in (None, 2):   # packed chunks unpacked whole, or two kept pairs at a time
+        seen = []
+        for chunk in buffer.final_pairs(thresholds, max_pairs):
+            assert set(chunk) == {"unit", "image", "max", "maps"}
+            assert max_pairs is None or "values" not in chunk or len(chunk["unit"]) <= max_pairs
+            for u, i, m, got in zip(chunk["unit"], chunk["image"], chunk["max"], chunk["maps"]):
+                assert m > thresholds[u] and torch.equal(got, expected[int(i)][1])
+                seen.append(int(i))
+        assert seen == sorted(seen)     # in image order
+        assert set(seen) == {i for i, (m, _) in expected.items() if m > thresholds[i % 10 % 3]}
 
 
 def test_a_run_with_packed_candidates_writes_what_plain_candidates_write(tmp_path: Path, monkeypatch):
@@ -140,3 +143,18 @@ def test_unpacking_checks_the_counts_against_the_bits():
     short = dict(packed, values=packed["values"][:-1])
     with pytest.raises(ValueError, match="add up to 9 values, values holds 8"):
         kernel.unpack_maps(short, (3, 3))
+
+
+def test_unpacking_some_pairs_gives_those_maps_of_the_whole():
+    gen = torch.Generator().manual_seed(8)
+    maps = torch.randn((12, 5, 7), generator=gen)
+    packed = kernel.pack_maps(maps, torch.full((12,), 0.8))
+    whole = kernel.unpack_maps(packed, (5, 7))
+    pairs = torch.tensor([11, 0, 5, 5, 3])
+    assert torch.equal(kernel.unpack_maps(packed, (5, 7), pairs), whole[pairs])
+    assert kernel.unpack_maps(packed, (5, 7), pairs[:0]).shape == (0, 5, 7)
+    with pytest.raises(IndexError, match=r"pairs\[1\] = 12 is not one of the 12 maps"):
+        kernel.unpack_maps(packed, (5, 7), torch.tensor([1, 12]))
+    negative = dict(packed, count=torch.cat([torch.tensor([-1]), packed["count"][1:]]))
+    with pytest.raises(ValueError, match="map 0 has a count of"):
+        kernel.unpack_maps(negative, (5, 7), torch.tensor([4]))

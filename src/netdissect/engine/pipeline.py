@@ -279,7 +279,7 @@ class _Engine:
             tallies[name] = LayerTally(stream, thresholds[name], len(vocab.concepts), len(vocab.categories),
                                        self.config.upsample, stream.map_shape, (sh, sw), field, (ih, iw), store,
                                        self.memory_plan.tally, combinations=index)
-            for chunk in stream.pairs.final_pairs(tallies[name].thr):
+            for chunk in stream.pairs.final_pairs(tallies[name].thr, tallies[name].max_pairs):
                 tallies[name].add(chunk)
         if self.group is not None:  # integer counts: their sum over the shards is exact
             for tally in tallies.values():

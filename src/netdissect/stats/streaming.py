@@ -176,20 +176,27 @@ class PairBuffer:
                 for part in parts:
                     f.write(part.data)
 
-    def final_pairs(self, thresholds: torch.Tensor) -> Iterator[dict]:
-        """Chunks of the pairs whose maximum exceeds the final threshold, in image order."""
+    def final_pairs(self, thresholds: torch.Tensor, max_pairs: Optional[int] = None) -> Iterator[dict]:
+        """Chunks of the pairs whose maximum exceeds the final threshold, in image order, with
+        their maps. A packed chunk's kept pairs are unpacked ``max_pairs`` at a time, straight
+        from its values (no gathered copy of them, no dense maps of the whole chunk)."""
         thresholds = thresholds.cpu()
         for source in list(self.spilled) + [None]:
             chunks = [_load_spill(source)] if source is not None else self.chunks
             for chunk in chunks:
                 keep = chunk["max"] > thresholds[chunk["unit"]]
+                if "values" in chunk:
+                    pairs = torch.nonzero(keep).flatten()
+                    step = max_pairs or max(pairs.numel(), 1)
+                    for s in range(0, pairs.numel(), step):
+                        part = pairs[s:s + step]
+                        yield {"unit": chunk["unit"][part], "image": chunk["image"][part], "max": chunk["max"][part],
+                               "maps": unpack_maps(chunk, self.map_shape, part)}
+                    continue
                 if not bool(keep.all()):
                     if not bool(keep.any()):
                         continue
                     chunk = _select(chunk, keep)
-                if "values" in chunk:
-                    chunk = {"unit": chunk["unit"], "image": chunk["image"], "max": chunk["max"],
-                             "maps": unpack_maps(chunk, self.map_shape)}
                 yield chunk  # a plain chunk kept whole: no copy of the maps
 
     def state_dict(self) -> dict:

@@ -692,41 +692,71 @@ done:
 }
 
 PyDoc_STRVAR(unpack_maps_doc,
-"unpack_maps(fill, counts, need, values, maps)\n--\n\n"
-"The maps pack_maps packed, into maps (p, h, w) float32 (writable): pixel q of map k is the next\n"
+"unpack_maps(fill, counts, need, values, maps, pairs=None)\n--\n\n"
+"The maps pack_maps packed, into maps (n, h, w) float32 (writable): pixel q of map k is the next\n"
 "of map k's values where bit q of need[k] is set, else fill[k]. fill (p,) float32, counts (p,)\n"
-"int64, need (p, ceil(h*w / 8)) uint8, values (sum of counts,) float32; all C-contiguous.");
+"int64, need (p, ceil(h*w / 8)) uint8, values (sum of counts,) float32; all C-contiguous.\n"
+"pairs (n,) int64: unpack only those maps, in that order (maps[i] is map pairs[i]; the tally's\n"
+"chunk of the pairs above their final threshold, without gathering their values first); None:\n"
+"all p of them.");
 
 static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static const char *fn = "unpack_maps";
-    static char *names[] = {"fill", "counts", "need", "values", "maps", NULL};
-    enum { FILL, COUNTS, NEED, VALUES, MAPS, NARGS };
-    static const enum kind kinds[NARGS] = {FLOAT32, INT64, UINT8, FLOAT32, FLOAT32};
-    static const int ndims[NARGS] = {1, 1, 2, 1, 3};
-    PyObject *objs[NARGS], *result = NULL;
+    static char *names[] = {"fill", "counts", "need", "values", "maps", "pairs", NULL};
+    enum { FILL, COUNTS, NEED, VALUES, MAPS, PAIRS, NARGS };
+    static const enum kind kinds[NARGS] = {FLOAT32, INT64, UINT8, FLOAT32, FLOAT32, INT64};
+    static const int ndims[NARGS] = {1, 1, 2, 1, 3, 1};
+    PyObject *objs[NARGS] = {NULL}, *result = NULL;
     Py_buffer v[NARGS];
-    int got = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:unpack_maps", names, &objs[0], &objs[1],
-                                     &objs[2], &objs[3], &objs[4]))
+    int got = 0, nargs;
+    Py_ssize_t *start = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|O:unpack_maps", names, &objs[0], &objs[1],
+                                     &objs[2], &objs[3], &objs[4], &objs[5]))
         return NULL;
-    for (; got < NARGS; got++)
+    nargs = objs[PAIRS] == NULL || objs[PAIRS] == Py_None ? PAIRS : NARGS;
+    for (; got < nargs; got++)
         if (get_array(fn, names[got], objs[got], kinds[got], ndims[got], got == MAPS, &v[got]) < 0)
             goto done;
-    const Py_ssize_t p = v[MAPS].shape[0], hw = v[MAPS].shape[1] * v[MAPS].shape[2];
-    const Py_ssize_t nb = (hw + 7) / 8;
-    if (check_dim(fn, "fill", &v[FILL], 0, p, "one per map") ||
-        check_dim(fn, "counts", &v[COUNTS], 0, p, "one per map") ||
+    const Py_ssize_t p = v[FILL].shape[0], hw = v[MAPS].shape[1] * v[MAPS].shape[2];
+    const Py_ssize_t nb = (hw + 7) / 8, n = nargs == NARGS ? v[PAIRS].shape[0] : p;
+    if (check_dim(fn, "counts", &v[COUNTS], 0, p, "one per map") ||
         check_dim(fn, "need", &v[NEED], 0, p, "one row per map") ||
-        check_dim(fn, "need", &v[NEED], 1, nb, "one bit per pixel"))
+        check_dim(fn, "need", &v[NEED], 1, nb, "one bit per pixel") ||
+        check_dim(fn, "maps", &v[MAPS], 0, n, nargs == NARGS ? "one per pair" : "one per packed map"))
         goto done;
     const float *fill = v[FILL].buf, *values = v[VALUES].buf;
-    const int64_t *counts = v[COUNTS].buf;
+    const int64_t *counts = v[COUNTS].buf, *pairs = nargs == NARGS ? v[PAIRS].buf : NULL;
     const uint8_t *need = v[NEED].buf;
     float *maps = v[MAPS].buf;
-    /* every count within the values, and each map's bits as many as its count */
+    /* where each map's values start; the counts add up to the values */
+    start = malloc((size_t)(p > 0 ? p : 1) * sizeof(Py_ssize_t));
+    if (start == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     Py_ssize_t total = 0;
     for (Py_ssize_t k = 0; k < p; k++) {
+        if (counts[k] < 0 || counts[k] > hw) {
+            PyErr_Format(PyExc_ValueError, "%s(): map %zd has a count of %lld, outside 0..%zd", fn, k,
+                         (long long)counts[k], hw);
+            goto done;
+        }
+        start[k] = total;
+        total += counts[k];
+    }
+    if (total != v[VALUES].shape[0]) {
+        PyErr_Format(PyExc_ValueError, "%s(): the counts add up to %zd values, values holds %zd", fn, total,
+                     v[VALUES].shape[0]);
+        goto done;
+    }
+    /* each map unpacked has as many bits set as its count (its values are its own) */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Py_ssize_t k = pairs ? pairs[i] : i;
+        if (k < 0 || k >= p) {
+            PyErr_Format(PyExc_IndexError, "%s(): pairs[%zd] = %zd is not one of the %zd maps", fn, i, k, p);
+            goto done;
+        }
         Py_ssize_t bits = 0;
         for (Py_ssize_t b = 0; b < nb; b++)      /* bits past the map's last pixel do not count */
             bits += __builtin_popcount(need[k * nb + b] & (8 * b + 8 <= hw ? 0xffu : (1u << (hw - 8 * b)) - 1));
@@ -735,32 +765,27 @@ static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
                          bits, (long long)counts[k]);
             goto done;
         }
-        total += bits;
-    }
-    if (total != v[VALUES].shape[0]) {
-        PyErr_Format(PyExc_ValueError, "%s(): the counts add up to %zd values, values holds %zd", fn, total,
-                     v[VALUES].shape[0]);
-        goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t j = 0;
-    for (Py_ssize_t k = 0; k < p; k++) {
-        float *m = maps + k * hw;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Py_ssize_t k = pairs ? pairs[i] : i;
+        float *m = maps + i * hw;
         const uint8_t *bits = need + k * nb;
-        const float f = fill[k];
+        const float f = fill[k], *src = values + start[k];
         for (Py_ssize_t q = 0; q < hw; q++)
             m[q] = f;
         for (Py_ssize_t b = 0; b < nb; b++)
             for (unsigned rest = bits[b]; rest; rest &= rest - 1) {
                 const Py_ssize_t q = 8 * b + __builtin_ctz(rest);
                 if (q < hw)
-                    m[q] = values[j++];
+                    m[q] = *src++;
             }
     }
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
+    free(start);
     while (got-- > 0)
         PyBuffer_Release(&v[got]);
     return result;

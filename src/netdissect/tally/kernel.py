@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -146,10 +146,13 @@ def pack_maps(maps: torch.Tensor, bounds: torch.Tensor) -> dict:
             "need": torch.from_numpy(need), "values": torch.from_numpy(values[:n].copy())}
 
 
-def unpack_maps(packed: dict, map_shape: Tuple[int, int]) -> torch.Tensor:
-    """The (p, h, w) maps of pack_maps' output: kept pixels as they were, the others the fill."""
+def unpack_maps(packed: dict, map_shape: Tuple[int, int], pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The (p, h, w) maps of pack_maps' output: kept pixels as they were, the others the fill.
+    ``pairs`` (n,) int64: only those maps, in that order (n, h, w)."""
     h, w = map_shape
     arrays = [np.ascontiguousarray(packed[key].numpy()) for key in ("fill", "count", "need", "values")]
-    maps = np.empty((arrays[0].shape[0], h, w), np.float32)
-    _kernel.unpack_maps(*arrays, maps)
+    if pairs is not None:
+        pairs = np.ascontiguousarray(pairs.numpy(), dtype=np.int64)
+    maps = np.empty((arrays[0].shape[0] if pairs is None else pairs.shape[0], h, w), np.float32)
+    _kernel.unpack_maps(*arrays, maps, pairs)
     return torch.from_numpy(maps)
