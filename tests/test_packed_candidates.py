@@ -116,7 +116,8 @@ def test_a_run_with_packed_candidates_writes_what_plain_candidates_write(tmp_pat
     data = make_dataset(tmp_path / "data", n_images=24, size=32, seed=5)
     packs, spilled = [], []
     real_pack, real_spill = kernel.pack_maps, PairBuffer.spill
-    monkeypatch.setattr(streaming, "pack_maps", lambda maps, bounds: packs.append(len(bounds)) or real_pack(maps, bounds))
+    monkeypatch.setattr(streaming, "pack_maps", lambda maps, bounds, *pairs: packs.append(len(bounds))
+                        or real_pack(maps, bounds, *pairs))
 
     def spill(buffer):
         real_spill(buffer)
@@ -158,3 +159,40 @@ def test_unpacking_some_pairs_gives_those_maps_of_the_whole():
     negative = dict(packed, count=torch.cat([torch.tensor([-1]), packed["count"][1:]]))
     with pytest.raises(ValueError, match="map 0 has a count of"):
         kernel.unpack_maps(negative, (5, 7), torch.tensor([4]))
+
+
+def _packed_by_numpy(maps: np.ndarray, bounds: np.ndarray):
+    """The packing spelled out: the pixels within one row and column of a value above each
+    bound's skip value (the kernel's t * (1 - 2**-18) for these positive bounds), row-major."""
+    skip = (bounds * np.float32(1.0 - 2.0 ** -18)).astype(np.float32)
+    above = np.pad(maps > skip[:, None, None], ((0, 0), (1, 1), (1, 1)))
+    near = np.zeros(maps.shape, bool)
+    for dy in range(3):
+        for dx in range(3):
+            near |= above[:, dy:dy + maps.shape[1], dx:dx + maps.shape[2]]
+    return near, [m[n] for m, n in zip(maps, near)], skip
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (5, 130), (3, 64), (4, 65), (2, 200)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_packing_a_batch_where_it_lies_keeps_the_neighbourhoods(shape, channels_last, monkeypatch):
+    """Maps packed straight from a (B, K, h, w) batch, in either memory format, on one thread or
+    several, across the 64-pixel words of wide rows: the pixels numpy's dilation keeps."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    batch = torch.randn((3, 5) + shape, generator=gen)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    images, units = torch.tensor([0, 0, 1, 2, 2, 2, 1]), torch.tensor([4, 1, 0, 2, 3, 4, 4])
+    bounds = torch.rand(7, generator=gen) + 1.2
+    near, values, skip = _packed_by_numpy(batch[images, units].numpy(), bounds.numpy())
+    for per_slice in (1 << 20, 1):         # one slice; a thread per map (where built with OpenMP)
+        monkeypatch.setattr(kernel, "_MAPS_PER_PACK_SLICE", per_slice)
+        packed = kernel.pack_maps(batch, bounds, images, units)
+        h, w = shape
+        bits = np.unpackbits(packed["need"].numpy(), axis=1, count=h * w, bitorder="little").reshape(7, h, w)
+        np.testing.assert_array_equal(bits.astype(bool), near)
+        assert packed["count"].tolist() == [len(v) for v in values]
+        np.testing.assert_array_equal(packed["values"].numpy(), np.concatenate(values))
+        np.testing.assert_array_equal(packed["fill"].numpy(), skip)
+    with pytest.raises(IndexError, match=r"map 1 is \(3, 0\), outside the batch's \(3, 5\)"):
+        kernel.pack_maps(batch, bounds[:2], torch.tensor([0, 3]), torch.tensor([0, 0]))

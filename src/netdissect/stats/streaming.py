@@ -303,7 +303,7 @@ class LayerStream:
         bound = self.quantile.lower_bound()
         b, u = torch.nonzero(maxima > bound[None, :], as_tuple=True)
         if self.pack_candidates and u.numel():
-            self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], packed=pack_maps(acts[b, u], bound[u]))
+            self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], packed=pack_maps(acts, bound[u], b, u))
         else:
             self.pairs.add(u, images.to(acts.device)[b], maxima[b, u], acts[b, u])
         if self.pairs.over_budget():

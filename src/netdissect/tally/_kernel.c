@@ -76,12 +76,12 @@ static int format_is(const char *format, Py_ssize_t itemsize, enum kind k)
 }
 
 /*
- * Fill view from obj: a C-contiguous buffer of the given kind and dimensions (writable when
- * asked). On failure set a Python exception naming the function and argument, and return -1
+ * Fill view from obj: a buffer of the given kind and dimensions (writable when asked;
+ * C-contiguous when asked, else any strides that are whole items). On failure set a Python exception naming the function and argument, and return -1
  * with view released.
  */
-static int get_array(const char *fn, const char *arg, PyObject *obj, enum kind k, int ndim,
-                     int writable, Py_buffer *view)
+static int get_buffer(const char *fn, const char *arg, PyObject *obj, enum kind k, int ndim,
+                      int writable, int contiguous, Py_buffer *view)
 {
     if (!PyObject_CheckBuffer(obj)) {
         PyErr_Format(PyExc_TypeError,
@@ -102,11 +102,18 @@ static int get_array(const char *fn, const char *arg, PyObject *obj, enum kind k
                      fn, arg, ndim, view->ndim);
         goto fail;
     }
-    if (!PyBuffer_IsContiguous(view, 'C')) {
+    if (contiguous && !PyBuffer_IsContiguous(view, 'C')) {
         PyErr_Format(PyExc_ValueError,
                      "%s(): argument '%s' must be C-contiguous (numpy.ascontiguousarray, or "
                      "tensor.contiguous())", fn, arg);
         goto fail;
+    }
+    for (int i = 0; !contiguous && i < ndim; i++) {
+        if (view->strides[i] % view->itemsize != 0) {
+            PyErr_Format(PyExc_ValueError, "%s(): argument '%s' has a stride that is not a multiple "
+                         "of its item size", fn, arg);
+            goto fail;
+        }
     }
     if (writable && view->readonly) {
         PyErr_Format(PyExc_ValueError, "%s(): output argument '%s' is read-only", fn, arg);
@@ -116,6 +123,13 @@ static int get_array(const char *fn, const char *arg, PyObject *obj, enum kind k
 fail:
     PyBuffer_Release(view);
     return -1;
+}
+
+/* A C-contiguous buffer (see get_buffer). */
+static int get_array(const char *fn, const char *arg, PyObject *obj, enum kind k, int ndim,
+                     int writable, Py_buffer *view)
+{
+    return get_buffer(fn, arg, obj, k, ndim, writable, 1, view);
 }
 
 static int check_dim(const char *fn, const char *arg, const Py_buffer *view, int axis,
@@ -592,8 +606,61 @@ done:
 
 /* ---- pack_maps -------------------------------------------------------------------------- */
 
+/* One map's packing (see pack_maps): pixel (y, x) at m[y * sy + x * sx]; `above` and `near`
+ * hold h rows of `words` 64-bit words each; need (ceil(h*w / 8),) is written whole. Returns
+ * the number of values written to out. */
+static Py_ssize_t pack_one(const float *m, Py_ssize_t sy, Py_ssize_t sx, Py_ssize_t h, Py_ssize_t w,
+                           float s, uint64_t *above, uint64_t *near, Py_ssize_t words, uint8_t *need,
+                           float *out)
+{
+    /* the pixels above s, a bit each */
+    for (Py_ssize_t y = 0; y < h; y++) {
+        const float *row = m + y * sy;
+        uint64_t *a = above + y * words;
+        for (Py_ssize_t j = 0; j < words; j++) {
+            const Py_ssize_t x0 = 64 * j, x1 = x0 + 64 < w ? x0 + 64 : w;
+            uint64_t bits = 0;
+            for (Py_ssize_t x = x0; x < x1; x++)
+                bits |= (uint64_t)(row[x * sx] > s) << (x - x0);
+            a[j] = bits;
+        }
+    }
+    /* their neighbourhoods: each row's bits spread one column either way, then one row */
+    const uint64_t last = w % 64 ? ((uint64_t)1 << (w % 64)) - 1 : ~(uint64_t)0;
+    for (Py_ssize_t y = 0; y < h; y++) {
+        const uint64_t *a = above + y * words;
+        uint64_t *d = near + y * words;
+        for (Py_ssize_t j = 0; j < words; j++) {
+            uint64_t bits = a[j] | (a[j] << 1) | (a[j] >> 1);
+            if (j > 0)
+                bits |= a[j - 1] >> 63;
+            if (j + 1 < words)
+                bits |= a[j + 1] << 63;
+            d[j] = j + 1 < words ? bits : bits & last;
+        }
+    }
+    memset(need, 0, (size_t)((h * w + 7) / 8));
+    Py_ssize_t n = 0;
+    for (Py_ssize_t y = 0; y < h; y++) {
+        const float *row = m + y * sy;
+        for (Py_ssize_t j = 0; j < words; j++) {
+            uint64_t bits = near[y * words + j];
+            if (y > 0)
+                bits |= near[(y - 1) * words + j];
+            if (y + 1 < h)
+                bits |= near[(y + 1) * words + j];
+            for (; bits; bits &= bits - 1) {       /* the kept pixels, in order */
+                const Py_ssize_t x = 64 * j + __builtin_ctzll(bits), q = y * w + x;
+                need[q >> 3] |= (uint8_t)(1u << (q & 7));
+                out[n++] = row[x * sx];
+            }
+        }
+    }
+    return n;
+}
+
 PyDoc_STRVAR(pack_maps_doc,
-"pack_maps(maps, bounds, need, counts, fill, values) -> total\n--\n\n"
+"pack_maps(acts, images, units, bounds, need, counts, fill, values, threads=1) -> total\n--\n\n"
 "The pass's candidate maps, compactly. tally_bilinear reads a source pixel only in a 2 x 2 window\n"
 "of sources one of which exceeds s = skip_threshold(final threshold). For a map kept while the\n"
 "threshold's lower bound is bounds[k] >= 2**-100 (where skip_threshold only rises), s is at least\n"
@@ -602,90 +669,96 @@ PyDoc_STRVAR(pack_maps_doc,
 "them), marked in need[k] (bit q % 8 of byte q / 8 for pixel q), and every other pixel, at most\n"
 "s_k, may be read as fill[k] = s_k: the same windows are skipped, the same pixels counted. A\n"
 "smaller bound (-inf before the threshold state fills) keeps the whole map (fill[k] = -inf).\n\n"
-"maps (p, h, w) float32; bounds (p,) float32; need (p, ceil(h*w / 8)) uint8, counts (p,) int64,\n"
-"fill (p,) float32 and values (p*h*w,) float32, writable. All C-contiguous. Returns the number of\n"
-"values written.");
+"Map k is acts[images[k], units[k]]: acts (B, K, h, w) float32 with any strides (the batch as\n"
+"the layer gave it, channels-last or not: no gathered copy of the maps); images, units (p,)\n"
+"int64; bounds (p,) float32; need (p, ceil(h*w / 8)) uint8, counts (p,) int64, fill (p,) float32\n"
+"and values (p*h*w,) float32, writable and C-contiguous. threads: slices of the maps on OpenMP\n"
+"threads (one without OpenMP). Returns the number of values written.");
 
 static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static const char *fn = "pack_maps";
-    static char *names[] = {"maps", "bounds", "need", "counts", "fill", "values", NULL};
-    enum { MAPS, BOUNDS, NEED, COUNTS, FILL, VALUES, NARGS };
-    static const enum kind kinds[NARGS] = {FLOAT32, FLOAT32, UINT8, INT64, FLOAT32, FLOAT32};
-    static const int ndims[NARGS] = {3, 1, 2, 1, 1, 1};
+    static char *names[] = {"acts", "images", "units", "bounds", "need", "counts", "fill", "values",
+                            "threads", NULL};
+    enum { ACTS, IMAGES, UNITS, BOUNDS, NEED, COUNTS, FILL, VALUES, NARGS };
+    static const enum kind kinds[NARGS] = {FLOAT32, INT64, INT64, FLOAT32, UINT8, INT64, FLOAT32, FLOAT32};
+    static const int ndims[NARGS] = {4, 1, 1, 1, 2, 1, 1, 1};
     PyObject *objs[NARGS], *result = NULL;
     Py_buffer v[NARGS];
-    int got = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO:pack_maps", names, &objs[0], &objs[1],
-                                     &objs[2], &objs[3], &objs[4], &objs[5]))
+    int got = 0, threads = 1;
+    Py_ssize_t *done = NULL;
+    uint64_t *bitrows = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO|i:pack_maps", names, &objs[0], &objs[1],
+                                     &objs[2], &objs[3], &objs[4], &objs[5], &objs[6], &objs[7],
+                                     &threads))
         return NULL;
     for (; got < NARGS; got++)
-        if (get_array(fn, names[got], objs[got], kinds[got], ndims[got], got >= NEED, &v[got]) < 0)
+        if (get_buffer(fn, names[got], objs[got], kinds[got], ndims[got], got >= NEED, got != ACTS,
+                       &v[got]) < 0)
             goto done;
-    const Py_ssize_t p = v[MAPS].shape[0], h = v[MAPS].shape[1], w = v[MAPS].shape[2];
-    const Py_ssize_t hw = h * w, nb = (hw + 7) / 8;
-    if (check_dim(fn, "bounds", &v[BOUNDS], 0, p, "one per map") ||
+    const Py_ssize_t B = v[ACTS].shape[0], K = v[ACTS].shape[1], h = v[ACTS].shape[2], w = v[ACTS].shape[3];
+    const Py_ssize_t p = v[IMAGES].shape[0], hw = h * w, nb = (hw + 7) / 8, words = (w + 63) / 64;
+    if (check_dim(fn, "units", &v[UNITS], 0, p, "one per map") ||
+        check_dim(fn, "bounds", &v[BOUNDS], 0, p, "one per map") ||
         check_dim(fn, "need", &v[NEED], 0, p, "one row per map") ||
         check_dim(fn, "need", &v[NEED], 1, nb, "one bit per pixel") ||
         check_dim(fn, "counts", &v[COUNTS], 0, p, "one per map") ||
         check_dim(fn, "fill", &v[FILL], 0, p, "one per map") ||
         check_dim(fn, "values", &v[VALUES], 0, p * hw, "room for every pixel"))
         goto done;
-    uint8_t *near = malloc((size_t)(hw > 0 ? hw : 1));
-    if (near == NULL) {
+    const int64_t *images = v[IMAGES].buf, *units = v[UNITS].buf;
+    for (Py_ssize_t k = 0; k < p; k++) {
+        if (images[k] < 0 || images[k] >= B || units[k] < 0 || units[k] >= K) {
+            PyErr_Format(PyExc_IndexError, "%s(): map %zd is (%lld, %lld), outside the batch's (%zd, %zd)",
+                         fn, k, (long long)images[k], (long long)units[k], B, K);
+            goto done;
+        }
+    }
+    const int slices = threads < 1 ? 1 : (threads > p ? (int)(p > 0 ? p : 1) : threads);
+    done = malloc(sizeof(Py_ssize_t) * (size_t)slices);
+    bitrows = malloc(sizeof(uint64_t) * (size_t)(2 * h * words > 0 ? 2 * h * words : 1) * (size_t)slices);
+    if (done == NULL || bitrows == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    const float *maps = v[MAPS].buf, *bounds = v[BOUNDS].buf;
+    const char *acts = v[ACTS].buf;
+    const Py_ssize_t *st = v[ACTS].strides;
+    const float *bounds = v[BOUNDS].buf;
     uint8_t *need = v[NEED].buf;
     int64_t *counts = v[COUNTS].buf;
     float *fill = v[FILL].buf, *values = v[VALUES].buf;
     Py_ssize_t total = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < p; k++) {
-        const float *m = maps + k * hw;
-        const float s = bounds[k] >= 0x1p-100f ? skip_threshold(bounds[k]) : -INFINITY;
-        uint8_t *bits = need + k * nb;
-        memset(near, 0, (size_t)hw);
-        for (Py_ssize_t y = 0; y < h; y++) {
-            const float *row = m + y * w;
-            if (!any_above(row, w, s))
-                continue;
-            const Py_ssize_t y0 = y > 0 ? y - 1 : 0, y1 = y + 1 < h ? y + 1 : h - 1;
-            for (Py_ssize_t x = 0; x < w; x++) {
-                if (!(row[x] > s))
-                    continue;
-                const Py_ssize_t x0 = x > 0 ? x - 1 : 0, x1 = x + 1 < w ? x + 1 : w - 1;
-                for (Py_ssize_t yy = y0; yy <= y1; yy++)
-                    memset(near + yy * w + x0, 1, (size_t)(x1 - x0 + 1));
-            }
-        }
+    /* slice t packs maps [a, e) into values from a * hw on (room for all of them); the slices'
+     * values then close up, in order */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(slices) schedule(static, 1)
+#endif
+    for (int t = 0; t < slices; t++) {
+        const Py_ssize_t a = p * t / slices, e = p * (t + 1) / slices;
+        uint64_t *above = bitrows + (size_t)t * 2 * h * words, *near = above + h * words;
         Py_ssize_t n = 0;
-        for (Py_ssize_t b = 0; b < nb; b++) {
-            uint8_t byte = 0;
-            const Py_ssize_t q0 = 8 * b, q1 = q0 + 8 < hw ? q0 + 8 : hw;
-            if (q1 - q0 == 8) {      /* most groups of eight pixels keep none */
-                uint64_t group;
-                memcpy(&group, near + q0, 8);
-                if (group == 0) {
-                    bits[b] = 0;
-                    continue;
-                }
-            }
-            for (Py_ssize_t q = q0; q < q1; q++)
-                byte |= (uint8_t)(near[q] << (q - q0));
-            bits[b] = byte;
-            for (unsigned rest = byte; rest; rest &= rest - 1)    /* the kept pixels, in order */
-                values[total + n++] = m[q0 + __builtin_ctz(rest)];
+        for (Py_ssize_t k = a; k < e; k++) {
+            const float *m = (const float *)(acts + images[k] * st[0] + units[k] * st[1]);
+            const float s = bounds[k] >= 0x1p-100f ? skip_threshold(bounds[k]) : -INFINITY;
+            counts[k] = pack_one(m, st[2] / 4, st[3] / 4, h, w, s, above, near, words, need + k * nb,
+                                 values + a * hw + n);
+            fill[k] = s;
+            n += counts[k];
         }
-        counts[k] = n;
-        fill[k] = s;
-        total += n;
+        done[t] = n;
+    }
+    for (int t = 0; t < slices; t++) {
+        const Py_ssize_t a = p * t / slices;
+        if (total != a * hw)
+            memmove(values + total, values + a * hw, sizeof(float) * (size_t)done[t]);
+        total += done[t];
     }
     Py_END_ALLOW_THREADS
-    free(near);
     result = PyLong_FromSsize_t(total);
 done:
+    free(done);
+    free(bitrows);
     while (got-- > 0)
         PyBuffer_Release(&v[got]);
     return result;

@@ -129,21 +129,36 @@ def add_pair_counts(inter: torch.Tensor, active: torch.Tensor, per_combo: torch.
     _kernel.add_pair_counts(*arrays, inter.numpy(), active.numpy())
 
 
-def pack_maps(maps: torch.Tensor, bounds: torch.Tensor) -> dict:
-    """(p, h, w) candidate maps packed by the extension (see pack_maps in _kernel.c), each kept
-    while its unit's threshold had the lower bound ``bounds`` (p,): the map's pixels within one
-    row and column of a pixel above the kernel's skip value of that bound, the rest read as that
-    value, so the tally at any threshold from the bound up counts the same pixels.
+def pack_maps(maps: torch.Tensor, bounds: torch.Tensor, images: Optional[torch.Tensor] = None,
+              units: Optional[torch.Tensor] = None) -> dict:
+    """Candidate maps packed by the extension (see pack_maps in _kernel.c), each kept while its
+    unit's threshold had the lower bound ``bounds`` (p,): the map's pixels within one row and
+    column of a pixel above the kernel's skip value of that bound, the rest read as that value,
+    so the tally at any threshold from the bound up counts the same pixels.
+
+    ``maps`` (p, h, w); or with ``images`` and ``units`` (p,), a batch (B, K, h, w) in any memory
+    format whose maps ``maps[images[i], units[i]]`` are packed where they lie (no gathered copy).
     {"fill" (p,), "count" (p,), "need" (p, ceil(h*w/8)) bits, "values" (sum count,)}."""
-    maps = maps.detach().cpu().contiguous().float()
-    p, h, w = maps.shape
+    if images is not None and maps.device.type != "cpu":   # gathered on the device: only they are copied
+        maps, images = maps[images, units], None
+    maps = maps.detach().cpu().float()
+    if images is None:
+        maps = maps.contiguous()[:, None]
+        images = torch.arange(maps.shape[0])
+        units = torch.zeros_like(images)
+    p, (h, w) = images.shape[0], maps.shape[2:]
     need = np.empty((p, (h * w + 7) // 8), np.uint8)
     count, fill = np.empty(p, np.int64), np.empty(p, np.float32)
     values = np.empty(p * h * w, np.float32)
+    pairs = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.int64) for t in (images, units)]
     bounds = bounds.detach().cpu().contiguous().float()
-    n = _kernel.pack_maps(maps.numpy(), bounds.numpy(), need, count, fill, values)
+    threads = max(1, min(torch.get_num_threads(), p // _MAPS_PER_PACK_SLICE)) if _OPENMP else 1
+    n = _kernel.pack_maps(maps.numpy(), *pairs, bounds.numpy(), need, count, fill, values, threads)
     return {"fill": torch.from_numpy(fill), "count": torch.from_numpy(count),
             "need": torch.from_numpy(need), "values": torch.from_numpy(values[:n].copy())}
+
+
+_MAPS_PER_PACK_SLICE = 64   # fewer maps than this per thread: the thread costs more than it saves
 
 
 def unpack_maps(packed: dict, map_shape: Tuple[int, int], pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
