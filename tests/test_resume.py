@@ -363,3 +363,24 @@ def test_a_checkpoint_made_with_other_two_pass_layers_starts_over(tmp_path, monk
     assert "which layers take two passes (--memory-budget)): starting over" in capsys.readouterr().err
     netdissect.dissect(TinyNet(), LAYERS, data, out=tmp_path / "plain", **params)
     assert_same_run(run_files(tmp_path / "plain", LAYERS), run_files(tmp_path / "run", LAYERS))
+
+
+def test_result_archives_store_what_deflate_barely_shrinks(tmp_path):
+    """Large noisy float arrays are stored, others deflated; np.load reads both, and the same
+    arrays give the same bytes."""
+    import zipfile
+
+    from netdissect.atomic import atomic_save_npz
+    noisy = np.random.default_rng(0).standard_normal((64, 16, 7, 7)).astype(np.float16)    # 100 KB
+    noisy = np.concatenate([noisy] * 6)                                                      # 600 KB
+    zeros = np.zeros_like(noisy)
+    small = noisy[:1]
+    for name in ("a.npz", "b.npz"):
+        atomic_save_npz(tmp_path / name, noisy=noisy, zeros=zeros, small=small)
+    with zipfile.ZipFile(tmp_path / "a.npz") as archive:
+        methods = {i.filename: i.compress_type for i in archive.infolist()}
+    assert methods == {"noisy.npy": zipfile.ZIP_STORED, "zeros.npy": zipfile.ZIP_DEFLATED,
+                       "small.npy": zipfile.ZIP_DEFLATED}
+    with np.load(tmp_path / "a.npz") as z:
+        assert np.array_equal(z["noisy"], noisy) and np.array_equal(z["zeros"], zeros)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()

@@ -3,6 +3,7 @@ iou.npz, topk.npz, summary.json, config.json, in layer folders named once (``lay
 Every file is written atomically; summary.json last, so its presence marks a finished run."""
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import json
@@ -103,22 +104,12 @@ def write_results(out: Path, result) -> None:
                                             "layouts": {n: l.layout for n, l in result.layers.items()},
                                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     dirnames = layer_dirnames(result.layers)
-    for name, layer in result.layers.items():
-        d = out / dirnames[name]
-        atomic_save_npy(d / "thresholds.npy", layer.thresholds.astype(np.float32))
-        atomic_save_npz(d / "iou.npz", iou=layer.iou.astype(np.float32),
-                        label_numbers=np.asarray(layer.concepts, dtype=np.int64),
-                        labels=np.asarray(layer.concept_names, dtype=str),
-                        categories=np.asarray(layer.concept_categories, dtype=str))
-        if layer.topk_index is not None:
-            atomic_save_npz(d / "topk.npz", image_index=layer.topk_index.astype(np.int64),
-                            score=layer.topk_score.astype(np.float32),
-                            maps=layer.topk_maps.astype(np.float16))
-        if getattr(layer, "combinations", None) is not None:
-            layer.combinations.save(d / "combinations.npz")
-        if getattr(layer, "formulas", None) is not None:
-            layer.formulas.save(d / "formulas.npz")
-        atomic_write_text(d / "units.csv", units_csv(layer))
+    # the layers' files two at a time: deflate releases the GIL (a run's largest file, a late
+    # layer's combinations.npz, takes as long as all the others)
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="netdissect-write") as pool:
+        for future in [pool.submit(_write_layer, out / dirnames[name], layer)
+                       for name, layer in result.layers.items()]:
+            future.result()     # re-raises a layer's WriteError
     summary = result.summary()
     for name in summary["layers"]:
         summary["layers"][name]["directory"] = dirnames[name]
@@ -130,6 +121,24 @@ def write_results(out: Path, result) -> None:
         target = out / name
         if target.is_dir() and target.resolve().parent == out.resolve():
             shutil.rmtree(target, ignore_errors=True)
+
+
+def _write_layer(d: Path, layer) -> None:
+    """One layer's result files in its directory ``d``."""
+    atomic_save_npy(d / "thresholds.npy", layer.thresholds.astype(np.float32))
+    atomic_save_npz(d / "iou.npz", iou=layer.iou.astype(np.float32),
+                    label_numbers=np.asarray(layer.concepts, dtype=np.int64),
+                    labels=np.asarray(layer.concept_names, dtype=str),
+                    categories=np.asarray(layer.concept_categories, dtype=str))
+    if layer.topk_index is not None:
+        atomic_save_npz(d / "topk.npz", image_index=layer.topk_index.astype(np.int64),
+                        score=layer.topk_score.astype(np.float32),
+                        maps=layer.topk_maps.astype(np.float16))
+    if getattr(layer, "combinations", None) is not None:
+        layer.combinations.save(d / "combinations.npz")
+    if getattr(layer, "formulas", None) is not None:
+        layer.formulas.save(d / "formulas.npz")
+    atomic_write_text(d / "units.csv", units_csv(layer))
 
 
 def _result_directories(out: Path) -> set:
