@@ -155,3 +155,27 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="NaN"):
         push(rows, 5, 0, bad, maxima)
     assert push(rows, 5, 0, maps, maxima) == 4
+
+
+def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order():
+    """TopKImages against a sort of every (score, image) of a unit: ties on the score (many,
+    -0.0 among them) go to the lower image index, whatever order the batches come in."""
+    from netdissect.stats.streaming import TopKImages
+    gen = torch.Generator().manual_seed(4)
+    n, units, k = 60, 5, 7
+    acts = torch.randint(-3, 4, (n, units, 2, 3), generator=gen).float()
+    acts[::7, :, 0, 0] = -0.0
+    maxima = acts.amax(dim=(2, 3))
+    expected = []
+    for u in range(units):
+        order = sorted(range(n), key=lambda i: (-float(maxima[i, u]), i))[:k]
+        expected.append(order)
+    for batches in ([range(0, 60, 10)], [range(50, -10, -10)]):
+        top = TopKImages(units, k, (2, 3))
+        for start in batches[0]:
+            idx = torch.arange(start, start + 10)
+            top.add(maxima[idx], acts[idx], idx)
+        score, index, maps = top.ranked()
+        assert index.tolist() == expected
+        for u in range(units):
+            assert torch.equal(maps[u], acts[index[u], u]) and torch.equal(score[u], maxima[index[u], u])

@@ -49,9 +49,8 @@ class TopKImages:
         """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
         k = self.k
         # only the units where an image of the batch beats the worst kept one change
-        worst = best_slots(self.score, self.index, k)[:, -1:]
-        last_score, last_index = self.score.gather(1, worst), self.index.gather(1, worst)
-        beats = (maxima.t() > last_score) | ((maxima.t() == last_score) & (images[None, :] < last_index))
+        worst = rank_keys(self.score, self.index).min(dim=1, keepdim=True).values        # (K, 1)
+        beats = rank_keys(maxima.t(), images[None, :].expand(maxima.shape[1], -1)) > worst
         changed = torch.nonzero(beats.any(dim=1)).flatten()
         if changed.numel() == 0:
             return
@@ -96,9 +95,18 @@ class TopKImages:
 
 def best_slots(score: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
     """(K, k) positions of the k best entries per row: score descending, then index ascending."""
-    by_index = torch.sort(index, dim=1, stable=True).indices
-    by_score = torch.sort(score.gather(1, by_index), dim=1, descending=True, stable=True).indices
-    return by_index.gather(1, by_score[:, :k])
+    keys = rank_keys(score, index)     # distinct but for empty slots, which are alike
+    return torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=True).indices
+
+
+def rank_keys(score: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """int64 keys in the order of the entries: a higher score first, then a lower image index
+    (-1 for an empty slot). One sort of them is the two stable sorts (by index, then by score)
+    it replaced. The score's bits as an int32 that orders like the float (-0.0 taken as 0.0),
+    above the index counted down from 2**31 - 1: image indices up to 2**31 - 2."""
+    bits = (score.float() + 0.0).view(torch.int32)
+    order = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    return (order << 32) + (2 ** 31 - 1 - index)
 
 
 class PairBuffer:
