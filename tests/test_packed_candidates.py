@@ -146,13 +146,16 @@ def test_unpacking_checks_the_counts_against_the_bits():
         kernel.unpack_maps(short, (3, 3))
 
 
-def test_unpacking_some_pairs_gives_those_maps_of_the_whole():
+def test_unpacking_some_pairs_gives_those_maps_of_the_whole(monkeypatch):
     gen = torch.Generator().manual_seed(8)
     maps = torch.randn((12, 5, 7), generator=gen)
     packed = kernel.pack_maps(maps, torch.full((12,), 0.8))
     whole = kernel.unpack_maps(packed, (5, 7))
     pairs = torch.tensor([11, 0, 5, 5, 3])
     assert torch.equal(kernel.unpack_maps(packed, (5, 7), pairs), whole[pairs])
+    monkeypatch.setattr(kernel, "_MAPS_PER_SLICE", 1)      # on several threads (with OpenMP)
+    assert torch.equal(kernel.unpack_maps(packed, (5, 7), pairs), whole[pairs])
+    assert torch.equal(kernel.unpack_maps(packed, (5, 7)), whole)
     assert kernel.unpack_maps(packed, (5, 7), pairs[:0]).shape == (0, 5, 7)
     with pytest.raises(IndexError, match=r"pairs\[1\] = 12 is not one of the 12 maps"):
         kernel.unpack_maps(packed, (5, 7), torch.tensor([1, 12]))
@@ -186,7 +189,7 @@ def test_packing_a_batch_where_it_lies_keeps_the_neighbourhoods(shape, channels_
     bounds = torch.rand(7, generator=gen) + 1.2
     near, values, skip = _packed_by_numpy(batch[images, units].numpy(), bounds.numpy())
     for per_slice in (1 << 20, 1):         # one slice; a thread per map (where built with OpenMP)
-        monkeypatch.setattr(kernel, "_MAPS_PER_PACK_SLICE", per_slice)
+        monkeypatch.setattr(kernel, "_MAPS_PER_SLICE", per_slice)
         packed = kernel.pack_maps(batch, bounds, images, units)
         h, w = shape
         bits = np.unpackbits(packed["need"].numpy(), axis=1, count=h * w, bitorder="little").reshape(7, h, w)

@@ -771,21 +771,21 @@ PyDoc_STRVAR(unpack_maps_doc,
 "int64, need (p, ceil(h*w / 8)) uint8, values (sum of counts,) float32; all C-contiguous.\n"
 "pairs (n,) int64: unpack only those maps, in that order (maps[i] is map pairs[i]; the tally's\n"
 "chunk of the pairs above their final threshold, without gathering their values first); None:\n"
-"all p of them.");
+"all p of them. threads: the maps on that many OpenMP threads (one without OpenMP).");
 
 static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static const char *fn = "unpack_maps";
-    static char *names[] = {"fill", "counts", "need", "values", "maps", "pairs", NULL};
+    static char *names[] = {"fill", "counts", "need", "values", "maps", "pairs", "threads", NULL};
     enum { FILL, COUNTS, NEED, VALUES, MAPS, PAIRS, NARGS };
     static const enum kind kinds[NARGS] = {FLOAT32, INT64, UINT8, FLOAT32, FLOAT32, INT64};
     static const int ndims[NARGS] = {1, 1, 2, 1, 3, 1};
     PyObject *objs[NARGS] = {NULL}, *result = NULL;
     Py_buffer v[NARGS];
-    int got = 0, nargs;
+    int got = 0, nargs, threads = 1;
     Py_ssize_t *start = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|O:unpack_maps", names, &objs[0], &objs[1],
-                                     &objs[2], &objs[3], &objs[4], &objs[5]))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|Oi:unpack_maps", names, &objs[0], &objs[1],
+                                     &objs[2], &objs[3], &objs[4], &objs[5], &threads))
         return NULL;
     nargs = objs[PAIRS] == NULL || objs[PAIRS] == Py_None ? PAIRS : NARGS;
     for (; got < nargs; got++)
@@ -840,6 +840,9 @@ static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     }
     Py_BEGIN_ALLOW_THREADS
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
+#endif
     for (Py_ssize_t i = 0; i < n; i++) {
         const Py_ssize_t k = pairs ? pairs[i] : i;
         float *m = maps + i * hw;

@@ -152,13 +152,13 @@ def pack_maps(maps: torch.Tensor, bounds: torch.Tensor, images: Optional[torch.T
     values = np.empty(p * h * w, np.float32)
     pairs = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.int64) for t in (images, units)]
     bounds = bounds.detach().cpu().contiguous().float()
-    threads = max(1, min(torch.get_num_threads(), p // _MAPS_PER_PACK_SLICE)) if _OPENMP else 1
+    threads = max(1, min(torch.get_num_threads(), p // _MAPS_PER_SLICE)) if _OPENMP else 1
     n = _kernel.pack_maps(maps.numpy(), *pairs, bounds.numpy(), need, count, fill, values, threads)
     return {"fill": torch.from_numpy(fill), "count": torch.from_numpy(count),
             "need": torch.from_numpy(need), "values": torch.from_numpy(values[:n].copy())}
 
 
-_MAPS_PER_PACK_SLICE = 64   # fewer maps than this per thread: the thread costs more than it saves
+_MAPS_PER_SLICE = 64   # fewer maps than this per thread: the thread costs more than it saves
 
 
 def unpack_maps(packed: dict, map_shape: Tuple[int, int], pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -169,5 +169,6 @@ def unpack_maps(packed: dict, map_shape: Tuple[int, int], pairs: Optional[torch.
     if pairs is not None:
         pairs = np.ascontiguousarray(pairs.numpy(), dtype=np.int64)
     maps = np.empty((arrays[0].shape[0] if pairs is None else pairs.shape[0], h, w), np.float32)
-    _kernel.unpack_maps(*arrays, maps, pairs)
+    threads = max(1, min(torch.get_num_threads(), maps.shape[0] // _MAPS_PER_SLICE)) if _OPENMP else 1
+    _kernel.unpack_maps(*arrays, maps, pairs, threads)
     return torch.from_numpy(maps)
