@@ -179,3 +179,35 @@ def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order():
         assert index.tolist() == expected
         for u in range(units):
             assert torch.equal(maps[u], acts[index[u], u]) and torch.equal(score[u], maxima[index[u], u])
+
+
+@pytest.mark.parametrize("layout", ["shuffled", "smallest_where_sampled", "sorted", "ties"])
+def test_a_few_entering_values_displace_the_smallest_kept(layout):
+    """A full row that a few new values enter: the select that guesses its pivot from a sample of
+    the row (and falls back to a quickselect when the sample misleads) keeps the largest values,
+    whatever the row's order, and hands back the new smallest as the bar."""
+    rng = np.random.default_rng(len(layout))
+    for trial in range(40):
+        keep = int(rng.integers(260, 700))
+        row = rng.standard_normal(keep).astype(np.float32)
+        if layout == "ties":
+            row = np.round(row * 2).astype(np.float32)
+        elif layout == "sorted":
+            row = np.sort(row)
+        elif layout == "smallest_where_sampled":   # the row's smallest values where a sample looks
+            row = np.sort(row)[::-1].copy()
+            spots = (np.arange(64) * (keep + 20)) // 64 + (keep + 20) // 128
+            spots = spots[spots < keep]
+            small = np.sort(row)[:len(spots)]
+            rest = np.setdiff1d(np.arange(keep), spots)
+            row[spots], row[rest] = small, np.sort(row)[len(spots):][rng.permutation(len(rest))]
+        new = (rng.standard_normal((int(rng.integers(1, keep // 5)),)) + 1.0).astype(np.float32)
+        rows = np.zeros((1, 2 * keep), np.float32)
+        rows[0, :keep] = row
+        roots = np.array([row.min()], np.float32)
+        maxima = np.zeros((1, 1), np.float32)
+        filled = Q._topvalues.push_values(rows, keep, keep, new.reshape(1, 1, 1, -1), maxima, 1, roots)
+        expected = np.sort(np.concatenate([row, new]))[-keep:]
+        assert filled == keep
+        np.testing.assert_array_equal(np.sort(rows[0, :keep]), expected)
+        assert roots[0] == expected[0]

@@ -4,10 +4,13 @@
  * For every unit, a row holds the largest `keep` activations seen so far (the values the top
  * quantile depends on; see stats/quantile.py) and room for as many again. A new value is
  * appended only when it beats the row's entry bar, the keep-th largest value at the row's last
- * compaction (a lower bound of the final threshold); a full row is compacted back to its `keep`
- * largest by a quickselect. After the first few batches almost every value loses that one
- * comparison, so a batch costs about one comparison per activation, against torch.topk over
- * the kept and new values together, and the few that enter cost a constant each, amortized.
+ * compaction (a lower bound of the final threshold); a full row, and every row that values
+ * entered at the end of a call, is compacted back to its `keep` largest. After the first few
+ * batches almost every value loses that one comparison, so a batch costs about one comparison
+ * per activation, against torch.topk over the kept and new values together; the few values
+ * that enter displace as many of the smallest kept, found by a select around a pivot guessed
+ * from a sample (select_largest). The bars stay with the caller between calls (`roots`), so a
+ * row nothing entered is not read again.
  * The same read gives each (image, unit) map's maximum, which the top images and the candidate
  * maps need.
  *
@@ -95,7 +98,7 @@ fail:
 /* Rearrange a[0..n) so that a[0..k) holds its k largest values (0 < k <= n): a quickselect
  * with a three-way partition, so that runs of equal values (the zeros after a ReLU) cost one
  * pass instead of a quadratic worst case. */
-static void select_largest(float *a, Py_ssize_t n, Py_ssize_t k)
+static void quickselect_largest(float *a, Py_ssize_t n, Py_ssize_t k)
 {
     Py_ssize_t lo = 0, hi = n;
     while (hi - lo > 1) {
@@ -127,25 +130,79 @@ typedef struct {
     float *rows;          /* (K, cap): each row's first len[k] entries are in use */
     Py_ssize_t cap, keep;
     Py_ssize_t *len;
-    float *root;          /* (K,) the keep-th largest value at the last compaction, or -inf */
+    float *root;          /* (K,) the smallest of a full row's values (its entry bar), or -inf */
+    float *low;           /* (cap,) scratch of the range's thread */
     int nan;              /* set when a NaN was met */
 } state_t;
 
-/* Keep only row k's `keep` largest values; the smallest of them becomes the entry bar. */
+static float smallest(const float *a, Py_ssize_t n)
+{
+    float low = a[0];
+    for (Py_ssize_t i = 1; i < n; i++)
+        low = a[i] < low ? a[i] : low;
+    return low;
+}
+
+/* Rearrange a[0..n) (n > k) so that a[0..k) holds its k largest values; returns the smallest of
+ * them. Dropping few values of many (every batch after the first few: the values that entered
+ * displace as many of the smallest kept), it guesses from a sample of the row a pivot just above
+ * the value to find, copies the values below the pivot aside (branch-free), selects among those
+ * few, and closes up the row in one more branch-free pass: two reads of the row instead of a
+ * quickselect's unpredictable comparisons over all of it. A pivot guessed too low (the sample
+ * misled) falls back to the quickselect. */
+static float select_largest(float *a, Py_ssize_t n, Py_ssize_t k, float *low)
+{
+    const Py_ssize_t drop = n - k;
+    enum { SAMPLE = 64 };
+    if (n >= 4 * SAMPLE && 4 * drop < n) {
+        float sample[SAMPLE];
+        for (int i = 0; i < SAMPLE; i++)      /* evenly spread: the row's order is the data's */
+            sample[i] = a[(Py_ssize_t)i * n / SAMPLE + (n / SAMPLE) / 2];
+        /* the value of ascending rank `drop` (the new smallest kept) sits near sample rank
+         * drop * SAMPLE / n; aim a few standard deviations above it */
+        const double at = (double)drop * SAMPLE / n;
+        Py_ssize_t j = (Py_ssize_t)(at + 3.0 * sqrt(at + 1.0) + 2.0);
+        if (j < SAMPLE) {
+            quickselect_largest(sample, SAMPLE, SAMPLE - j);   /* sample[0..SAMPLE-j): the largest */
+            const float pivot = smallest(sample, SAMPLE - j);  /* ascending sample rank j */
+            Py_ssize_t c = 0;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                low[c] = a[i];
+                c += a[i] < pivot;
+            }
+            if (c > drop) {           /* the `drop` smallest, and the next, are all below the pivot */
+                quickselect_largest(low, c, c - drop);
+                const float root = smallest(low, c - drop);
+                Py_ssize_t kept = 0;
+                for (Py_ssize_t i = 0; i < n; i++) {     /* kept <= i: in place */
+                    const float v = a[i];
+                    a[kept] = v;
+                    kept += v > root;
+                }
+                for (; kept < k; kept++)   /* values equal to the new bar: as many as it takes */
+                    a[kept] = root;
+                return root;
+            }
+        }
+    }
+    quickselect_largest(a, n, k);
+    return smallest(a, k);
+}
+
+/* Keep only row k's `keep` largest values; the smallest of them becomes the entry bar. A row
+ * that holds exactly `keep` values keeps its bar (nothing entered since it was found). */
 static void compact(state_t *s, Py_ssize_t k)
 {
     float *a = s->rows + k * s->cap;
-    if (s->len[k] <= s->keep) {
-        if (s->len[k] < s->keep)
-            return;
-    } else {
-        select_largest(a, s->len[k], s->keep);
-        s->len[k] = s->keep;
+    if (s->len[k] < s->keep)
+        return;
+    if (s->len[k] == s->keep) {
+        if (s->root[k] == -INFINITY)      /* just filled: values are finite */
+            s->root[k] = smallest(a, s->keep);
+        return;
     }
-    float low = a[0];
-    for (Py_ssize_t i = 1; i < s->keep; i++)
-        low = a[i] < low ? a[i] : low;
-    s->root[k] = low;
+    s->root[k] = select_largest(a, s->len[k], s->keep, s->low);
+    s->len[k] = s->keep;
 }
 
 /* Append v (which beats row k's entry bar) to row k, compacting the row when it is full. */
@@ -168,11 +225,8 @@ static void push_range(state_t *s, const float *m, Py_ssize_t sb, Py_ssize_t sk,
 {
     float *root = s->root;
     Py_ssize_t *len = s->len;
-    for (Py_ssize_t k = a; k < e; k++) {
-        len[k] = filled;
-        root[k] = -INFINITY;
-        compact(s, k);          /* the entry bar of a full row */
-    }
+    for (Py_ssize_t k = a; k < e; k++)
+        len[k] = filled;        /* root[k]: the caller's bar of a full row, else -inf */
     if (labs(sk) < labs(sx) && labs(sk) < labs(sy)) {
         /* channels-last: position by position, the units innermost */
         for (Py_ssize_t b = 0; b < B; b++) {
@@ -227,13 +281,16 @@ static void push_range(state_t *s, const float *m, Py_ssize_t sb, Py_ssize_t sk,
 }
 
 PyDoc_STRVAR(push_values_doc,
-"push_values(rows, keep, filled, maps, maxima, threads=1) -> filled\n\n"
+"push_values(rows, keep, filled, maps, maxima, threads=1, roots=None) -> filled\n\n"
 "rows: (K, cap) float32 C-contiguous, writable, cap > keep >= 1; each row's first `filled`\n"
 "entries are the values kept so far (any order). maps: (B, K, h, w) float32, any strides, finite.\n"
 "maxima: (B, K) float32, any strides, writable: receives each map's maximum. Afterwards each row's\n"
 "first `filled` entries are the largest `keep` of its kept and new values (all of them while they\n"
 "are fewer); returns the new fill, min(keep, filled + B*h*w). threads: ranges of units run on\n"
-"OpenMP threads (see openmp()).");
+"OpenMP threads (see openmp()). roots: (K,) float32 C-contiguous, writable: each full row's\n"
+"smallest value (-inf while rows are not full), as the last call left them, so that the rows\n"
+"need not be read to find them; receives the new ones (the thresholds' lower bounds). None: found\n"
+"from the rows.");
 
 PyDoc_STRVAR(openmp_doc,
 "openmp() -> bool\n\n"
@@ -250,13 +307,13 @@ static PyObject *openmp(PyObject *self, PyObject *unused)
 
 static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"rows", "keep", "filled", "maps", "maxima", "threads", NULL};
+    static char *names[] = {"rows", "keep", "filled", "maps", "maxima", "threads", "roots", NULL};
     int threads = 1;
-    PyObject *rows_obj, *maps_obj, *max_obj;
+    PyObject *rows_obj, *maps_obj, *max_obj, *roots_obj = Py_None;
     Py_ssize_t keep, filled;
-    Py_buffer rows, maps, maxima;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnOO|i:push_values", names, &rows_obj, &keep,
-                                     &filled, &maps_obj, &max_obj, &threads))
+    Py_buffer rows, maps, maxima, roots = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnOO|iO:push_values", names, &rows_obj, &keep,
+                                     &filled, &maps_obj, &max_obj, &threads, &roots_obj))
         return NULL;
     if (get_float32("rows", rows_obj, 2, 0, 1, &rows) < 0)
         return NULL;
@@ -269,11 +326,23 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
         PyBuffer_Release(&maps);
         return NULL;
     }
+    if (roots_obj != Py_None && get_float32("roots", roots_obj, 1, 0, 1, &roots) < 0) {
+        PyBuffer_Release(&rows);
+        PyBuffer_Release(&maps);
+        PyBuffer_Release(&maxima);
+        return NULL;
+    }
     Py_ssize_t K = rows.shape[0], cap = rows.shape[1];
     Py_ssize_t B = maps.shape[0], H = maps.shape[2], W = maps.shape[3];
     PyObject *result = NULL;
-    float *root = NULL, *mx = NULL;
+    float *root = NULL, *mx = NULL, *low = NULL;
     Py_ssize_t *len = NULL;
+    const int slices = threads < 1 ? 1 : (threads > K ? (int)(K > 0 ? K : 1) : threads);
+    if (roots.obj != NULL && roots.shape[0] != K) {
+        PyErr_Format(PyExc_ValueError, "push_values(): roots must have one entry per row (%zd), got %zd",
+                     K, roots.shape[0]);
+        goto done;
+    }
     if (maps.shape[1] != K) {
         PyErr_Format(PyExc_ValueError, "push_values(): maps have %zd units, rows %zd",
                      maps.shape[1], K);
@@ -289,27 +358,30 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
                      "0 <= filled <= keep, got keep=%zd, filled=%zd", cap, keep, filled);
         goto done;
     }
-    root = (float *)malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
+    root = roots.obj != NULL ? NULL : (float *)malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
     len = (Py_ssize_t *)malloc((size_t)(K > 0 ? K : 1) * sizeof(Py_ssize_t));
     mx = (float *)malloc((size_t)(B * K > 0 ? B * K : 1) * sizeof(float));   /* (B, K), copied out */
-    if (root == NULL || len == NULL || mx == NULL) {
+    low = (float *)malloc((size_t)slices * (size_t)cap * sizeof(float));
+    if ((root == NULL && roots.obj == NULL) || len == NULL || mx == NULL || low == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    state_t s = {(float *)rows.buf, cap, keep, len, root, 0};
+    for (Py_ssize_t k = 0; root != NULL && k < K; k++)   /* no bars given: those of the full rows */
+        root[k] = filled == keep ? smallest((float *)rows.buf + k * cap, keep) : -INFINITY;
+    state_t s = {(float *)rows.buf, cap, keep, len, root != NULL ? root : (float *)roots.buf, NULL, 0};
     const float *m = (const float *)maps.buf;
     const Py_ssize_t sb = maps.strides[0] / 4, sk = maps.strides[1] / 4, sy = maps.strides[2] / 4,
                      sx = maps.strides[3] / 4;
     Py_BEGIN_ALLOW_THREADS
     {
         int nan = 0;
-        const int slices = threads < 1 ? 1 : (threads > K ? (int)(K > 0 ? K : 1) : threads);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(slices) schedule(static, 1) reduction(| : nan)
 #endif
         for (int t = 0; t < slices; t++) {
             state_t own = s;
             own.nan = 0;
+            own.low = low + (size_t)t * (size_t)cap;
             push_range(&own, m, sb, sk, sy, sx, B, H, W, K, filled, K * t / slices,
                        K * (t + 1) / slices, mx);
             nan |= own.nan;
@@ -335,9 +407,12 @@ done:
     free(root);
     free(len);
     free(mx);
+    free(low);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&maps);
     PyBuffer_Release(&maxima);
+    if (roots.obj != NULL)
+        PyBuffer_Release(&roots);
     return result;
 }
 

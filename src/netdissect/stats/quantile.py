@@ -68,6 +68,7 @@ class ExactTopQuantile:
         if self.compiled:   # the first ``filled`` columns are in use; as many again for new values
             self._rows = torch.empty(units, 2 * self.keep, dtype=torch.float32)
             self._filled = 0
+            self._roots = None   # (K,) float32: each full row's smallest value, as push_values left it
         else:
             self._values = torch.empty(units, 0, dtype=torch.float32, device=device)
 
@@ -82,6 +83,7 @@ class ExactTopQuantile:
             n = values.shape[1]
             self._rows[:, :n] = values
             self._filled = n
+            self._roots = None
         else:
             self._values = values
 
@@ -101,11 +103,12 @@ class ExactTopQuantile:
             rows, values, out = self._rows.numpy(), maps.detach().float().numpy(), maxima.numpy()
             # the pass is waiting: the units in slices, one per torch thread (the GIL is released)
             threads = max(1, min(torch.get_num_threads(), self.units, values.size // _VALUES_PER_SLICE))
+            roots = self._full_row_minima()
             if _TOPVALUES_OPENMP:   # the units in ranges on torch's OpenMP threads
-                self._filled = _topvalues.push_values(rows, self.keep, self._filled, values, out, threads)
+                self._filled = _topvalues.push_values(rows, self.keep, self._filled, values, out, threads, roots)
             else:
                 self._filled = run_in_slices(_topvalues.push_values, self.units, threads, lambda a, b: (
-                    rows[a:b], self.keep, self._filled, values[:, a:b], out[:, a:b]))
+                    rows[a:b], self.keep, self._filled, values[:, a:b], out[:, a:b], 1, roots[a:b]))
             return maxima
         maxima = maps.amax(dim=(2, 3))
         merged = torch.cat([self._values, maps.transpose(0, 1).reshape(self.units, -1).to(self._values.dtype)],
@@ -124,10 +127,20 @@ class ExactTopQuantile:
             values = torch.topk(values, self.keep, dim=1, sorted=False).values
         self.values = values.to(self.values.device)
 
+    def _full_row_minima(self) -> np.ndarray:
+        """The compiled state's (K,) entry bars: each full row's smallest value (-inf before the
+        rows fill), kept between batches by push_values instead of read off the rows."""
+        if self._roots is None:
+            self._roots = (self._rows[:, :self.keep].amin(dim=1).numpy().copy() if self._filled == self.keep
+                           else np.full(self.units, -np.inf, np.float32))
+        return self._roots
+
     def lower_bound(self) -> torch.Tensor:
         """(K,) a value the final threshold cannot fall below; -inf until enough is seen."""
         if self.values.shape[1] < self.keep:
             return torch.full((self.units,), -math.inf, device=self.values.device)
+        if self.compiled:   # the smallest kept values, without reading the rows
+            return torch.from_numpy(self._full_row_minima().copy())
         return self.values.min(dim=1).values
 
     def threshold(self, n: int | None = None) -> np.ndarray:
