@@ -408,3 +408,17 @@ def test_check_with_different_image_names(tmp_path):
     assert ds.records[0].image == "x y/évé,1.png"
     assert ds.load_segmentation(0).pixel.shape == (1, 4, 4)
     assert check_dataset(fx.root).ok
+
+
+def test_the_file_table_digest_is_the_json_one_earlier_runs_recorded():
+    """digest_of writes [size, mtime] pairs itself: the bytes (so the manifests and label cache
+    keys of earlier runs) stay those of json.dumps."""
+    import hashlib
+    import json
+
+    from netdissect.data.broden import digest_of
+    table = {"b/c.png": [345, 1700000000123456789], "a.jpg": [-1, -1], "h.jpg": "ab12", "t.jpg": [1, True]}
+    h = hashlib.sha256()
+    for name in sorted(table):
+        h.update(name.encode() + b"\0" + json.dumps(table[name]).encode() + b"\n")
+    assert digest_of(table) == h.hexdigest()

@@ -747,10 +747,10 @@ class BrodenDataset:
         """{file: [size, mtime_ns]} of every image and mask file of the selection: a cheap way
         to notice files replaced under an unchanged index.csv (a missing file: [-1, -1])."""
         stats: Dict[str, List[int]] = {}
-        base = self.root / "images"
+        base = str(self.root / "images")   # joined as strings: pathlib was half the time of 2,000 stats
         for name in self.files():
             try:
-                st = os.stat(base / name)
+                st = os.stat(os.path.join(base, name))
                 stats[name] = [int(st.st_size), int(st.st_mtime_ns)]
             except OSError:
                 stats[name] = [-1, -1]
@@ -776,7 +776,11 @@ def digest_of(table: Dict[str, object]) -> str:
     """One sha256 over a {file: stats or hash} table (sorted, so the order does not matter)."""
     h = hashlib.sha256()
     for name in sorted(table):
-        h.update(name.encode() + b"\0" + json.dumps(table[name]).encode() + b"\n")
+        value = table[name]
+        # json.dumps' text of a [size, mtime] pair, written directly (the same bytes, a tenth the time)
+        text = f"[{value[0]}, {value[1]}]" if type(value) is list and len(value) == 2 and \
+            all(type(v) is int for v in value) else json.dumps(value)
+        h.update(name.encode() + b"\0" + text.encode() + b"\n")
     return h.hexdigest()
 
 
