@@ -157,10 +157,14 @@ def test_arguments_are_checked():
     assert push(rows, 5, 0, maps, maxima) == 4
 
 
-def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order():
-    """TopKImages against a sort of every (score, image) of a unit: ties on the score (many,
-    -0.0 among them) go to the lower image index, whatever order the batches come in."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order(compiled, monkeypatch):
+    """TopKImages (the compiled top_images, and torch's sorts) against a sort of every (score,
+    image) of a unit: ties on the score (many, -0.0 among them) go to the lower image index,
+    whatever order the batches come in."""
     from netdissect.stats.streaming import TopKImages
+    if not compiled:
+        monkeypatch.setenv(NO_COMPILED, "1")
     gen = torch.Generator().manual_seed(4)
     n, units, k = 60, 5, 7
     acts = torch.randint(-3, 4, (n, units, 2, 3), generator=gen).float()
@@ -176,7 +180,7 @@ def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order():
             idx = torch.arange(start, start + 10)
             top.add(maxima[idx], acts[idx], idx)
         score, index, maps = top.ranked()
-        assert index.tolist() == expected
+        assert index.tolist() == expected, compiled
         for u in range(units):
             assert torch.equal(maps[u], acts[index[u], u]) and torch.equal(score[u], maxima[index[u], u])
 
@@ -211,3 +215,12 @@ def test_a_few_entering_values_displace_the_smallest_kept(layout):
         assert filled == keep
         np.testing.assert_array_equal(np.sort(rows[0, :keep]), expected)
         assert roots[0] == expected[0]
+
+
+def test_top_images_checks_its_arguments():
+    score, index = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.int64)
+    with pytest.raises(ValueError, match=r"top_images\(\): shapes disagree"):
+        Q._topvalues.top_images(score, index, np.zeros((4, 2), np.float32), np.arange(4), np.zeros((3, 2), np.int64))
+    with pytest.raises(TypeError, match="argument 'images' must hold int64"):
+        Q._topvalues.top_images(score, index, np.zeros((4, 3), np.float32), np.arange(4, dtype=np.int32),
+                                np.zeros((3, 2), np.int64))

@@ -21,6 +21,10 @@
  * must be finite (the pass checks them first; a NaN that reaches a row is refused). The GIL is
  * released around the arithmetic.
  *
+ * top_images keeps each unit's k best images (by maximum, then image index) the same way: one
+ * comparison per (image, unit) with the entry that ranks last, and a scan of the k for the next
+ * one when an image enters; the caller copies the entering maps.
+ *
  * Units are independent: push_values(threads=n) splits them into n ranges. Built with OpenMP
  * (setup.py, where the compiler has it), the ranges run on the OpenMP threads that torch's CPU
  * operations use (the same libgomp, loaded once per process), which take the work at once; a
@@ -34,10 +38,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Whether a struct-module format string names a native float32. */
-static int is_float32(const char *format, Py_ssize_t itemsize)
+/* Whether a struct-module format string names a native scalar: float32, or int64 (int64 = 1). */
+static int is_scalar(const char *format, Py_ssize_t itemsize, int int64)
 {
-    if (format == NULL || itemsize != 4)
+    if (format == NULL || itemsize != (int64 ? 8 : 4))
         return 0;
     if (format[0] == '@' || format[0] == '=' ||
 #if PY_LITTLE_ENDIAN
@@ -47,45 +51,47 @@ static int is_float32(const char *format, Py_ssize_t itemsize)
 #endif
     )
         format++;
-    return format[0] == 'f' && format[1] == '\0';
+    if (format[0] == '\0' || format[1] != '\0')
+        return 0;
+    return int64 ? strchr("lqn", format[0]) != NULL : format[0] == 'f';
 }
 
-/* A float32 buffer of ndim dimensions (C-contiguous unless any_strides; writable when asked);
- * on failure a TypeError or ValueError naming the argument, and -1 with the view released. */
-static int get_float32(const char *arg, PyObject *obj, int ndim, int any_strides, int writable,
-                       Py_buffer *view)
+/* A float32 (or, with int64, int64) buffer of ndim dimensions (C-contiguous unless any_strides;
+ * writable when asked); on failure a TypeError or ValueError naming the function and argument,
+ * and -1 with the view released. */
+static int get_buffer(const char *fn, const char *arg, PyObject *obj, int int64, int ndim, int any_strides,
+                      int writable, Py_buffer *view)
 {
+    const char *kind = int64 ? "int64" : "float32";
     if (!PyObject_CheckBuffer(obj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "push_values(): argument '%s' must be a float32 numpy array (a torch tensor: "
-                     "pass tensor.numpy()), not %.100s", arg, Py_TYPE(obj)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be a %s numpy array (a torch tensor: "
+                     "pass tensor.numpy()), not %.100s", fn, arg, kind, Py_TYPE(obj)->tp_name);
         return -1;
     }
     if (PyObject_GetBuffer(obj, view, writable ? PyBUF_RECORDS : PyBUF_RECORDS_RO) < 0)
         return -1;
-    if (!is_float32(view->format, view->itemsize)) {
-        PyErr_Format(PyExc_TypeError, "push_values(): argument '%s' must hold float32, got format "
-                     "'%s' with %zd-byte items", arg, view->format ? view->format : "B",
-                     view->itemsize);
+    if (!is_scalar(view->format, view->itemsize, int64)) {
+        PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must hold %s, got format '%s' with %zd-byte "
+                     "items", fn, arg, kind, view->format ? view->format : "B", view->itemsize);
         goto fail;
     }
     if (view->ndim != ndim) {
-        PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' must have %d dimensions, got %d",
-                     arg, ndim, view->ndim);
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' must have %d dimensions, got %d", fn, arg,
+                     ndim, view->ndim);
         goto fail;
     }
     if (writable && view->readonly) {
-        PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' is read-only", arg);
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' is read-only", fn, arg);
         goto fail;
     }
     if (!any_strides && !PyBuffer_IsContiguous(view, 'C')) {
-        PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' must be C-contiguous", arg);
+        PyErr_Format(PyExc_ValueError, "%s(): argument '%s' must be C-contiguous", fn, arg);
         goto fail;
     }
     for (int i = 0; any_strides && i < ndim; i++) {
-        if (view->strides[i] % 4 != 0) {
-            PyErr_Format(PyExc_ValueError, "push_values(): argument '%s' has a stride that is not a "
-                         "multiple of 4 bytes", arg);
+        if (view->strides[i] % view->itemsize != 0) {
+            PyErr_Format(PyExc_ValueError, "%s(): argument '%s' has a stride that is not a multiple of "
+                         "%zd bytes", fn, arg, view->itemsize);
             goto fail;
         }
     }
@@ -93,6 +99,12 @@ static int get_float32(const char *arg, PyObject *obj, int ndim, int any_strides
 fail:
     PyBuffer_Release(view);
     return -1;
+}
+
+static int get_float32(const char *arg, PyObject *obj, int ndim, int any_strides, int writable,
+                       Py_buffer *view)
+{
+    return get_buffer("push_values", arg, obj, 0, ndim, any_strides, writable, view);
 }
 
 /* Rearrange a[0..n) so that a[0..k) holds its k largest values (0 < k <= n): a quickselect
@@ -416,9 +428,111 @@ done:
     return result;
 }
 
+/* ---- top_images ------------------------------------------------------------------------ */
+
+/* Whether (score a, image ia) ranks before (b, ib): the higher score, then the lower index. */
+static inline int ranks_before(float a, int64_t ia, float b, int64_t ib)
+{
+    return a > b || (a == b && ia < ib);
+}
+
+/* The slot of unit row (score, index) of k entries that ranks last. */
+static Py_ssize_t last_slot(const float *score, const int64_t *index, Py_ssize_t k)
+{
+    Py_ssize_t w = 0;
+    for (Py_ssize_t j = 1; j < k; j++)
+        if (ranks_before(score[w], index[w], score[j], index[j]))
+            w = j;
+    return w;
+}
+
+PyDoc_STRVAR(top_images_doc,
+"top_images(score, index, maxima, images, entered, threads=1)\n\n"
+"Each unit's k best images so far, updated with a batch in place: score (K, k) float32 and index\n"
+"(K, k) int64 (-1: an empty slot, score -inf), C-contiguous and writable; maxima (B, K) float32\n"
+"with any strides; images (B,) int64 C-contiguous. An image of the batch takes the slot of the\n"
+"entry that ranks last (the lower score, then the higher index) when it ranks before it: the\n"
+"kept set is the k best of all images seen, whatever the order they came in (scores -0.0 and 0.0\n"
+"tie). entered (K, k) int64, writable: receives the batch position whose map each slot now\n"
+"holds, -1 where the slot kept its map (the caller copies the maps, a gather torch does well).\n"
+"threads: ranges of units on OpenMP threads.");
+
+static PyObject *top_images(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"score", "index", "maxima", "images", "entered", "threads", NULL};
+    /* score, index, entered: C-contiguous and writable; maxima: any strides; images: int64 */
+    static const int int64s[5] = {0, 1, 0, 1, 1}, ndims[5] = {2, 2, 2, 1, 2};
+    static const int strided[5] = {0, 0, 1, 0, 0}, writable[5] = {1, 1, 0, 0, 1};
+    PyObject *objs[5];
+    Py_buffer v[5];
+    int n = 0, threads = 1;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|i:top_images", names, &objs[0], &objs[1],
+                                     &objs[2], &objs[3], &objs[4], &threads))
+        return NULL;
+    for (; n < 5; n++)
+        if (get_buffer("top_images", names[n], objs[n], int64s[n], ndims[n], strided[n], writable[n],
+                       &v[n]) < 0)
+            goto done;
+    const Py_ssize_t K = v[0].shape[0], k = v[0].shape[1], B = v[3].shape[0];
+    if (v[1].shape[0] != K || v[1].shape[1] != k || v[4].shape[0] != K || v[4].shape[1] != k ||
+        v[2].shape[0] != B || v[2].shape[1] != K) {
+        PyErr_Format(PyExc_ValueError, "top_images(): shapes disagree: score (%zd, %zd), index (%zd, %zd), "
+                     "maxima (%zd, %zd), images (%zd,), entered (%zd, %zd)", K, k, v[1].shape[0],
+                     v[1].shape[1], v[2].shape[0], v[2].shape[1], B, v[4].shape[0], v[4].shape[1]);
+        goto done;
+    }
+    float *sc = v[0].buf;
+    int64_t *ix = v[1].buf, *from = v[4].buf;
+    const int64_t *img = v[3].buf;
+    const char *mx = v[2].buf;
+    const Py_ssize_t *ms = v[2].strides;
+    int nan = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const int slices = threads < 1 ? 1 : (threads > K ? (int)(K > 0 ? K : 1) : threads);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(slices) schedule(static, 1) reduction(| : nan)
+#endif
+    for (int t = 0; t < slices; t++) {
+        for (Py_ssize_t u = K * t / slices; u < K * (t + 1) / slices && k > 0; u++) {
+            float *us = sc + u * k;
+            int64_t *ui = ix + u * k, *uf = from + u * k;
+            for (Py_ssize_t j = 0; j < k; j++)
+                uf[j] = -1;
+            Py_ssize_t last = last_slot(us, ui, k);
+            for (Py_ssize_t b = 0; b < B; b++) {
+                const float value = *(const float *)(mx + b * ms[0] + u * ms[1]) + 0.0f;
+                if (value != value) {
+                    nan = 1;
+                    continue;
+                }
+                if (!ranks_before(value, img[b], us[last], ui[last]))
+                    continue;
+                us[last] = value;
+                ui[last] = img[b];
+                uf[last] = b;
+                last = last_slot(us, ui, k);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (nan) {
+        PyErr_SetString(PyExc_ValueError, "top_images(): maxima hold NaN (check the activations first)");
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    while (n-- > 0)
+        PyBuffer_Release(&v[n]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"push_values", (PyCFunction)(void (*)(void))push_values, METH_VARARGS | METH_KEYWORDS,
      push_values_doc},
+    {"top_images", (PyCFunction)(void (*)(void))top_images, METH_VARARGS | METH_KEYWORDS,
+     top_images_doc},
     {"openmp", openmp, METH_NOARGS, openmp_doc},
     {NULL, NULL, 0, NULL},
 };

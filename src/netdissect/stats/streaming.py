@@ -26,8 +26,11 @@ import torch
 from netdissect.atomic import atomic_path
 from netdissect.runs import safe_name
 from netdissect.stats.memory import release_free_memory
-from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile
+from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile, _topvalues, compiled_available
 from netdissect.tally.kernel import pack_maps, unpack_maps
+
+
+_UNITS_PER_SLICE = 256   # fewer units than this per thread: the thread costs more than it saves
 
 
 class TopKImages:
@@ -47,6 +50,16 @@ class TopKImages:
 
     def add(self, maxima: torch.Tensor, acts: torch.Tensor, images: torch.Tensor) -> None:
         """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
+        if self.score.device.type == "cpu" and compiled_available():   # the same kept set (see top_images)
+            entered = np.empty(tuple(self.index.shape), np.int64)
+            threads = max(1, min(torch.get_num_threads(), self.score.shape[0] // _UNITS_PER_SLICE))
+            _topvalues.top_images(self.score.numpy(), self.index.numpy(), maxima.detach().float().numpy(),
+                                  np.ascontiguousarray(images.numpy(), dtype=np.int64), entered, threads)
+            entered = torch.from_numpy(entered)
+            units, slots = torch.nonzero(entered >= 0, as_tuple=True)
+            if units.numel():
+                self.maps[units, slots] = acts[entered[units, slots], units]
+            return
         k = self.k
         # only the units where an image of the batch beats the worst kept one change
         worst = rank_keys(self.score, self.index).min(dim=1, keepdim=True).values        # (K, 1)
