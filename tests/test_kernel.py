@@ -37,6 +37,9 @@ def test_fused_tally_equals_upsample_threshold_count(native, size):
     assert act.sum() > 0
     assert torch.equal(act, ref_act)
     assert torch.equal(per_combo, ref_combo)
+    # the label store's own uint16 rows, read where they lie: the same counts
+    per_combo16, act16 = kernel.fused_tally(maps, thr, images, combo_ids.numpy().astype(np.uint16), size, 9)
+    assert torch.equal(per_combo16, ref_combo) and torch.equal(act16, ref_act)
 
 
 @needs_kernel
@@ -154,6 +157,9 @@ def test_tally_rejects_a_combination_id_beyond_per_combo():
         kernel._kernel.tally_bilinear(**args, threads=4)
     args["combo_ids"][1, 4, 5] = -1
     with pytest.raises(ValueError, match="holds id -1"):
+        kernel._kernel.tally_bilinear(**args)
+    args["combo_ids"] = args["combo_ids"].astype(np.uint16)     # uint16 ids: 65535 is beyond too
+    with pytest.raises(ValueError, match="holds id 65535"):
         kernel._kernel.tally_bilinear(**args)
 
 

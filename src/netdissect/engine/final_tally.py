@@ -34,10 +34,10 @@ class LayerTally:
         for part in _subchunks([chunk], self.max_pairs):
             unit_thr = self.thr[part["unit"]]
             images_u, local = torch.unique(part["image"], return_inverse=True)
-            combo_ids, tables, image_concepts, labeled = self.store.gather(images_u)
-            if self.fused:
-                per_combo, act = kernel.fused_tally(part["maps"], unit_thr, local, combo_ids, self.size,
-                                                    tables.shape[1])
+            combo_ids, tables, image_concepts, labeled = self.store.gather(images_u, with_ids=not self.fused)
+            if self.fused:   # the kernel reads the store's rows of label ids where they lie
+                per_combo, act = kernel.fused_tally(part["maps"], unit_thr, images_u[local] - self.store.offset,
+                                                    self.store.id_rows(), self.size, tables.shape[1])
             else:
                 masks = self.upsample(part["maps"]) > unit_thr[:, None, None]
                 per_combo, act = combination_counts(masks.reshape(masks.shape[0], -1), local, combo_ids,

@@ -37,11 +37,12 @@
 
 /* ---- argument checking ------------------------------------------------------------------ */
 
-enum kind { FLOAT32, INT32, INT64, UINT8 };
+enum kind { FLOAT32, INT32, INT64, UINT8, LABEL_IDS };   /* LABEL_IDS: int32 or uint16 */
 
 static const char *kind_name(enum kind k)
 {
-    return k == FLOAT32 ? "float32" : k == INT32 ? "int32" : k == INT64 ? "int64" : "uint8";
+    return k == FLOAT32 ? "float32" : k == INT32 ? "int32" : k == INT64 ? "int64" :
+           k == UINT8 ? "uint8" : "int32 or uint16";
 }
 
 /* Whether a struct-module format string names a native-order scalar of this kind. */
@@ -71,6 +72,8 @@ static int format_is(const char *format, Py_ssize_t itemsize, enum kind k)
         return strchr("lqn", format[0]) != NULL && itemsize == 8;
     case UINT8:
         return format[0] == 'B' && itemsize == 1;
+    case LABEL_IDS:
+        return (strchr("il", format[0]) != NULL && itemsize == 4) || (format[0] == 'H' && itemsize == 2);
     }
     return 0;
 }
@@ -382,9 +385,10 @@ done:
 typedef struct {
     const float *maps, *thr;
     const int64_t *image;
-    const int32_t *ids;
+    const void *ids;        /* int32, or uint16 where ids16 (the label store's own rows, uncopied) */
     int64_t *per_combo, *act;
     Py_ssize_t h, w, max_combos;
+    int ids16;
 } tally_args_t;
 
 /*
@@ -402,7 +406,8 @@ static Py_ssize_t tally_pairs(const tally_args_t *c, workspace_t *ws, Py_ssize_t
     for (Py_ssize_t k = start; k < stop; k++) {
         const float *m = c->maps + k * h * w;
         const float t = c->thr[k], s = skip_threshold(t);
-        const int32_t *ids = c->ids + c->image[k] * pixels;
+        const int32_t *ids = (const int32_t *)c->ids + c->image[k] * pixels;
+        const uint16_t *ids16 = (const uint16_t *)c->ids + c->image[k] * pixels;
         int64_t *counts = c->per_combo + k * c->max_combos;
         int64_t active = 0;
         int any = 0;
@@ -434,6 +439,7 @@ static Py_ssize_t tally_pairs(const tally_args_t *c, workspace_t *ws, Py_ssize_t
             }
             for (Py_ssize_t i = ay->start[ry]; i < ay->start[ry + 1]; i++) {
                 const int32_t *row_ids = ids + i * sw;
+                const uint16_t *row_ids16 = ids16 + i * sw;
                 for (Py_ssize_t n = 0; n < nranges; n++) {
                     const Py_ssize_t j0 = ws->ranges[2 * n], j1 = ws->ranges[2 * n + 1];
                     lerp_y(ws->top, ws->bottom, ay->l0[i], ay->l1[i], j0, j1, ws->values);
@@ -446,7 +452,7 @@ static Py_ssize_t tally_pairs(const tally_args_t *c, workspace_t *ws, Py_ssize_t
                     active += above;
                     for (Py_ssize_t j = j0; j < j1; j++) {
                         if (values[j] > t) {
-                            const int32_t id = row_ids[j];
+                            const int32_t id = c->ids16 ? (int32_t)row_ids16[j] : row_ids[j];
                             if ((uint32_t)id >= limit) {
                                 *bad_id = id;
                                 return k;
@@ -469,7 +475,7 @@ PyDoc_STRVAR(tally_bilinear_doc,
 "upsample_bilinear does, and count the pixels above thresholds[k]: per combination id of image\n"
 "images[k] into the row per_combo[k] (overwritten), and in all into active[k].\n\n"
 "maps (p, h, w) float32; thresholds (p,) float32; images (p,) int64 in [0, n);\n"
-"combo_ids (n, sh, sw) int32 in [0, max_combos); per_combo (p, max_combos) int64 and\n"
+"combo_ids (n, sh, sw) int32 or uint16 in [0, max_combos); per_combo (p, max_combos) int64 and\n"
 "active (p,) int64, writable. All C-contiguous. Releases the GIL while it counts; with OpenMP\n"
 "(see openmp()), in `threads` slices of the pairs on OpenMP threads.");
 
@@ -492,7 +498,7 @@ static PyObject *tally_bilinear(PyObject *self, PyObject *args, PyObject *kwargs
     static char *names[] = {"maps", "thresholds", "images", "combo_ids", "per_combo", "active",
                             "start", "stop", "threads", NULL};
     enum { MAPS, THR, IMAGES, IDS, PER_COMBO, ACT, NARGS };
-    static const enum kind kinds[NARGS] = {FLOAT32, FLOAT32, INT64, INT32, INT64, INT64};
+    static const enum kind kinds[NARGS] = {FLOAT32, FLOAT32, INT64, LABEL_IDS, INT64, INT64};
     static const int ndims[NARGS] = {3, 1, 1, 3, 2, 1};
     PyObject *objs[NARGS], *stop_obj = Py_None, *result = NULL;
     Py_ssize_t start = 0, stop;
@@ -547,7 +553,7 @@ static PyObject *tally_bilinear(PyObject *self, PyObject *args, PyObject *kwargs
         }
     if (start < stop) {
         const tally_args_t c = {v[MAPS].buf, v[THR].buf, image, v[IDS].buf, v[PER_COMBO].buf,
-                                v[ACT].buf, h, w, max_combos};
+                                v[ACT].buf, h, w, max_combos, v[IDS].itemsize == 2};
         const Py_ssize_t pairs = stop - start;
         const int slices = threads < 1 ? 1 : (threads > pairs ? (int)pairs : threads);
         int32_t bad_id = 0;

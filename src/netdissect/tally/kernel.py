@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -94,23 +94,27 @@ def run_in_slices(fn, n: int, threads: int, args_of):
 
 
 def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tensor,
-                combo_ids: torch.Tensor, size: Tuple[int, int], max_combos: int):
+                combo_ids: Union[torch.Tensor, np.ndarray], size: Tuple[int, int], max_combos: int):
     """Per pair: active pixels per combination id (p, max_combos) and in all (p,).
 
-    maps (p, h, w); thresholds, images (p,); combo_ids (n, size[0] * size[1]) per image of the
-    chunk, indexed by ``images``. Inputs of other dtypes or layouts are converted here.
+    maps (p, h, w); thresholds, images (p,); combo_ids (n, size[0] * size[1]) per image, indexed
+    by ``images``: a tensor (converted here, as other inputs of other dtypes or layouts are), or a
+    C-contiguous uint16 or int32 numpy array read where it lies (the label store's rows, uncopied).
     """
-    if combo_ids.dim() != 2 or combo_ids.shape[1] != size[0] * size[1]:
+    if combo_ids.ndim != 2 or combo_ids.shape[1] != size[0] * size[1]:
         raise ValueError(f"fused_tally: combo_ids of shape {tuple(combo_ids.shape)} do not hold "
                          f"{size[0]} x {size[1]} labels per image")
     maps = maps.detach().cpu().contiguous().float()
     p = maps.shape[0]
     thr = thresholds.detach().cpu().contiguous().float()
     images = images.detach().cpu().contiguous().to(torch.int64)
-    ids = combo_ids.detach().cpu().contiguous().to(torch.int32).view(-1, size[0], size[1])
+    if isinstance(combo_ids, np.ndarray):
+        ids = combo_ids.reshape(-1, size[0], size[1])
+    else:
+        ids = combo_ids.detach().cpu().contiguous().to(torch.int32).view(-1, size[0], size[1]).numpy()
     per_combo = torch.empty((p, max_combos), dtype=torch.int64)  # every row written by the kernel
     act = torch.empty(p, dtype=torch.int64)
-    arrays = (maps.numpy(), thr.numpy(), images.numpy(), ids.numpy(), per_combo.numpy(), act.numpy())
+    arrays = (maps.numpy(), thr.numpy(), images.numpy(), ids, per_combo.numpy(), act.numpy())
     threads = max(1, min(torch.get_num_threads(), p // _PAIRS_PER_SLICE))
     if _OPENMP:   # the slices on torch's OpenMP threads (see _kernel.c)
         _kernel.tally_bilinear(*arrays, threads=threads)

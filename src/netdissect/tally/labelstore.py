@@ -60,11 +60,12 @@ class SegmentationStore:
             self.tables[r] = self.image_concepts[r] = self.combo_pixels[r] = None
         self.concept_pixels = self.count_concept_pixels()
 
-    def gather(self, images: torch.Tensor):
-        """Arrays of the given (sorted, distinct) images for IoUTally.add."""
+    def gather(self, images: torch.Tensor, with_ids: bool = True):
+        """Arrays of the given (sorted, distinct) images for IoUTally.add (their combination ids
+        as int32; None unless ``with_ids``)."""
         labeled = torch.from_numpy(self.labeled[images.numpy()])
         idx = images.numpy() - self.offset
-        combo_ids = torch.from_numpy(np.asarray(self.ids[idx]).astype(np.int32))
+        combo_ids = torch.from_numpy(np.asarray(self.ids[idx]).astype(np.int32)) if with_ids else None
         tables = [self.tables[i] for i in idx]
         max_combos = max(t.shape[0] for t in tables)
         planes = max(t.shape[1] for t in tables)
@@ -78,6 +79,10 @@ class SegmentationStore:
             image_concepts[j, :len(c)] = c
         return (combo_ids, torch.from_numpy(padded), torch.from_numpy(image_concepts),
                 labeled)
+
+    def id_rows(self) -> np.ndarray:
+        """(n_images, pixels) the combination ids of every image: a view of the memory map."""
+        return np.asarray(self.ids)
 
     def state_dict(self) -> dict:
         if self.cache_key is not None:   # read again from the cache on resume
