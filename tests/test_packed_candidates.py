@@ -199,3 +199,16 @@ def test_packing_a_batch_where_it_lies_keeps_the_neighbourhoods(shape, channels_
         np.testing.assert_array_equal(packed["fill"].numpy(), skip)
     with pytest.raises(IndexError, match=r"map 1 is \(3, 0\), outside the batch's \(3, 5\)"):
         kernel.pack_maps(batch, bounds[:2], torch.tensor([0, 3]), torch.tensor([0, 0]))
+
+
+def test_packing_more_maps_of_one_image_than_a_run_holds():
+    """300 maps of one channels-last image (the kernel finds the bits of at most 256 together)."""
+    gen = torch.Generator().manual_seed(11)
+    batch = torch.randn((2, 300, 3, 70), generator=gen).contiguous(memory_format=torch.channels_last)
+    images, units = torch.ones(300, dtype=torch.int64), torch.arange(300)
+    bounds = torch.rand(300, generator=gen) + 1.0
+    near, values, _ = _packed_by_numpy(batch[images, units].numpy(), bounds.numpy())
+    packed = kernel.pack_maps(batch, bounds, images, units)
+    bits = np.unpackbits(packed["need"].numpy(), axis=1, count=210, bitorder="little").reshape(300, 3, 70)
+    np.testing.assert_array_equal(bits.astype(bool), near)
+    np.testing.assert_array_equal(packed["values"].numpy(), np.concatenate(values))

@@ -612,14 +612,10 @@ done:
 
 /* ---- pack_maps -------------------------------------------------------------------------- */
 
-/* One map's packing (see pack_maps): pixel (y, x) at m[y * sy + x * sx]; `above` and `near`
- * hold h rows of `words` 64-bit words each; need (ceil(h*w / 8),) is written whole. Returns
- * the number of values written to out. */
-static Py_ssize_t pack_one(const float *m, Py_ssize_t sy, Py_ssize_t sx, Py_ssize_t h, Py_ssize_t w,
-                           float s, uint64_t *above, uint64_t *near, Py_ssize_t words, uint8_t *need,
-                           float *out)
+/* The pixels of one map above s, a bit each: h rows of `words` 64-bit words. */
+static void above_bits(const float *m, Py_ssize_t sy, Py_ssize_t sx, Py_ssize_t h, Py_ssize_t w, float s,
+                       uint64_t *above, Py_ssize_t words)
 {
-    /* the pixels above s, a bit each */
     for (Py_ssize_t y = 0; y < h; y++) {
         const float *row = m + y * sy;
         uint64_t *a = above + y * words;
@@ -631,6 +627,48 @@ static Py_ssize_t pack_one(const float *m, Py_ssize_t sy, Py_ssize_t sx, Py_ssiz
             a[j] = bits;
         }
     }
+}
+
+/* above_bits for n maps of one image whose units lie closer together than its pixels (a
+ * channels-last batch): position by position, each position's values of the n units read
+ * together (they share cache lines; consecutive units of stride 1 are read as a vector).
+ * base: the image's first value; unit r's map starts at base + units[r] * su. acc: (n,). */
+static void above_bits_across(const float *base, const int64_t *units, Py_ssize_t su, Py_ssize_t sy,
+                              Py_ssize_t sx, Py_ssize_t h, Py_ssize_t w, const float *s, Py_ssize_t n,
+                              uint64_t *above, Py_ssize_t words, uint64_t *acc)
+{
+    int consecutive = su == 1;
+    for (Py_ssize_t r = 1; consecutive && r < n; r++)
+        consecutive = units[r] == units[0] + r;
+    for (Py_ssize_t y = 0; y < h; y++)
+        for (Py_ssize_t j = 0; j < words; j++) {
+            const Py_ssize_t x0 = 64 * j, x1 = x0 + 64 < w ? x0 + 64 : w;
+            for (Py_ssize_t r = 0; r < n; r++)
+                acc[r] = 0;
+            for (Py_ssize_t x = x0; x < x1; x++) {
+                const float *px = base + y * sy + x * sx;
+                const int shift = (int)(x - x0);
+                if (consecutive) {
+                    const float *v = px + units[0];
+                    for (Py_ssize_t r = 0; r < n; r++)
+                        acc[r] |= (uint64_t)(v[r] > s[r]) << shift;
+                } else {
+                    for (Py_ssize_t r = 0; r < n; r++)
+                        acc[r] |= (uint64_t)(px[units[r] * su] > s[r]) << shift;
+                }
+            }
+            for (Py_ssize_t r = 0; r < n; r++)
+                above[(r * h + y) * words + j] = acc[r];
+        }
+}
+
+/* One map's packing (see pack_maps) from its bits above s: pixel (y, x) at m[y * sy + x * sx];
+ * `near` holds h rows of `words` words; need (ceil(h*w / 8),) is written whole. Returns the
+ * number of values written to out. */
+static Py_ssize_t pack_from_bits(const float *m, Py_ssize_t sy, Py_ssize_t sx, Py_ssize_t h, Py_ssize_t w,
+                                 const uint64_t *above, uint64_t *near, Py_ssize_t words, uint8_t *need,
+                                 float *out)
+{
     /* their neighbourhoods: each row's bits spread one column either way, then one row */
     const uint64_t last = w % 64 ? ((uint64_t)1 << (w % 64)) - 1 : ~(uint64_t)0;
     for (Py_ssize_t y = 0; y < h; y++) {
@@ -665,6 +703,8 @@ static Py_ssize_t pack_one(const float *m, Py_ssize_t sy, Py_ssize_t sx, Py_ssiz
     return n;
 }
 
+#define PACK_RUN 256   /* maps of one image whose bits are found together, at most */
+
 PyDoc_STRVAR(pack_maps_doc,
 "pack_maps(acts, images, units, bounds, need, counts, fill, values, threads=1) -> total\n--\n\n"
 "The pass's candidate maps, compactly. tally_bilinear reads a source pixel only in a 2 x 2 window\n"
@@ -676,7 +716,8 @@ PyDoc_STRVAR(pack_maps_doc,
 "s_k, may be read as fill[k] = s_k: the same windows are skipped, the same pixels counted. A\n"
 "smaller bound (-inf before the threshold state fills) keeps the whole map (fill[k] = -inf).\n\n"
 "Map k is acts[images[k], units[k]]: acts (B, K, h, w) float32 with any strides (the batch as\n"
-"the layer gave it, channels-last or not: no gathered copy of the maps); images, units (p,)\n"
+"the layer gave it, channels-last or not: no gathered copy of the maps; channels-last, the maps\n"
+"of one image that follow each other are compared position by position, together); images, units (p,)\n"
 "int64; bounds (p,) float32; need (p, ceil(h*w / 8)) uint8, counts (p,) int64, fill (p,) float32\n"
 "and values (p*h*w,) float32, writable and C-contiguous. threads: slices of the maps on OpenMP\n"
 "threads (one without OpenMP). Returns the number of values written.");
@@ -721,14 +762,17 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     }
     const int slices = threads < 1 ? 1 : (threads > p ? (int)(p > 0 ? p : 1) : threads);
+    const Py_ssize_t *st = v[ACTS].strides;
+    /* a channels-last batch: the maps of one image are read together (above_bits_across) */
+    const int across = labs(st[1]) < labs(st[3]);
+    const Py_ssize_t run = across ? PACK_RUN : 1, per_slice = (run + 1) * h * words + run + run;
     done = malloc(sizeof(Py_ssize_t) * (size_t)slices);
-    bitrows = malloc(sizeof(uint64_t) * (size_t)(2 * h * words > 0 ? 2 * h * words : 1) * (size_t)slices);
+    bitrows = malloc(sizeof(uint64_t) * (size_t)per_slice * (size_t)slices);
     if (done == NULL || bitrows == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     const char *acts = v[ACTS].buf;
-    const Py_ssize_t *st = v[ACTS].strides;
     const float *bounds = v[BOUNDS].buf;
     uint8_t *need = v[NEED].buf;
     int64_t *counts = v[COUNTS].buf;
@@ -742,15 +786,29 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
 #endif
     for (int t = 0; t < slices; t++) {
         const Py_ssize_t a = p * t / slices, e = p * (t + 1) / slices;
-        uint64_t *above = bitrows + (size_t)t * 2 * h * words, *near = above + h * words;
+        uint64_t *above = bitrows + (size_t)t * per_slice, *near = above + run * h * words;
+        uint64_t *acc = near + h * words;
+        float *skip = (float *)(acc + run);
         Py_ssize_t n = 0;
-        for (Py_ssize_t k = a; k < e; k++) {
-            const float *m = (const float *)(acts + images[k] * st[0] + units[k] * st[1]);
-            const float s = bounds[k] >= 0x1p-100f ? skip_threshold(bounds[k]) : -INFINITY;
-            counts[k] = pack_one(m, st[2] / 4, st[3] / 4, h, w, s, above, near, words, need + k * nb,
-                                 values + a * hw + n);
-            fill[k] = s;
-            n += counts[k];
+        for (Py_ssize_t k = a; k < e;) {
+            Py_ssize_t k1 = k + 1;      /* maps [k, k1): one image's, their bits found together */
+            while (across && k1 < e && k1 - k < run && images[k1] == images[k])
+                k1++;
+            for (Py_ssize_t kk = k; kk < k1; kk++)
+                skip[kk - k] = fill[kk] = bounds[kk] >= 0x1p-100f ? skip_threshold(bounds[kk]) : -INFINITY;
+            if (across)
+                above_bits_across((const float *)(acts + images[k] * st[0]), units + k, st[1] / 4, st[2] / 4,
+                                  st[3] / 4, h, w, skip, k1 - k, above, words, acc);
+            else
+                above_bits((const float *)(acts + images[k] * st[0] + units[k] * st[1]), st[2] / 4, st[3] / 4,
+                           h, w, skip[0], above, words);
+            for (Py_ssize_t kk = k; kk < k1; kk++) {
+                const float *m = (const float *)(acts + images[kk] * st[0] + units[kk] * st[1]);
+                counts[kk] = pack_from_bits(m, st[2] / 4, st[3] / 4, h, w, above + (kk - k) * h * words, near,
+                                            words, need + kk * nb, values + a * hw + n);
+                n += counts[kk];
+            }
+            k = k1;
         }
         done[t] = n;
     }
