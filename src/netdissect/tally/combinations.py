@@ -200,8 +200,10 @@ class LayerCombinations:
         count = self.unit_count
         if count.size and 0 <= count.min() and count.max() < 2 ** 32:
             count = count.astype(np.uint32)
+        # the ids in 2 bytes where the dataset has no more combinations (its thousands, not more)
+        combo = self.unit_combo.astype(np.uint16) if len(self.pixels) <= 2 ** 16 else self.unit_combo
         atomic_save_npz(path, table=self.table, pattern=self.pattern, pixels=self.pixels,
-                        unit_indptr=self.unit_indptr, unit_combo=self.unit_combo,
+                        unit_indptr=self.unit_indptr, unit_combo=combo,
                         unit_count=count, label_numbers=self.label_numbers,
                         categories=np.asarray(self.categories, dtype=str))
 
@@ -214,7 +216,7 @@ class LayerCombinations:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(table=z["table"], pattern=z["pattern"], pixels=z["pixels"],
-                           unit_indptr=z["unit_indptr"], unit_combo=z["unit_combo"],
+                           unit_indptr=z["unit_indptr"], unit_combo=z["unit_combo"].astype(np.int32),
                            unit_count=z["unit_count"].astype(np.int64), label_numbers=z["label_numbers"],
                            categories=[str(c) for c in z["categories"]])
         except (OSError, ValueError, KeyError) as exc:
