@@ -224,3 +224,16 @@ def test_top_images_checks_its_arguments():
     with pytest.raises(TypeError, match="argument 'images' must hold int64"):
         Q._topvalues.top_images(score, index, np.zeros((4, 3), np.float32), np.arange(4, dtype=np.int32),
                                 np.zeros((3, 2), np.int64))
+
+
+@pytest.mark.parametrize("seen", [400, 371, 2])
+def test_threshold_of_fewer_values_than_expected_is_numpys(seen):
+    """Images skipped: the state kept enough for any smaller n, and its threshold is still
+    numpy.quantile of the values seen (the quantile's two order statistics selected from what it
+    holds)."""
+    gen = torch.Generator().manual_seed(seen)
+    values = (torch.randn(3, seen, generator=gen) * 4).round()     # ties too
+    q = ExactTopQuantile(3, 400, 0.9)
+    q.add(values)
+    expected = np.quantile(values.numpy(), 0.9, axis=1).astype(np.float32)
+    np.testing.assert_array_equal(q.threshold(seen), expected)

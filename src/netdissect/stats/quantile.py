@@ -152,11 +152,13 @@ class ExactTopQuantile:
             raise ValueError("no values were added")
         lo = math.floor(self.level * (n - 1))
         need = n - lo  # ranks from the top: j = n-1-lo (value at lo) and j-1 (value at lo+1)
-        top = torch.sort(self.values, dim=1, descending=True).values.cpu().numpy()
-        if top.shape[1] < need:
+        values = self.values
+        held = values.shape[1]
+        if held < need:
             raise ValueError("the state holds fewer values than the quantile needs")
-        v_lo = top[:, need - 1]
-        v_hi = top[:, need - 2] if need >= 2 else v_lo
+        # the need-th and (need-1)-th largest, selected (not a sort of every kept value)
+        v_lo = torch.kthvalue(values, held - need + 1, dim=1).values.cpu().numpy()
+        v_hi = torch.kthvalue(values, held - need + 2, dim=1).values.cpu().numpy() if need >= 2 else v_lo
         gamma = self.level * (n - 1) - lo
         # numpy.quantile on the pair [v_lo, v_hi] at level gamma performs exactly the same
         # interpolation (same gamma, same dtype rules) as on the whole sorted array.
