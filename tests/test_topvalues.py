@@ -186,11 +186,13 @@ def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order(compil
 
 
 @pytest.mark.parametrize("layout", ["shuffled", "smallest_where_sampled", "sorted", "ties"])
-def test_a_few_entering_values_displace_the_smallest_kept(layout):
-    """A full row that a few new values enter: the select that guesses its pivot from a sample of
-    the row (and falls back to a quickselect when the sample misleads) keeps the largest values,
-    whatever the row's order, and hands back the new smallest as the bar."""
-    rng = np.random.default_rng(len(layout))
+@pytest.mark.parametrize("entering", ["few", "many"])
+def test_entering_values_displace_the_smallest_kept(layout, entering):
+    """A full row that new values enter (a few, as late in a pass, or as many as it holds, as at
+    its start): the select that brackets the new bar between pivots from a sample of the row (and
+    falls back to a quickselect when the sample misleads) keeps the largest values, whatever the
+    row's order, and hands back the new smallest as the bar."""
+    rng = np.random.default_rng(len(layout) + len(entering))
     for trial in range(40):
         keep = int(rng.integers(260, 700))
         row = rng.standard_normal(keep).astype(np.float32)
@@ -205,7 +207,10 @@ def test_a_few_entering_values_displace_the_smallest_kept(layout):
             small = np.sort(row)[:len(spots)]
             rest = np.setdiff1d(np.arange(keep), spots)
             row[spots], row[rest] = small, np.sort(row)[len(spots):][rng.permutation(len(rest))]
-        new = (rng.standard_normal((int(rng.integers(1, keep // 5)),)) + 1.0).astype(np.float32)
+        count = int(rng.integers(1, keep // 5)) if entering == "few" else int(rng.integers(keep // 2, keep))
+        new = (rng.standard_normal((count,)) + (1.0 if entering == "few" else 0.0)).astype(np.float32)
+        if layout == "ties":
+            new = np.round(new * 2).astype(np.float32)
         rows = np.zeros((1, 2 * keep), np.float32)
         rows[0, :keep] = row
         roots = np.array([row.min()], np.float32)

@@ -8,8 +8,8 @@
  * entered at the end of a call, is compacted back to its `keep` largest. After the first few
  * batches almost every value loses that one comparison, so a batch costs about one comparison
  * per activation, against torch.topk over the kept and new values together; the few values
- * that enter displace as many of the smallest kept, found by a select around a pivot guessed
- * from a sample (select_largest). The bars stay with the caller between calls (`roots`), so a
+ * that enter displace as many of the smallest kept, found by a select between two pivots taken
+ * from a sample of the row (select_largest). The bars stay with the caller between calls (`roots`), so a
  * row nothing entered is not read again.
  * The same read gives each (image, unit) map's maximum, which the top images and the candidate
  * maps need.
@@ -156,45 +156,57 @@ static float smallest(const float *a, Py_ssize_t n)
 }
 
 /* Rearrange a[0..n) (n > k) so that a[0..k) holds its k largest values; returns the smallest of
- * them. Dropping few values of many (every batch after the first few: the values that entered
- * displace as many of the smallest kept), it guesses from a sample of the row a pivot just above
- * the value to find, copies the values below the pivot aside (branch-free), selects among those
- * few, and closes up the row in one more branch-free pass: two reads of the row instead of a
- * quickselect's unpredictable comparisons over all of it. A pivot guessed too low (the sample
- * misled) falls back to the quickselect. */
-static float select_largest(float *a, Py_ssize_t n, Py_ssize_t k, float *low)
+ * them (the value of ascending rank n - k). A select in the manner of Floyd and Rivest: two pivots
+ * taken from an evenly spread sample of the row bracket that rank a few standard deviations either
+ * side; one branch-free pass counts the values below the lower pivot and copies aside those
+ * between the two (a small share of the row); the rank is selected among those; a second
+ * branch-free pass closes up the row. Two reads of the row instead of a quickselect's
+ * unpredictable comparisons over all of it (the values that enter a full row displace as many of
+ * the smallest kept: every batch, every unit). A bracket the sample misjudged falls back to the
+ * quickselect. `mid`: room for n values. */
+static float select_largest(float *a, Py_ssize_t n, Py_ssize_t k, float *mid)
 {
-    const Py_ssize_t drop = n - k;
-    enum { SAMPLE = 64 };
-    if (n >= 4 * SAMPLE && 4 * drop < n) {
-        float sample[SAMPLE];
-        for (int i = 0; i < SAMPLE; i++)      /* evenly spread: the row's order is the data's */
-            sample[i] = a[(Py_ssize_t)i * n / SAMPLE + (n / SAMPLE) / 2];
-        /* the value of ascending rank `drop` (the new smallest kept) sits near sample rank
-         * drop * SAMPLE / n; aim a few standard deviations above it */
-        const double at = (double)drop * SAMPLE / n;
-        Py_ssize_t j = (Py_ssize_t)(at + 3.0 * sqrt(at + 1.0) + 2.0);
-        if (j < SAMPLE) {
-            quickselect_largest(sample, SAMPLE, SAMPLE - j);   /* sample[0..SAMPLE-j): the largest */
-            const float pivot = smallest(sample, SAMPLE - j);  /* ascending sample rank j */
-            Py_ssize_t c = 0;
-            for (Py_ssize_t i = 0; i < n; i++) {
-                low[c] = a[i];
-                c += a[i] < pivot;
+    enum { MIN_SAMPLE = 64, MAX_SAMPLE = 1024 };
+    const Py_ssize_t rank = n - k;
+    if (n >= 4 * MIN_SAMPLE) {
+        float sample[MAX_SAMPLE];
+        const Py_ssize_t size = n / 16 < MIN_SAMPLE ? MIN_SAMPLE : (n / 16 > MAX_SAMPLE ? MAX_SAMPLE : n / 16);
+        for (Py_ssize_t i = 0; i < size; i++)      /* evenly spread: the row's order is the data's */
+            sample[i] = a[i * n / size + (n / size) / 2];
+        const double at = (double)rank * size / n, spread = 3.0 * sqrt(at * (1.0 - at / size) + 1.0) + 2.0;
+        const Py_ssize_t jl = (Py_ssize_t)floor(at - spread), ju = (Py_ssize_t)ceil(at + spread);
+        float lo = -INFINITY, hi = INFINITY;
+        float *upper = sample;
+        Py_ssize_t upper_n = size;
+        if (jl > 0) {      /* sample[0..size-jl): its values of ascending rank jl and up */
+            quickselect_largest(sample, size, size - jl);
+            upper_n = size - jl;
+            lo = smallest(sample, upper_n);
+        }
+        if (ju < size) {
+            const Py_ssize_t above = ju - (jl > 0 ? jl : 0);   /* hi's rank within the upper part */
+            quickselect_largest(upper, upper_n, upper_n - above);
+            hi = smallest(upper, upper_n - above);
+        }
+        Py_ssize_t below = 0, c = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const float v = a[i];
+            mid[c] = v;
+            c += (v >= lo) & (v < hi);
+            below += v < lo;
+        }
+        if (below <= rank && rank < below + c) {   /* the rank lies between the pivots */
+            quickselect_largest(mid, c, c - (rank - below));
+            const float root = smallest(mid, c - (rank - below));
+            Py_ssize_t kept = 0;
+            for (Py_ssize_t i = 0; i < n; i++) {     /* kept <= i: in place */
+                const float v = a[i];
+                a[kept] = v;
+                kept += v > root;
             }
-            if (c > drop) {           /* the `drop` smallest, and the next, are all below the pivot */
-                quickselect_largest(low, c, c - drop);
-                const float root = smallest(low, c - drop);
-                Py_ssize_t kept = 0;
-                for (Py_ssize_t i = 0; i < n; i++) {     /* kept <= i: in place */
-                    const float v = a[i];
-                    a[kept] = v;
-                    kept += v > root;
-                }
-                for (; kept < k; kept++)   /* values equal to the new bar: as many as it takes */
-                    a[kept] = root;
-                return root;
-            }
+            for (; kept < k; kept++)   /* values equal to the new bar: as many as it takes */
+                a[kept] = root;
+            return root;
         }
     }
     quickselect_largest(a, n, k);
