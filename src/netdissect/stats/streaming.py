@@ -29,7 +29,6 @@ from netdissect.stats.memory import release_free_memory
 from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile, _topvalues, compiled_available
 from netdissect.tally.kernel import pack_maps, unpack_maps
 
-
 _UNITS_PER_SLICE = 256   # fewer units than this per thread: the thread costs more than it saves
 
 
