@@ -9,8 +9,8 @@
  * batches almost every value loses that one comparison, so a batch costs about one comparison
  * per activation, against torch.topk over the kept and new values together; the few values
  * that enter displace as many of the smallest kept, found by a select between two pivots taken
- * from a sample of the row (select_largest). The bars stay with the caller between calls (`roots`), so a
- * row nothing entered is not read again.
+ * from a sample of the row (select_largest). The bars stay with the caller between calls
+ * (`roots`), so a row nothing entered is not read again.
  * The same read gives each (image, unit) map's maximum, which the top images and the candidate
  * maps need.
  *
@@ -143,7 +143,7 @@ typedef struct {
     Py_ssize_t cap, keep;
     Py_ssize_t *len;
     float *root;          /* (K,) the smallest of a full row's values (its entry bar), or -inf */
-    float *low;           /* (cap,) scratch of the range's thread */
+    float *mid;           /* (cap,) scratch of the range's thread, for select_largest */
     int nan;              /* set when a NaN was met */
 } state_t;
 
@@ -176,17 +176,16 @@ static float select_largest(float *a, Py_ssize_t n, Py_ssize_t k, float *mid)
         const double at = (double)rank * size / n, spread = 3.0 * sqrt(at * (1.0 - at / size) + 1.0) + 2.0;
         const Py_ssize_t jl = (Py_ssize_t)floor(at - spread), ju = (Py_ssize_t)ceil(at + spread);
         float lo = -INFINITY, hi = INFINITY;
-        float *upper = sample;
-        Py_ssize_t upper_n = size;
-        if (jl > 0) {      /* sample[0..size-jl): its values of ascending rank jl and up */
+        Py_ssize_t upper = size;     /* sample[0..upper): the sample's values of rank jl and up */
+        if (jl > 0) {
             quickselect_largest(sample, size, size - jl);
-            upper_n = size - jl;
-            lo = smallest(sample, upper_n);
+            upper = size - jl;
+            lo = smallest(sample, upper);
         }
         if (ju < size) {
-            const Py_ssize_t above = ju - (jl > 0 ? jl : 0);   /* hi's rank within the upper part */
-            quickselect_largest(upper, upper_n, upper_n - above);
-            hi = smallest(upper, upper_n - above);
+            const Py_ssize_t above = ju - (jl > 0 ? jl : 0);   /* hi's rank within sample[0..upper) */
+            quickselect_largest(sample, upper, upper - above);
+            hi = smallest(sample, upper - above);
         }
         Py_ssize_t below = 0, c = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -225,7 +224,7 @@ static void compact(state_t *s, Py_ssize_t k)
             s->root[k] = smallest(a, s->keep);
         return;
     }
-    s->root[k] = select_largest(a, s->len[k], s->keep, s->low);
+    s->root[k] = select_largest(a, s->len[k], s->keep, s->mid);
     s->len[k] = s->keep;
 }
 
@@ -339,28 +338,20 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnnOO|iO:push_values", names, &rows_obj, &keep,
                                      &filled, &maps_obj, &max_obj, &threads, &roots_obj))
         return NULL;
-    if (get_float32("rows", rows_obj, 2, 0, 1, &rows) < 0)
-        return NULL;
-    if (get_float32("maps", maps_obj, 4, 1, 0, &maps) < 0) {
-        PyBuffer_Release(&rows);
-        return NULL;
-    }
-    if (get_float32("maxima", max_obj, 2, 1, 1, &maxima) < 0) {
-        PyBuffer_Release(&rows);
-        PyBuffer_Release(&maps);
-        return NULL;
-    }
-    if (roots_obj != Py_None && get_float32("roots", roots_obj, 1, 0, 1, &roots) < 0) {
-        PyBuffer_Release(&rows);
-        PyBuffer_Release(&maps);
-        PyBuffer_Release(&maxima);
-        return NULL;
-    }
+    /* rows and roots C-contiguous, maps and maxima any strides; all but maps written */
+    static const char *arg[4] = {"rows", "maps", "maxima", "roots"};
+    static const int ndims[4] = {2, 4, 2, 1}, strided[4] = {0, 1, 1, 0}, writable[4] = {1, 0, 1, 1};
+    PyObject *objs[4] = {rows_obj, maps_obj, max_obj, roots_obj};
+    Py_buffer *views[4] = {&rows, &maps, &maxima, &roots};
+    PyObject *result = NULL;
+    float *root = NULL, *mx = NULL, *mid = NULL;
+    Py_ssize_t *len = NULL;
+    int got = 0;
+    for (const int wanted = roots_obj != Py_None ? 4 : 3; got < wanted; got++)
+        if (get_float32(arg[got], objs[got], ndims[got], strided[got], writable[got], views[got]) < 0)
+            goto done;
     Py_ssize_t K = rows.shape[0], cap = rows.shape[1];
     Py_ssize_t B = maps.shape[0], H = maps.shape[2], W = maps.shape[3];
-    PyObject *result = NULL;
-    float *root = NULL, *mx = NULL, *low = NULL;
-    Py_ssize_t *len = NULL;
     const int slices = threads < 1 ? 1 : (threads > K ? (int)(K > 0 ? K : 1) : threads);
     if (roots.obj != NULL && roots.shape[0] != K) {
         PyErr_Format(PyExc_ValueError, "push_values(): roots must have one entry per row (%zd), got %zd",
@@ -385,8 +376,8 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     root = roots.obj != NULL ? NULL : (float *)malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
     len = (Py_ssize_t *)malloc((size_t)(K > 0 ? K : 1) * sizeof(Py_ssize_t));
     mx = (float *)malloc((size_t)(B * K > 0 ? B * K : 1) * sizeof(float));   /* (B, K), copied out */
-    low = (float *)malloc((size_t)slices * (size_t)cap * sizeof(float));
-    if ((root == NULL && roots.obj == NULL) || len == NULL || mx == NULL || low == NULL) {
+    mid = (float *)malloc((size_t)slices * (size_t)cap * sizeof(float));
+    if ((root == NULL && roots.obj == NULL) || len == NULL || mx == NULL || mid == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -405,7 +396,7 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
         for (int t = 0; t < slices; t++) {
             state_t own = s;
             own.nan = 0;
-            own.low = low + (size_t)t * (size_t)cap;
+            own.mid = mid + (size_t)t * (size_t)cap;
             push_range(&own, m, sb, sk, sy, sx, B, H, W, K, filled, K * t / slices,
                        K * (t + 1) / slices, mx);
             nan |= own.nan;
@@ -431,12 +422,9 @@ done:
     free(root);
     free(len);
     free(mx);
-    free(low);
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&maps);
-    PyBuffer_Release(&maxima);
-    if (roots.obj != NULL)
-        PyBuffer_Release(&roots);
+    free(mid);
+    while (got-- > 0)
+        PyBuffer_Release(views[got]);
     return result;
 }
 

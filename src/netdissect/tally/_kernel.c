@@ -80,8 +80,8 @@ static int format_is(const char *format, Py_ssize_t itemsize, enum kind k)
 
 /*
  * Fill view from obj: a buffer of the given kind and dimensions (writable when asked;
- * C-contiguous when asked, else any strides that are whole items). On failure set a Python exception naming the function and argument, and return -1
- * with view released.
+ * C-contiguous when asked, else any strides that are whole items). On failure set a Python
+ * exception naming the function and argument, and return -1 with view released.
  */
 static int get_buffer(const char *fn, const char *arg, PyObject *obj, enum kind k, int ndim,
                       int writable, int contiguous, Py_buffer *view)
@@ -765,6 +765,8 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
     const Py_ssize_t *st = v[ACTS].strides;
     /* a channels-last batch: the maps of one image are read together (above_bits_across) */
     const int across = labs(st[1]) < labs(st[3]);
+    /* a slice's scratch, in words: the bits above of `run` maps, one map's spread bits, the
+     * run's accumulators, and the run's skip values (floats, a word each) */
     const Py_ssize_t run = across ? PACK_RUN : 1, per_slice = (run + 1) * h * words + run + run;
     done = malloc(sizeof(Py_ssize_t) * (size_t)slices);
     bitrows = malloc(sizeof(uint64_t) * (size_t)per_slice * (size_t)slices);
@@ -829,7 +831,7 @@ done:
 }
 
 PyDoc_STRVAR(unpack_maps_doc,
-"unpack_maps(fill, counts, need, values, maps, pairs=None)\n--\n\n"
+"unpack_maps(fill, counts, need, values, maps, pairs=None, threads=1)\n--\n\n"
 "The maps pack_maps packed, into maps (n, h, w) float32 (writable): pixel q of map k is the next\n"
 "of map k's values where bit q of need[k] is set, else fill[k]. fill (p,) float32, counts (p,)\n"
 "int64, need (p, ceil(h*w / 8)) uint8, values (sum of counts,) float32; all C-contiguous.\n"

@@ -133,6 +133,9 @@ def add_pair_counts(inter: torch.Tensor, active: torch.Tensor, per_combo: torch.
     _kernel.add_pair_counts(*arrays, inter.numpy(), active.numpy())
 
 
+_MAPS_PER_SLICE = 64   # fewer maps than this per thread: the thread costs more than it saves
+
+
 def pack_maps(maps: torch.Tensor, bounds: torch.Tensor, images: Optional[torch.Tensor] = None,
               units: Optional[torch.Tensor] = None) -> dict:
     """Candidate maps packed by the extension (see pack_maps in _kernel.c), each kept while its
@@ -160,9 +163,6 @@ def pack_maps(maps: torch.Tensor, bounds: torch.Tensor, images: Optional[torch.T
     n = _kernel.pack_maps(maps.numpy(), *pairs, bounds.numpy(), need, count, fill, values, threads)
     return {"fill": torch.from_numpy(fill), "count": torch.from_numpy(count),
             "need": torch.from_numpy(need), "values": torch.from_numpy(values[:n].copy())}
-
-
-_MAPS_PER_SLICE = 64   # fewer maps than this per thread: the thread costs more than it saves
 
 
 def unpack_maps(packed: dict, map_shape: Tuple[int, int], pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
