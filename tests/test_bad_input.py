@@ -11,6 +11,7 @@ from engine_data import TinyNet, make_dataset
 from torch import nn
 
 import netdissect
+from netdissect.config import NO_COMPILED
 from netdissect.errors import ActivationError, DatasetError, ModelError
 from netdissect.models.specs import load_checkpoint
 
@@ -60,27 +61,36 @@ def test_missing_mask_names_file_and_line(dataset):
 
 
 class Poison(nn.Module):
-    """NaN in every image of a batch but the first."""
+    """``value`` (NaN, inf or -inf) in every image of a batch but the first."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
 
     def forward(self, y):
         y = y.clone()
-        y[1:, 0, 0, 0] = float("nan")
+        y[1:, 0, 0, 0] = self.value
         return y
 
 
 class NaNAfterFirst(nn.Module):
-    def __init__(self):
+    def __init__(self, value: float = float("nan")):
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 3)
-        self.poison = Poison()
+        self.poison = Poison(value)
 
     def forward(self, x):
         return self.poison(self.conv(x))
 
 
-def test_nan_activation_names_layer_and_image(dataset):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_nan_activation_names_layer_and_image(dataset, value, compiled, monkeypatch):
+    """Found by the compiled threshold state's read (no separate check) or by the pass's check."""
+    if not compiled:
+        monkeypatch.setenv(NO_COMPILED, "1")
     with pytest.raises(ActivationError, match=r"layer 'poison'.*img0001\.jpg.*line 3"):
-        netdissect.dissect(NaNAfterFirst(), ["poison"], dataset, batch_size=4, workers=0, progress=False)
+        netdissect.dissect(NaNAfterFirst(value), ["poison"], dataset, batch_size=4, workers=0, progress=False)
 
 
 def test_half_precision_model_is_dissected_in_float32(dataset):

@@ -38,7 +38,7 @@ def _batches(seed, units, hw, batches, kind):
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("openmp", [True, False])
 def test_compiled_keeps_what_topk_keeps(fmt, kind, threads, openmp, monkeypatch):
-    units, hw, batches, level = 7, (5, 7), [3, 4, 1, 5], 0.9
+    units, hw, batches, level = 11, (5, 7), [3, 4, 1, 5], 0.9   # ranges of 11, or 3, 4 and 4 units
     n = sum(batches) * hw[0] * hw[1]
     fast, plain = _states(units, n, level, monkeypatch)
     if openmp and not Q._TOPVALUES_OPENMP:
@@ -152,9 +152,35 @@ def test_arguments_are_checked():
         push(frozen, 5, 0, maps, maxima)
     bad = maps.copy()
     bad[0, 1, 1, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
         push(rows, 5, 0, bad, maxima)
     assert push(rows, 5, 0, maps, maxima) == 4
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("unit", [0, 5, 10])
+@pytest.mark.parametrize("batch", [0, 2])
+def test_nan_and_inf_are_refused_wherever_they_lie(fmt, value, unit, batch):
+    """The pass leaves the finite check to the threshold state's read (LayerStream.checks_finite):
+    one bad value in any unit (the 4-unit blocks and the tail of a range), in the first batch (the
+    rows still filling: everything enters) or a later one (the value must be seen though it does
+    not beat the bar: -inf), in every memory format, is a FloatingPointError."""
+    units, hw = 11, (3, 5)
+    q = ExactTopQuantile(units, 3 * 4 * hw[0] * hw[1], 0.9)
+    for b, x in enumerate(_batches(2, units, hw, [4, 4, 4], "normal")):
+        if b == batch:
+            x[1, unit, 2, 3] = value
+        if fmt == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif fmt == "strided":   # every other unit of a channels-last batch: units 2 floats apart
+            x = torch.cat([x, x], dim=1).contiguous(memory_format=torch.channels_last)[:, ::2]
+            assert x.stride(1) == 2
+        if b == batch:
+            with pytest.raises(FloatingPointError, match="NaN or inf"):
+                q.add_maps(x)
+            return
+        q.add_maps(x)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

@@ -49,12 +49,20 @@ def prepare_model(loaded: LoadedModel, device: torch.device) -> nn.Module:
     return module
 
 
-def float32_activations(layer: str, output: torch.Tensor, indices: torch.Tensor,
-                        ds: BrodenDataset) -> torch.Tensor:
-    """float32 activations; NaN or inf is an error naming the layer and the image."""
+def float32_activations(layer: str, output: torch.Tensor, indices: torch.Tensor, ds: BrodenDataset,
+                        check: bool = True) -> torch.Tensor:
+    """float32 activations; NaN or inf is an error naming the layer and the image (``check=False``:
+    the caller's threshold state finds them in its own read, see LayerStream.checks_finite)."""
     acts = output.detach().float()
+    if check:
+        require_finite(layer, acts, indices, ds)
+    return acts
+
+
+def require_finite(layer: str, acts: torch.Tensor, indices: torch.Tensor, ds: BrodenDataset) -> None:
+    """ActivationError naming the layer and the first image whose activations hold NaN or inf."""
     if bool(torch.isfinite(acts.sum())):  # one cheap pass; NaN and inf both spoil the sum
-        return acts
+        return
     finite = torch.isfinite(acts).flatten(1).all(dim=1)
     if not bool(finite.all()):
         bad = int(torch.nonzero(~finite)[0, 0])
@@ -62,4 +70,3 @@ def float32_activations(layer: str, output: torch.Tensor, indices: torch.Tensor,
         raise ActivationError(
             f"layer {layer!r} produced NaN or inf activations on image {record.image} "
             f"(index.csv line {record.line}); check the model's weights and input normalization")
-    return acts

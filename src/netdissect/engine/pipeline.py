@@ -30,7 +30,8 @@ from netdissect.config import DissectConfig
 from netdissect.data.broden import BrodenDataset, open_dataset
 from netdissect.engine import distributed
 from netdissect.engine.final_tally import LayerTally
-from netdissect.engine.forward import Normalizer, float32_activations, prepare_model, resolve_device
+from netdissect.engine.forward import (Normalizer, float32_activations, prepare_model, require_finite,
+                                       resolve_device)
 from netdissect.engine.loading import ImagesAndLabels, default_workers, make_loader
 from netdissect.engine.manifest import manifest
 from netdissect.engine.report_images import ReportImages
@@ -558,7 +559,12 @@ class _Engine:
                         store.add(indices.tolist(), encoded)
                     outputs = capture(normalize(images))
                     for name, stream in streams.items():
-                        stream.add(float32_activations(name, outputs[name], indices, ds), indices)
+                        acts = float32_activations(name, outputs[name], indices, ds, check=not stream.checks_finite)
+                        try:
+                            stream.add(acts, indices)
+                        except FloatingPointError:   # NaN or inf met by the threshold state: name the image
+                            require_finite(name, acts, indices, ds)
+                            raise
                     if self.report_images is not None:
                         self.report_images.keep(indices, images, _top_images(streams))
                 self._batch_done(state, bar, len(indices) + len(bad), save_checkpoint, interrupt)

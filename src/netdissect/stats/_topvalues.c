@@ -18,7 +18,9 @@
  * by position across the units, a contiguous one unit by unit, so memory is read in order. The
  * kept set does not depend on the order (it is the multiset of the largest `keep` values; a value
  * equal to the bar may stay out, which changes no kept value). -0.0 is kept as +0.0. The maps
- * must be finite (the pass checks them first; a NaN that reaches a row is refused). The GIL is
+ * must be finite: the same read looks for NaN and inf (a NaN enters every comparison with a bar,
+ * an inf too, a -inf lowers the smallest value seen) and push_values raises FloatingPointError, so
+ * the pass needs no separate check of every activation; the rows are then not to be used. The GIL is
  * released around the arithmetic.
  *
  * top_images keeps each unit's k best images (by maximum, then image index) the same way: one
@@ -37,6 +39,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* Whether a struct-module format string names a native scalar: float32, or int64 (int64 = 1). */
 static int is_scalar(const char *format, Py_ssize_t itemsize, int int64)
@@ -144,7 +149,11 @@ typedef struct {
     Py_ssize_t *len;
     float *root;          /* (K,) the smallest of a full row's values (its entry bar), or -inf */
     float *mid;           /* (cap,) scratch of the range's thread, for select_largest */
-    int nan;              /* set when a NaN was met */
+    float low;            /* the smallest value seen (-inf: a -inf was met) */
+#if defined(__SSE2__)
+    __m128 lows;          /* push_position's four smallest, folded into low at the end */
+#endif
+    int nonfinite;        /* set when a NaN or an inf was offered */
 } state_t;
 
 static float smallest(const float *a, Py_ssize_t n)
@@ -231,13 +240,45 @@ static void compact(state_t *s, Py_ssize_t k)
 /* Append v (which beats row k's entry bar) to row k, compacting the row when it is full. */
 static inline void offer(state_t *s, Py_ssize_t k, float v)
 {
-    if (v != v) {
-        s->nan = 1;
+    if (v != v || v == INFINITY) {
+        s->nonfinite = 1;
         return;
     }
     s->rows[k * s->cap + s->len[k]++] = v + 0.0f;
     if (s->len[k] == s->cap)
         compact(s, k);
+}
+
+/* One position of a channels-last batch: the values p[a..e) of units [a, e), contiguous; their
+ * maps' maxima in mb. Four units at a time where the compiler has SSE2 (every x86-64): one
+ * comparison with the four bars gives a bit mask, so only the units whose value enters are visited
+ * (a few in a hundred after the first batches) instead of every unit of a position where any
+ * enters (nearly every position of a late layer's 1,280 units). _mm_max_ps(v, m) is v > m ? v : m. */
+static inline void push_position(state_t *s, const float *p, float *mb, const float *root, Py_ssize_t a,
+                                 Py_ssize_t e)
+{
+    Py_ssize_t k = a;
+#if defined(__SSE2__)
+    __m128 lows = s->lows;
+    for (; k + 4 <= e; k += 4) {
+        const __m128 v = _mm_loadu_ps(p + k);
+        _mm_storeu_ps(mb + k, _mm_max_ps(v, _mm_loadu_ps(mb + k)));
+        lows = _mm_min_ps(v, lows);
+        for (int enters = _mm_movemask_ps(_mm_cmpnle_ps(v, _mm_loadu_ps(root + k))); enters;
+             enters &= enters - 1) {
+            const Py_ssize_t u = k + __builtin_ctz((unsigned)enters);
+            offer(s, u, p[u]);
+        }
+    }
+    s->lows = lows;
+#endif
+    for (; k < e; k++) {
+        const float v = p[k];
+        mb[k] = v > mb[k] ? v : mb[k];
+        s->low = v < s->low ? v : s->low;
+        if (!(v <= root[k]))
+            offer(s, k, v);
+    }
 }
 
 /* The units [a, e) of push_values: their rows, their maxima in mx (B, K). Units are independent,
@@ -260,20 +301,12 @@ static void push_range(state_t *s, const float *m, Py_ssize_t sb, Py_ssize_t sk,
                 for (Py_ssize_t x = 0; x < W; x++) {
                     const float *p = m + b * sb + y * sy + x * sx;
                     if (sk == 1) {
-                        /* two loops that vectorize: the maxima, and whether any value enters */
-                        int enters = 0;
-                        for (Py_ssize_t k = a; k < e; k++) {
-                            float v = p[k];
-                            mb[k] = v > mb[k] ? v : mb[k];
-                            enters |= !(v <= root[k]);
-                        }
-                        for (Py_ssize_t k = a; enters && k < e; k++)
-                            if (!(p[k] <= root[k]))
-                                offer(s, k, p[k]);
+                        push_position(s, p, mb, root, a, e);
                     } else {
                         for (Py_ssize_t k = a; k < e; k++) {
                             float v = p[k * sk];
                             mb[k] = v > mb[k] ? v : mb[k];
+                            s->low = v < s->low ? v : s->low;
                             if (!(v <= root[k]))
                                 offer(s, k, v);
                         }
@@ -287,9 +320,16 @@ static void push_range(state_t *s, const float *m, Py_ssize_t sb, Py_ssize_t sk,
                 float best = -INFINITY;
                 for (Py_ssize_t y = 0; y < H; y++) {
                     const float *p = m + b * sb + k * sk + y * sy;
-                    float top = -INFINITY;
-                    for (Py_ssize_t x = 0; x < W; x++)
-                        top = p[x * sx] > top ? p[x * sx] : top;
+                    float top = -INFINITY, low = s->low;
+                    int nan = 0;
+                    for (Py_ssize_t x = 0; x < W; x++) {
+                        const float v = p[x * sx];
+                        top = v > top ? v : top;
+                        low = v < low ? v : low;
+                        nan |= v != v;
+                    }
+                    s->low = low;
+                    s->nonfinite |= nan;
                     best = top > best ? top : best;
                     if (!(top <= root[k]))
                         for (Py_ssize_t x = 0; x < W; x++)
@@ -301,12 +341,20 @@ static void push_range(state_t *s, const float *m, Py_ssize_t sb, Py_ssize_t sk,
     }
     for (Py_ssize_t k = a; k < e; k++)
         compact(s, k);
+#if defined(__SSE2__)
+    float four[4];
+    _mm_storeu_ps(four, s->lows);
+    for (int j = 0; j < 4; j++)
+        s->low = four[j] < s->low ? four[j] : s->low;
+#endif
+    s->nonfinite |= s->low == -INFINITY;
 }
 
 PyDoc_STRVAR(push_values_doc,
 "push_values(rows, keep, filled, maps, maxima, threads=1, roots=None) -> filled\n\n"
 "rows: (K, cap) float32 C-contiguous, writable, cap > keep >= 1; each row's first `filled`\n"
-"entries are the values kept so far (any order). maps: (B, K, h, w) float32, any strides, finite.\n"
+"entries are the values kept so far (any order). maps: (B, K, h, w) float32, any strides; NaN or\n"
+"inf in them raises FloatingPointError (the rows and roots are then not to be used).\n"
 "maxima: (B, K) float32, any strides, writable: receives each map's maximum. Afterwards each row's\n"
 "first `filled` entries are the largest `keep` of its kept and new values (all of them while they\n"
 "are fewer); returns the new fill, min(keep, filled + B*h*w). threads: ranges of units run on\n"
@@ -383,25 +431,34 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     for (Py_ssize_t k = 0; root != NULL && k < K; k++)   /* no bars given: those of the full rows */
         root[k] = filled == keep ? smallest((float *)rows.buf + k * cap, keep) : -INFINITY;
-    state_t s = {(float *)rows.buf, cap, keep, len, root != NULL ? root : (float *)roots.buf, NULL, 0};
+    state_t s = {0};
+    s.rows = (float *)rows.buf;
+    s.cap = cap;
+    s.keep = keep;
+    s.len = len;
+    s.root = root != NULL ? root : (float *)roots.buf;
     const float *m = (const float *)maps.buf;
     const Py_ssize_t sb = maps.strides[0] / 4, sk = maps.strides[1] / 4, sy = maps.strides[2] / 4,
                      sx = maps.strides[3] / 4;
     Py_BEGIN_ALLOW_THREADS
     {
-        int nan = 0;
+        int nonfinite = 0;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(slices) schedule(static, 1) reduction(| : nan)
+#pragma omp parallel for num_threads(slices) schedule(static, 1) reduction(| : nonfinite)
 #endif
         for (int t = 0; t < slices; t++) {
             state_t own = s;
-            own.nan = 0;
+            own.nonfinite = 0;
+            own.low = INFINITY;
+#if defined(__SSE2__)
+            own.lows = _mm_set1_ps(INFINITY);
+#endif
             own.mid = mid + (size_t)t * (size_t)cap;
             push_range(&own, m, sb, sk, sy, sx, B, H, W, K, filled, K * t / slices,
                        K * (t + 1) / slices, mx);
-            nan |= own.nan;
+            nonfinite |= own.nonfinite;
         }
-        s.nan = nan;
+        s.nonfinite = nonfinite;
         const Py_ssize_t ob = maxima.strides[0] / 4, ok = maxima.strides[1] / 4;
         float *out = (float *)maxima.buf;
         for (Py_ssize_t b = 0; b < B; b++)
@@ -409,9 +466,9 @@ static PyObject *push_values(PyObject *self, PyObject *args, PyObject *kwargs)
                 out[b * ob + k * ok] = mx[b * K + k];
     }
     Py_END_ALLOW_THREADS
-    if (s.nan) {
-        PyErr_SetString(PyExc_ValueError, "push_values(): maps hold NaN (check the activations "
-                        "for NaN before the threshold state)");
+    if (s.nonfinite) {
+        PyErr_SetString(PyExc_FloatingPointError, "push_values(): the maps hold NaN or inf values; "
+                        "the rows are not to be used");
         goto done;
     }
     {

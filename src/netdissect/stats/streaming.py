@@ -304,8 +304,15 @@ class LayerStream:
         self.pairs = PairBuffer(spill_dir, budget_bytes, name, map_shape)
         self.pack_candidates = pack_candidates  # the fused kernel will tally this layer (tally.kernel)
 
+    @property
+    def checks_finite(self) -> bool:
+        """Whether ``add`` raises FloatingPointError on NaN or inf itself: the compiled threshold
+        state reads every value anyway, so the pass need not check them first (a batch it refuses
+        leaves the layer's state unusable: the pass stops)."""
+        return not self.sketch and self.quantile.compiled
+
     def add(self, acts: torch.Tensor, images: torch.Tensor) -> None:
-        """acts: (B, K, h, w) float32; images: (B,) global image indices."""
+        """acts: (B, K, h, w) float32, finite unless ``checks_finite``; images: (B,) global image indices."""
         if self.sketch:  # no lower bound to filter with: the maps are kept in the second pass
             self.quantile.add(acts.transpose(0, 1).reshape(self.units, -1))
             self.topk.add(acts.amax(dim=(2, 3)), acts, images.to(acts.device))
