@@ -12,7 +12,7 @@ from torch import nn
 
 import netdissect
 from netdissect.config import NO_COMPILED
-from netdissect.errors import ActivationError, DatasetError, ModelError
+from netdissect.errors import ActivationError, DatasetError, DissectionWarning, ModelError
 from netdissect.models.specs import load_checkpoint
 
 
@@ -137,3 +137,29 @@ def test_shared_module_called_twice_warns(dataset):
     with pytest.warns(UserWarning, match=r"'layer1.0.relu' runs 2 times.*dissect 'layer1.0'"):
         netdissect.dissect(model, ["layer1.0.relu"], dataset, workers=0, progress=False,
                            min_category_images=0)
+
+
+class SharedReLU(nn.Module):
+    """One ReLU module run after both convolutions (as a torchvision ResNet block's); with
+    ``only_size`` the model refuses every other input size (a fixed-size model's probes fail)."""
+
+    def __init__(self, only_size=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.only_size = only_size
+
+    def forward(self, x):
+        if self.only_size is not None and x.shape[-1] != self.only_size:
+            raise RuntimeError(f"this model takes {self.only_size} px only")
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+@pytest.mark.parametrize("only_size", [None, 32])
+def test_a_shared_module_is_named_with_its_calls_per_pass(dataset, only_size):
+    """The calls are counted on the run's first image (the probe at the images' size), whatever the
+    probes at other sizes did."""
+    with pytest.warns(DissectionWarning, match=r"layer 'relu' runs 2 times per forward pass"):
+        result = netdissect.dissect(SharedReLU(only_size), ["relu"], dataset, workers=0, progress=False)
+    assert result.layers["relu"].map_shape == (32, 32)

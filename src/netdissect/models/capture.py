@@ -141,11 +141,23 @@ class LayerCapture:
         return {spec: select_output(by_module[split_layer(spec)[0]], spec) for spec in self.layers}
 
     def __call__(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        outputs = None
         if not self.raw and any(spec not in self.layouts for spec in self.layers):
             todo = [spec for spec in self.layers if spec not in self.layouts]
-            self.layouts.update(resolve_layouts(self._run_raw, todo, tuple(x.shape[-2:]), x.device,
-                                                self.layout, token_hints(self.model)))
-        outputs = self._run_raw(x)
+            seen = {}
+
+            def run_raw(probe):
+                found = self._run_raw(probe)
+                if probe is x:
+                    seen["calls"] = self.calls
+                return found
+            # x is the probe at its own size: its outputs (and calls) are this call's
+            found, outputs = resolve_layouts(run_raw, todo, tuple(x.shape[-2:]), x.device, self.layout,
+                                             token_hints(self.model), first=x)
+            self.layouts.update(found)
+            self.calls = seen.get("calls", self.calls)
+        if not outputs:
+            outputs = self._run_raw(x)
         if self.raw:
             return outputs
         size = tuple(x.shape[-2:])

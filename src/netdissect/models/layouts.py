@@ -353,14 +353,18 @@ Runner = Callable[[torch.Tensor], Dict[str, object]]
 
 def resolve_layouts(run_raw: Runner, layers: Sequence[str], image_hw: Tuple[int, int],
                     device: torch.device, override: str = "auto",
-                    hints: Optional[Tuple[int, Tuple[int, int]]] = None) -> Dict[str, Layout]:
-    """Probe ``run_raw`` (a blank batch of one -> {layer: raw selected output}) at the three
-    probe sizes and decide every layer's layout."""
+                    hints: Optional[Tuple[int, Tuple[int, int]]] = None,
+                    first: Optional[torch.Tensor] = None) -> Tuple[Dict[str, Layout], Dict[str, object]]:
+    """Probe ``run_raw`` (a batch -> {layer: raw selected output}) at the three probe sizes and
+    decide every layer's layout. ``first``: a batch of the caller's at ``image_hw``, probed instead
+    of a blank one, whose outputs are returned with the layouts (the caller's forward pass, not run
+    twice); else a blank image, and no outputs."""
     shapes: Dict[str, List[Optional[Tuple[int, ...]]]] = {layer: [] for layer in layers}
+    first_outputs: Dict[str, object] = {}
     for i, size in enumerate(probe_sizes(image_hw)):
         if override in ("nchw", "nhwc") and i > 0:
             break
-        x = torch.zeros(1, 3, *size, device=device)
+        x = first if i == 0 and first is not None else torch.zeros(1, 3, *size, device=device)
         try:
             with torch.no_grad():
                 outputs = run_raw(x)
@@ -374,7 +378,9 @@ def resolve_layouts(run_raw: Runner, layers: Sequence[str], image_hw: Tuple[int,
                     "size it was built or exported for (torchvision ViT: 224): dissect a dataset of that "
                     "size (`netdissect data resize SRC --size N --out DIR`)") from None
             outputs = {}
+        if i == 0 and first is not None:
+            first_outputs = outputs
         for layer in layers:
             out = outputs.get(layer)
             shapes[layer].append(tuple(out.shape) if isinstance(out, torch.Tensor) else None)
-    return {layer: decide_layout(layer, shapes[layer], image_hw, override, hints) for layer in layers}
+    return {layer: decide_layout(layer, shapes[layer], image_hw, override, hints) for layer in layers}, first_outputs

@@ -104,12 +104,13 @@ def write_results(out: Path, result) -> None:
                                             "layouts": {n: l.layout for n, l in result.layers.items()},
                                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     dirnames = layer_dirnames(result.layers)
-    # the layers' files two at a time: deflate releases the GIL (a run's largest file, a late
-    # layer's combinations.npz, takes as long as all the others)
+    # the files two at a time (deflate releases the GIL), the largest first: a late layer's
+    # combinations.npz takes as long as all the others together, so it runs beside them
+    jobs = [job for name, layer in result.layers.items() for job in _layer_files(out / dirnames[name], layer)]
+    jobs.sort(key=lambda job: -job[0])
     with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="netdissect-write") as pool:
-        for future in [pool.submit(_write_layer, out / dirnames[name], layer)
-                       for name, layer in result.layers.items()]:
-            future.result()     # re-raises a layer's WriteError
+        for future in [pool.submit(write) for _, write in jobs]:
+            future.result()     # re-raises a file's WriteError
     summary = result.summary()
     for name in summary["layers"]:
         summary["layers"][name]["directory"] = dirnames[name]
@@ -123,22 +124,27 @@ def write_results(out: Path, result) -> None:
             shutil.rmtree(target, ignore_errors=True)
 
 
-def _write_layer(d: Path, layer) -> None:
-    """One layer's result files in its directory ``d``."""
-    atomic_save_npy(d / "thresholds.npy", layer.thresholds.astype(np.float32))
-    atomic_save_npz(d / "iou.npz", iou=layer.iou.astype(np.float32),
-                    label_numbers=np.asarray(layer.concepts, dtype=np.int64),
-                    labels=np.asarray(layer.concept_names, dtype=str),
-                    categories=np.asarray(layer.concept_categories, dtype=str))
+def _layer_files(d: Path, layer) -> list:
+    """One layer's result files in its directory ``d``: (bytes to encode, a function that writes
+    the file) each, so that the writer can start the largest first."""
+    from functools import partial
+    jobs = [(layer.thresholds.nbytes, partial(atomic_save_npy, d / "thresholds.npy", layer.thresholds.astype(np.float32))),
+            (layer.iou.nbytes, partial(atomic_save_npz, d / "iou.npz", iou=layer.iou.astype(np.float32),
+                                       label_numbers=np.asarray(layer.concepts, dtype=np.int64),
+                                       labels=np.asarray(layer.concept_names, dtype=str),
+                                       categories=np.asarray(layer.concept_categories, dtype=str))),
+            (layer.iou.shape[0] * 100, lambda: atomic_write_text(d / "units.csv", units_csv(layer)))]
     if layer.topk_index is not None:
-        atomic_save_npz(d / "topk.npz", image_index=layer.topk_index.astype(np.int64),
-                        score=layer.topk_score.astype(np.float32),
-                        maps=layer.topk_maps.astype(np.float16))
-    if getattr(layer, "combinations", None) is not None:
-        layer.combinations.save(d / "combinations.npz")
-    if getattr(layer, "formulas", None) is not None:
-        layer.formulas.save(d / "formulas.npz")
-    atomic_write_text(d / "units.csv", units_csv(layer))
+        jobs.append((layer.topk_maps.size * 2, partial(
+            atomic_save_npz, d / "topk.npz", image_index=layer.topk_index.astype(np.int64),
+            score=layer.topk_score.astype(np.float32), maps=layer.topk_maps.astype(np.float16))))
+    combinations = getattr(layer, "combinations", None)
+    if combinations is not None:
+        jobs.append((combinations.nbytes, partial(combinations.save, d / "combinations.npz")))
+    formulas = getattr(layer, "formulas", None)
+    if formulas is not None:
+        jobs.append((0, partial(formulas.save, d / "formulas.npz")))
+    return jobs
 
 
 def _result_directories(out: Path) -> set:

@@ -188,6 +188,11 @@ class LayerCombinations:
     def units(self) -> int:
         return len(self.unit_indptr) - 1
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.table, self.pattern, self.pixels, self.unit_indptr, self.unit_combo,
+                                      self.unit_count))
+
     def unit(self, k: int):
         """(combination ids, counts) of unit k's active pixels."""
         s, e = self.unit_indptr[k], self.unit_indptr[k + 1]
