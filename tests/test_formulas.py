@@ -267,3 +267,50 @@ def test_unique_rows_equal_numpy_unique(shape):
     np.testing.assert_array_equal(unique, expected)
     np.testing.assert_array_equal(inverse, expected_inverse.reshape(-1))
     assert unique.dtype == np.int64 and inverse.dtype == np.int64
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_combination_index_against_one_image_at_a_time(seed):
+    """CombinationIndex.from_store (all images at once) against a row-by-row reading of the
+    definition: skipped images, tables of several widths, image-level concepts, a concept in
+    several planes (a set: once), and combinations shared across images."""
+    from types import SimpleNamespace
+
+    from netdissect.tally.combinations import CombinationIndex
+    rng = np.random.default_rng(seed)
+    n, categories = 30, 4
+    tables, own, pixels = [], [], []
+    for i in range(n):
+        if i % 7 == 3:
+            tables.append(None)
+            own.append(np.zeros(0, np.int64))
+            pixels.append(None)
+            continue
+        rows, planes = int(rng.integers(0, 5)), int(rng.integers(1, 4)) if seed else 2
+        tables.append(rng.integers(-1, 6, size=(rows, planes)).astype(np.int32))
+        own.append(rng.choice(8, size=int(rng.integers(0, 3)), replace=False).astype(np.int64))
+        pixels.append(rng.integers(1, 50, size=rows).astype(np.int64))
+    labeled = rng.random((n, categories)) < 0.6
+    store = SimpleNamespace(n_images=n, labeled=labeled, tables=tables, image_concepts=own,
+                            pixels_per_combination=lambda i: pixels[i])
+    index = CombinationIndex.from_store(store)
+
+    rows, weight, at = [], [], {}
+    for i in range(n):
+        if tables[i] is None:
+            continue
+        bits = sum(1 << g for g in range(categories) if labeled[i, g])
+        at[i] = len(rows)
+        for r, combo in enumerate(tables[i]):
+            rows.append((bits, tuple(sorted({int(c) for c in combo if c >= 0} | {int(c) for c in own[i]}))))
+            weight.append(int(pixels[i][r]))
+    width = max((len(c) for _, c in rows), default=0)
+    distinct = sorted(set(rows), key=lambda row: (row[0],) + row[1] + (-1,) * (width - len(row[1])))
+    number = {row: j for j, row in enumerate(distinct)}
+    np.testing.assert_array_equal(index.pattern, [b for b, _ in distinct])
+    np.testing.assert_array_equal(index.table, [list(c) + [-1] * (width - len(c)) for _, c in distinct])
+    np.testing.assert_array_equal(index.lookup, [number[row] for row in rows])
+    np.testing.assert_array_equal(index.pixels, np.bincount([number[row] for row in rows], weight,
+                                                            minlength=len(distinct)).astype(np.int64))
+    np.testing.assert_array_equal(index.offset, [at.get(i, -1) for i in range(n)])
+    np.testing.assert_array_equal(index.n_local, [0 if t is None else len(t) for t in tables])

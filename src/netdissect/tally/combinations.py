@@ -50,28 +50,35 @@ class CombinationIndex:
         labeled = np.asarray(store.labeled, dtype=bool)
         bits = (labeled.astype(np.int64) << np.arange(labeled.shape[1], dtype=np.int64)).sum(axis=1) \
             if labeled.size else np.zeros(n_images, dtype=np.int64)
-        rows, weights = [], []
+        # one row per (image, local combination): the image's labeled-category bits, the
+        # combination's concepts, the image's own concepts; all images at once, not row by row
+        present = [i for i in range(n_images) if store.tables[i] is not None]   # None: a skipped image
+        tables = [store.tables[i] for i in present]
         offset = np.full(n_images, -1, dtype=np.int64)
         n_local = np.zeros(n_images, dtype=np.int64)
-        start = 0
-        for i in range(n_images):
-            table = store.tables[i]
-            if table is None:  # a skipped image
-                continue
-            concepts = np.concatenate(
-                [table, np.broadcast_to(store.image_concepts[i], (table.shape[0], len(store.image_concepts[i])))],
-                axis=1) if len(store.image_concepts[i]) else table
-            rows.append((bits[i], concepts))
-            weights.append(store.pixels_per_combination(i))
-            offset[i], n_local[i] = start, table.shape[0]
-            start += table.shape[0]
-        width = max((c.shape[1] for _, c in rows), default=0)
-        keys = np.full((start, width + 1), -1, dtype=np.int64)
-        at = 0
-        for pat, concepts in rows:
-            keys[at:at + len(concepts), 0] = pat
-            keys[at:at + len(concepts), 1:1 + concepts.shape[1]] = concepts
-            at += len(concepts)
+        n_local[present] = [t.shape[0] for t in tables]
+        starts = np.cumsum(n_local[present]) - n_local[present]
+        offset[present] = starts
+        start = int(n_local.sum())
+        planes = max((t.shape[1] for t in tables), default=0)
+        own = [store.image_concepts[i] for i in present]
+        extra = max((len(c) for c in own), default=0)
+        keys = np.full((start, 1 + planes + extra), -1, dtype=np.int64)
+        if present:
+            image_of_row = np.repeat(np.arange(len(present)), n_local[present])
+            keys[:, 0] = bits[present][image_of_row]
+            if all(t.shape[1] == planes for t in tables):
+                keys[:, 1:1 + planes] = np.concatenate(tables)
+            else:
+                for at, t in zip(starts, tables):
+                    keys[at:at + t.shape[0], 1:1 + t.shape[1]] = t
+            if extra:
+                per_image = np.full((len(present), extra), -1, dtype=np.int64)
+                for j, c in enumerate(own):
+                    per_image[j, :len(c)] = c
+                keys[:, 1 + planes:] = per_image[image_of_row]
+        weights = [store.pixels_per_combination(i) for i in present]
+        width = keys.shape[1] - 1
         body = keys[:, 1:]
         if width:
             # a set of concepts, whatever plane or image label it came from: sorted, each once
@@ -120,6 +127,8 @@ class UnitCombinationCounts:
         self.index = index
         self.dense = torch.zeros(units * index.size, dtype=torch.int64) \
             if units * index.size <= DENSE_LIMIT else None
+        # the sparse keys in 4 bytes where they fit: half the bytes to buffer, sort and merge
+        self.key_dtype = torch.int32 if units * index.size < 2 ** 31 else torch.int64
         self.keys: List[torch.Tensor] = []
         self.counts: List[torch.Tensor] = []
         self.buffered = 0
@@ -137,7 +146,7 @@ class UnitCombinationCounts:
         if self.dense is not None:
             self.dense.index_add_(0, keys, counts)
             return
-        self.keys.append(keys)
+        self.keys.append(keys.to(self.key_dtype))
         self.counts.append(counts)
         self.buffered += keys.numel()
         if self.buffered > DENSE_LIMIT:
@@ -159,7 +168,7 @@ class UnitCombinationCounts:
             self._compact()
             keys = self.keys[0] if self.keys else torch.zeros(0, dtype=torch.int64)
             counts = self.counts[0] if self.counts else torch.zeros(0, dtype=torch.int64)
-        keys, counts = keys.numpy(), counts.numpy()
+        keys, counts = keys.numpy().astype(np.int64), counts.numpy()
         unit = keys // max(self.index.size, 1)
         indptr = np.zeros(self.units + 1, dtype=np.int64)
         np.cumsum(np.bincount(unit, minlength=self.units), out=indptr[1:])
