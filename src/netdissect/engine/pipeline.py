@@ -30,8 +30,7 @@ from netdissect.config import DissectConfig
 from netdissect.data.broden import BrodenDataset, open_dataset
 from netdissect.engine import distributed
 from netdissect.engine.final_tally import LayerTally
-from netdissect.engine.forward import (Normalizer, float32_activations, prepare_model, require_finite,
-                                       resolve_device)
+from netdissect.engine.forward import Normalizer, float32_activations, prepare_model, require_finite, resolve_device
 from netdissect.engine.loading import ImagesAndLabels, default_workers, make_loader
 from netdissect.engine.manifest import manifest
 from netdissect.engine.report_images import ReportImages

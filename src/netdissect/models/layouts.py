@@ -20,6 +20,7 @@ hidden units of ``blocks.N.mlp.fc1`` / ``.act``, the usual "neurons" of a transf
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -364,9 +365,10 @@ def resolve_layouts(run_raw: Runner, layers: Sequence[str], image_hw: Tuple[int,
     for i, size in enumerate(probe_sizes(image_hw)):
         if override in ("nchw", "nhwc") and i > 0:
             break
-        x = first if i == 0 and first is not None else torch.zeros(1, 3, *size, device=device)
+        mine = not (i == 0 and first is not None)   # the caller's batch runs in the caller's grad mode
+        x = torch.zeros(1, 3, *size, device=device) if mine else first
         try:
-            with torch.no_grad():
+            with torch.no_grad() if mine else contextlib.nullcontext():
                 outputs = run_raw(x)
         except LayerError:
             raise
