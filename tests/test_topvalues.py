@@ -183,11 +183,13 @@ def test_nan_and_inf_are_refused_wherever_they_lie(fmt, value, unit, batch):
         q.add_maps(x)
 
 
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("compiled", [True, False])
-def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order(compiled, monkeypatch):
+def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order(compiled, fmt, monkeypatch):
     """TopKImages (the compiled top_images, and torch's sorts) against a sort of every (score,
     image) of a unit: ties on the score (many, -0.0 among them) go to the lower image index,
-    whatever order the batches come in."""
+    whatever order the batches come in; the kept maps are the images' (copied from a batch in
+    either memory format)."""
     from netdissect.stats.streaming import TopKImages
     if not compiled:
         monkeypatch.setenv(NO_COMPILED, "1")
@@ -204,7 +206,9 @@ def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order(compil
         top = TopKImages(units, k, (2, 3))
         for start in batches[0]:
             idx = torch.arange(start, start + 10)
-            top.add(maxima[idx], acts[idx], idx)
+            batch = acts[idx].contiguous(memory_format=torch.channels_last if fmt == "channels_last"
+                                         else torch.contiguous_format)
+            top.add(maxima[idx], batch, idx)
         score, index, maps = top.ranked()
         assert index.tolist() == expected, compiled
         for u in range(units):
@@ -255,6 +259,15 @@ def test_top_images_checks_its_arguments():
     with pytest.raises(TypeError, match="argument 'images' must hold int64"):
         Q._topvalues.top_images(score, index, np.zeros((4, 3), np.float32), np.arange(4, dtype=np.int32),
                                 np.zeros((3, 2), np.int64))
+    maxima, images, entered = np.zeros((4, 3), np.float32), np.arange(4), np.zeros((3, 2), np.int64)
+    with pytest.raises(TypeError, match="acts and maps together"):
+        Q._topvalues.top_images(score, index, maxima, images, entered, acts=np.zeros((4, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"acts \(4, 3, 2, 2\) and maps \(3, 2, 2, 5\)"):
+        Q._topvalues.top_images(score, index, maxima, images, entered, acts=np.zeros((4, 3, 2, 2), np.float32),
+                                maps=np.zeros((3, 2, 2, 5), np.float32))
+    with pytest.raises(ValueError, match="'maps' must be C-contiguous"):
+        Q._topvalues.top_images(score, index, maxima, images, entered, acts=np.zeros((4, 3, 2, 2), np.float32),
+                                maps=np.zeros((3, 2, 2, 4), np.float32)[..., ::2])
 
 
 @pytest.mark.parametrize("seen", [400, 371, 2])

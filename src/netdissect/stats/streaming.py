@@ -53,11 +53,8 @@ class TopKImages:
             entered = np.empty(tuple(self.index.shape), np.int64)
             threads = max(1, min(torch.get_num_threads(), self.score.shape[0] // _UNITS_PER_SLICE))
             _topvalues.top_images(self.score.numpy(), self.index.numpy(), maxima.detach().float().numpy(),
-                                  np.ascontiguousarray(images.numpy(), dtype=np.int64), entered, threads)
-            entered = torch.from_numpy(entered)
-            units, slots = torch.nonzero(entered >= 0, as_tuple=True)
-            if units.numel():
-                self.maps[units, slots] = acts[entered[units, slots], units]
+                                  np.ascontiguousarray(images.numpy(), dtype=np.int64), entered, threads,
+                                  acts=acts.detach().float().numpy(), maps=self.maps.numpy())
             return
         k = self.k
         # only the units where an image of the batch beats the worst kept one change
