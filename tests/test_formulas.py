@@ -11,6 +11,7 @@ from engine_data import TinyNet, make_dataset
 from formulas_dense import DenseConcepts, all_formulas, dense_beam_search, unit_masks
 
 import netdissect
+from netdissect.config import NO_COMPILED
 from netdissect.cli.commands import main
 from netdissect.data.broden import BrodenDataset
 from netdissect.errors import NetDissectError, RunError
@@ -151,13 +152,44 @@ def test_formula_text_round_trip():
 
 
 def test_sparse_collection_equals_dense(tmp_path, monkeypatch):
+    """Dense and sparse collection, by the extension's combination_counts and by torch (the
+    result is the same four ways; the torch path's counts also feed the IoU, which the formulas'
+    single-concept IoU checks elsewhere)."""
     root = make_dataset(tmp_path / "data", n_images=8, seed=3)
     kw = dict(progress=False, workers=0, quantile=0.05, min_category_images=0)
-    dense = netdissect.dissect(TinyNet(), ["relu2"], root, **kw)["relu2"].combinations
-    monkeypatch.setattr(combinations_mod, "DENSE_LIMIT", 16)
-    sparse = netdissect.dissect(TinyNet(), ["relu2"], root, **kw)["relu2"].combinations
-    for key in ("table", "pattern", "pixels", "unit_indptr", "unit_combo", "unit_count"):
-        np.testing.assert_array_equal(getattr(dense, key), getattr(sparse, key))
+    found = []
+    for compiled in (True, False):
+        monkeypatch.setenv(NO_COMPILED, "0" if compiled else "1")
+        monkeypatch.setattr(combinations_mod, "DENSE_LIMIT", 1 << 23)
+        found.append(netdissect.dissect(TinyNet(), ["relu2"], root, **kw)["relu2"].combinations)
+        monkeypatch.setattr(combinations_mod, "DENSE_LIMIT", 16)
+        found.append(netdissect.dissect(TinyNet(), ["relu2"], root, **kw)["relu2"].combinations)
+    assert found[0].unit_count.sum() > 0
+    for other in found[1:]:
+        for key in ("table", "pattern", "pixels", "unit_indptr", "unit_combo", "unit_count"):
+            np.testing.assert_array_equal(getattr(found[0], key), getattr(other, key))
+
+
+def test_combination_counts_checks_its_arguments():
+    from netdissect.tally import kernel
+    if not kernel.available():
+        pytest.skip("the _kernel extension is not compiled")
+    count = kernel._kernel.combination_counts
+    per_combo, units, rows = np.array([[0, 3], [2, 0]]), np.array([1, 0]), np.array([0, 1])
+    lut = np.array([[4, 5], [6, 7]])
+    dense = np.zeros(2 * 8, np.int64)
+    assert count(per_combo, units, rows, lut, 8, dense=dense) == 2
+    assert dense[1 * 8 + 5] == 3 and dense[0 * 8 + 6] == 2 and dense.sum() == 5
+    keys, counts = np.zeros(4, np.int64), np.zeros(4, np.int64)
+    assert count(per_combo, units, rows, lut, 8, keys=keys, counts=counts) == 2
+    assert keys[:2].tolist() == [13, 6] and counts[:2].tolist() == [3, 2]
+    with pytest.raises(ValueError, match=r"lut row 0 holds combination 9, outside \[0, 8\)"):
+        count(per_combo, units, rows, np.array([[4, 9], [6, 7]]), 8, dense=dense)
+    with pytest.raises(ValueError, match="pair 0 has unit 2"):
+        count(per_combo, np.array([2, 0]), rows, lut, 8, dense=dense)
+    with pytest.raises(TypeError, match="give dense, or keys and counts"):
+        count(per_combo, units, rows, lut, 8)
+    assert dense.sum() == 5   # a refused call adds nothing
 
 
 def _read_units(path):

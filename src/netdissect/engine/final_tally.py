@@ -44,7 +44,7 @@ class LayerTally:
                                                     tables.shape[1])
             self.tally.add_counts(per_combo, act, part["unit"], local, tables, image_concepts, labeled)
             if self.combinations is not None:
-                self.combinations.add(per_combo, part["unit"], images_u[local])
+                self.combinations.add(per_combo, part["unit"], images_u, local)
 
 
 def _pairs_per_chunk(pixels: int, chunk_bytes: int) -> int:

@@ -1027,6 +1027,99 @@ done:
     return result;
 }
 
+/* ---- combination_counts ----------------------------------------------------------------- */
+
+PyDoc_STRVAR(combination_counts_doc,
+"combination_counts(per_combo, units, rows, lut, size, dense=None, keys=None, counts=None) -> n\n--\n\n"
+"UnitCombinationCounts.add's step in one loop over the pairs' nonzero counts (instead of torch's\n"
+"nonzero, gathers and index_add): pair k's count per_combo[k, j] of unit units[k] in global\n"
+"combination g = lut[rows[k], j] is added to dense[units[k] * size + g] (dense (K * size,)), or\n"
+"written as keys[i] = units[k] * size + g, counts[i] = the count (keys, counts (p * W,)), i from 0\n"
+"up, pair by pair; n is how many counts were nonzero. per_combo (p, W), units, rows (p,), lut\n"
+"(n, W), every entry in [0, size) (0 where an image has fewer combinations); all int64,\n"
+"C-contiguous. Every index is checked before anything is added.");
+
+static PyObject *combination_counts(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static const char *fn = "combination_counts";
+    static char *names[] = {"per_combo", "units", "rows", "lut", "size", "dense", "keys", "counts", NULL};
+    enum { PER_COMBO, UNITS, ROWS, LUT, DENSE, KEYS, COUNTS, NARGS };
+    static const int ndims[NARGS] = {2, 1, 1, 2, 1, 1, 1};
+    PyObject *objs[NARGS] = {NULL, NULL, NULL, NULL, Py_None, Py_None, Py_None}, *result = NULL;
+    Py_buffer v[NARGS];
+    int taken[NARGS] = {0};
+    Py_ssize_t size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOn|OOO:combination_counts", names, &objs[PER_COMBO],
+                                     &objs[UNITS], &objs[ROWS], &objs[LUT], &size, &objs[DENSE], &objs[KEYS],
+                                     &objs[COUNTS]))
+        return NULL;
+    const int sparse = objs[DENSE] == Py_None;
+    if (sparse == (objs[KEYS] == Py_None) || (objs[KEYS] == Py_None) != (objs[COUNTS] == Py_None)) {
+        PyErr_Format(PyExc_TypeError, "%s(): give dense, or keys and counts", fn);
+        return NULL;
+    }
+    for (int a = 0; a < NARGS; a++) {
+        if (objs[a] == Py_None)
+            continue;
+        if (get_array(fn, names[a], objs[a], INT64, ndims[a], a >= DENSE, &v[a]) < 0)
+            goto done;
+        taken[a] = 1;
+    }
+    const Py_ssize_t p = v[PER_COMBO].shape[0], width = v[PER_COMBO].shape[1], n = v[LUT].shape[0];
+    if (check_dim(fn, "units", &v[UNITS], 0, p, "one per pair") ||
+        check_dim(fn, "rows", &v[ROWS], 0, p, "one per pair") ||
+        check_dim(fn, "lut", &v[LUT], 1, width, "the columns of per_combo") ||
+        (sparse && (check_dim(fn, "keys", &v[KEYS], 0, p * width, "room for every count") ||
+                    check_dim(fn, "counts", &v[COUNTS], 0, p * width, "room for every count"))))
+        goto done;
+    if (size < 1 || (!sparse && v[DENSE].shape[0] % size != 0)) {
+        PyErr_Format(PyExc_ValueError, "%s(): size must be at least 1 and divide dense's length, got %zd", fn,
+                     size);
+        goto done;
+    }
+    const Py_ssize_t K = sparse ? PY_SSIZE_T_MAX / size : v[DENSE].shape[0] / size;
+    const int64_t *per_combo = v[PER_COMBO].buf, *unit = v[UNITS].buf, *row = v[ROWS].buf, *lut = v[LUT].buf;
+    for (Py_ssize_t k = 0; k < p; k++) {
+        if (unit[k] < 0 || unit[k] >= K || row[k] < 0 || row[k] >= n) {
+            PyErr_Format(PyExc_ValueError, "%s(): pair %zd has unit %lld and lut row %lld (of %zd)", fn, k,
+                         (long long)unit[k], (long long)row[k], n);
+            goto done;
+        }
+    }
+    for (Py_ssize_t q = 0; q < n * width; q++) {   /* the few images' ids, not every pair's counts */
+        if (lut[q] < 0 || lut[q] >= size) {
+            PyErr_Format(PyExc_ValueError, "%s(): lut row %zd holds combination %lld, outside [0, %zd)", fn,
+                         q / width, (long long)lut[q], size);
+            goto done;
+        }
+    }
+    Py_ssize_t found = 0;
+    int64_t *dense = sparse ? NULL : v[DENSE].buf, *keys = sparse ? v[KEYS].buf : NULL;
+    int64_t *counts = sparse ? v[COUNTS].buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < p; k++) {
+        const int64_t *c = per_combo + k * width, *g = lut + row[k] * width, base = unit[k] * size;
+        for (Py_ssize_t j = 0; j < width; j++) {
+            if (c[j] == 0)
+                continue;
+            if (sparse) {
+                keys[found] = base + g[j];
+                counts[found] = c[j];
+            } else {
+                dense[base + g[j]] += c[j];
+            }
+            found++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(found);
+done:
+    for (int a = NARGS - 1; a >= 0; a--)
+        if (taken[a])
+            PyBuffer_Release(&v[a]);
+    return result;
+}
+
 /* ---- the label combinations of one image ------------------------------------------------ */
 
 static const int64_t *sort_keys;   /* qsort has no context argument; used under the GIL only */
@@ -1143,6 +1236,8 @@ static PyMethodDef methods[] = {
      pack_maps_doc},
     {"unpack_maps", (PyCFunction)(void (*)(void))unpack_maps, METH_VARARGS | METH_KEYWORDS,
      unpack_maps_doc},
+    {"combination_counts", (PyCFunction)(void (*)(void))combination_counts, METH_VARARGS | METH_KEYWORDS,
+     combination_counts_doc},
     {"openmp", openmp, METH_NOARGS, openmp_doc},
     {NULL, NULL, 0, NULL},
 };

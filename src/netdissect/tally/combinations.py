@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from netdissect.errors import RunError
+from netdissect.tally import kernel
 
 FILE = "combinations.npz"
 DENSE_LIMIT = 1 << 23   # units x combinations up to this (64 MiB): one dense counter, else sparse batches
@@ -133,18 +134,27 @@ class UnitCombinationCounts:
         self.counts: List[torch.Tensor] = []
         self.buffered = 0
 
-    def add(self, per_combo: torch.Tensor, units: torch.Tensor, images: torch.Tensor) -> None:
-        """per_combo: (p, width) active pixels of each pair per local combination id;
-        units, images: (p,) the pairs' unit and dataset image index."""
-        pair, local = torch.nonzero(per_combo, as_tuple=True)
-        if pair.numel() == 0:
-            return
-        counts = per_combo[pair, local]
-        images_u, which = torch.unique(images, return_inverse=True)
-        lut = self.index.local_to_global(images_u, per_combo.shape[1])
-        keys = units[pair] * self.index.size + lut[which[pair], local]
-        if self.dense is not None:
-            self.dense.index_add_(0, keys, counts)
+    def add(self, per_combo: torch.Tensor, units: torch.Tensor, images: torch.Tensor,
+            local: torch.Tensor) -> None:
+        """per_combo: (p, width) active pixels of each pair per local combination id; units,
+        local: (p,) the pairs' unit and image, as a position in images (their distinct dataset
+        image indices, ascending)."""
+        lut = self.index.local_to_global(images, per_combo.shape[1])
+        if kernel.available():   # one loop over the nonzero counts
+            found = kernel.combination_counts(per_combo, units, local, lut.numpy(), self.index.size, self.dense)
+            if found is None:
+                return
+            keys, counts = found
+        else:
+            pair, column = torch.nonzero(per_combo, as_tuple=True)
+            if pair.numel() == 0:
+                return
+            counts = per_combo[pair, column]
+            keys = units[pair] * self.index.size + lut[local[pair], column]
+            if self.dense is not None:
+                self.dense.index_add_(0, keys, counts)
+                return
+        if keys.numel() == 0:
             return
         self.keys.append(keys.to(self.key_dtype))
         self.counts.append(counts)

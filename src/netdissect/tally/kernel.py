@@ -133,6 +133,20 @@ def add_pair_counts(inter: torch.Tensor, active: torch.Tensor, per_combo: torch.
     _kernel.add_pair_counts(*arrays, inter.numpy(), active.numpy())
 
 
+def combination_counts(per_combo: torch.Tensor, units: torch.Tensor, rows: torch.Tensor, lut: np.ndarray,
+                       size: int, dense: Optional[torch.Tensor] = None):
+    """UnitCombinationCounts.add's counts by the extension (see its docstring): added to ``dense``
+    (K * size,) int64, or returned as (keys, counts) int64 of the nonzero ones."""
+    arrays = [np.ascontiguousarray(t.numpy() if isinstance(t, torch.Tensor) else t, dtype=np.int64)
+              for t in (per_combo, units, rows, lut)]
+    if dense is not None:
+        _kernel.combination_counts(*arrays, size, dense=dense.numpy())
+        return None
+    keys, counts = np.empty(arrays[0].size, np.int64), np.empty(arrays[0].size, np.int64)
+    n = _kernel.combination_counts(*arrays, size, keys=keys, counts=counts)
+    return torch.from_numpy(keys[:n].copy()), torch.from_numpy(counts[:n].copy())
+
+
 _MAPS_PER_SLICE = 64   # fewer maps than this per thread: the thread costs more than it saves
 
 
