@@ -11,8 +11,8 @@ from engine_data import TinyNet, make_dataset
 from formulas_dense import DenseConcepts, all_formulas, dense_beam_search, unit_masks
 
 import netdissect
-from netdissect.config import NO_COMPILED
 from netdissect.cli.commands import main
+from netdissect.config import NO_COMPILED
 from netdissect.data.broden import BrodenDataset
 from netdissect.errors import NetDissectError, RunError
 from netdissect.formulas.search import (
