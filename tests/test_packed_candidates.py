@@ -212,3 +212,24 @@ def test_packing_more_maps_of_one_image_than_a_run_holds():
     bits = np.unpackbits(packed["need"].numpy(), axis=1, count=210, bitorder="little").reshape(300, 3, 70)
     np.testing.assert_array_equal(bits.astype(bool), near)
     np.testing.assert_array_equal(packed["values"].numpy(), np.concatenate(values))
+
+
+@pytest.mark.parametrize("units", [[1, 3, 4, 6], [0, 11], [7, 2], [5], list(range(0, 600, 2)),
+                                   list(range(0, 600, 3))])
+def test_packing_units_with_gaps_reads_their_span_or_each_unit(units):
+    """A channels-last image's candidate units with a few gaps (read as a vector over their span,
+    the units between them ignored), spread out or unordered (read one by one), and 300 of them
+    with every other unit missing (two runs, each spanning up to twice its 256 maps): the pixels
+    numpy's dilation keeps, either way."""
+    gen = torch.Generator().manual_seed(len(units))
+    k = max(units) + 1
+    batch = torch.randn((2, k, 3, 9), generator=gen).contiguous(memory_format=torch.channels_last)
+    images, units = torch.ones(len(units), dtype=torch.int64), torch.tensor(units)
+    bounds = torch.rand(len(units), generator=gen) + 0.8
+    near, values, skip = _packed_by_numpy(batch[images, units].numpy(), bounds.numpy())
+    packed = kernel.pack_maps(batch, bounds, images, units)
+    bits = np.unpackbits(packed["need"].numpy(), axis=1, count=27, bitorder="little").reshape(len(units), 3, 9)
+    np.testing.assert_array_equal(bits.astype(bool), near)
+    assert packed["count"].tolist() == [len(v) for v in values]
+    np.testing.assert_array_equal(packed["values"].numpy(), np.concatenate(values))
+    np.testing.assert_array_equal(packed["fill"].numpy(), skip)

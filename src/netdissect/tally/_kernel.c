@@ -631,34 +631,45 @@ static void above_bits(const float *m, Py_ssize_t sy, Py_ssize_t sx, Py_ssize_t 
 
 /* above_bits for n maps of one image whose units lie closer together than its pixels (a
  * channels-last batch): position by position, each position's values of the n units read
- * together (they share cache lines; consecutive units of stride 1 are read as a vector).
- * base: the image's first value; unit r's map starts at base + units[r] * su. acc: (n,). */
+ * together (they share cache lines). Units of stride 1 in ascending order that span at most twice
+ * their number (an early layer's candidates: most units, a few gaps) are read as a vector over
+ * their whole span, a unit between them compared with +inf (no bits); others one by one.
+ * base: the image's first value; unit r's map starts at base + units[r] * su. acc: (2n,) words,
+ * span_s: (2n,) floats of scratch. */
 static void above_bits_across(const float *base, const int64_t *units, Py_ssize_t su, Py_ssize_t sy,
                               Py_ssize_t sx, Py_ssize_t h, Py_ssize_t w, const float *s, Py_ssize_t n,
-                              uint64_t *above, Py_ssize_t words, uint64_t *acc)
+                              uint64_t *above, Py_ssize_t words, uint64_t *acc, float *span_s)
 {
-    int consecutive = su == 1;
-    for (Py_ssize_t r = 1; consecutive && r < n; r++)
-        consecutive = units[r] == units[0] + r;
+    const Py_ssize_t span = n > 0 ? units[n - 1] - units[0] + 1 : 0;
+    int spanned = su == 1 && span <= 2 * n;
+    for (Py_ssize_t r = 1; spanned && r < n; r++)
+        spanned = units[r] > units[r - 1];
+    if (spanned) {
+        for (Py_ssize_t r = 0; r < span; r++)
+            span_s[r] = INFINITY;
+        for (Py_ssize_t r = 0; r < n; r++)
+            span_s[units[r] - units[0]] = s[r];
+    }
+    const Py_ssize_t m = spanned ? span : n;
     for (Py_ssize_t y = 0; y < h; y++)
         for (Py_ssize_t j = 0; j < words; j++) {
             const Py_ssize_t x0 = 64 * j, x1 = x0 + 64 < w ? x0 + 64 : w;
-            for (Py_ssize_t r = 0; r < n; r++)
+            for (Py_ssize_t r = 0; r < m; r++)
                 acc[r] = 0;
             for (Py_ssize_t x = x0; x < x1; x++) {
                 const float *px = base + y * sy + x * sx;
                 const int shift = (int)(x - x0);
-                if (consecutive) {
+                if (spanned) {
                     const float *v = px + units[0];
-                    for (Py_ssize_t r = 0; r < n; r++)
-                        acc[r] |= (uint64_t)(v[r] > s[r]) << shift;
+                    for (Py_ssize_t r = 0; r < span; r++)
+                        acc[r] |= (uint64_t)(v[r] > span_s[r]) << shift;
                 } else {
                     for (Py_ssize_t r = 0; r < n; r++)
                         acc[r] |= (uint64_t)(px[units[r] * su] > s[r]) << shift;
                 }
             }
             for (Py_ssize_t r = 0; r < n; r++)
-                above[(r * h + y) * words + j] = acc[r];
+                above[(r * h + y) * words + j] = acc[spanned ? units[r] - units[0] : r];
         }
 }
 
@@ -766,8 +777,9 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
     /* a channels-last batch: the maps of one image are read together (above_bits_across) */
     const int across = labs(st[1]) < labs(st[3]);
     /* a slice's scratch, in words: the bits above of `run` maps, one map's spread bits, the
-     * run's accumulators, and the run's skip values (floats, a word each) */
-    const Py_ssize_t run = across ? PACK_RUN : 1, per_slice = (run + 1) * h * words + run + run;
+     * accumulators of up to twice the run's units, the run's skip values and those of the units
+     * they span (floats, a word each) */
+    const Py_ssize_t run = across ? PACK_RUN : 1, per_slice = (run + 1) * h * words + 2 * run + run + 2 * run;
     done = malloc(sizeof(Py_ssize_t) * (size_t)slices);
     bitrows = malloc(sizeof(uint64_t) * (size_t)per_slice * (size_t)slices);
     if (done == NULL || bitrows == NULL) {
@@ -790,7 +802,7 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
         const Py_ssize_t a = p * t / slices, e = p * (t + 1) / slices;
         uint64_t *above = bitrows + (size_t)t * per_slice, *near = above + run * h * words;
         uint64_t *acc = near + h * words;
-        float *skip = (float *)(acc + run);
+        float *skip = (float *)(acc + 2 * run), *span_s = (float *)(acc + 3 * run);
         Py_ssize_t n = 0;
         for (Py_ssize_t k = a; k < e;) {
             Py_ssize_t k1 = k + 1;      /* maps [k, k1): one image's, their bits found together */
@@ -800,7 +812,7 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
                 skip[kk - k] = fill[kk] = bounds[kk] >= 0x1p-100f ? skip_threshold(bounds[kk]) : -INFINITY;
             if (across)
                 above_bits_across((const float *)(acts + images[k] * st[0]), units + k, st[1] / 4, st[2] / 4,
-                                  st[3] / 4, h, w, skip, k1 - k, above, words, acc);
+                                  st[3] / 4, h, w, skip, k1 - k, above, words, acc, span_s);
             else
                 above_bits((const float *)(acts + images[k] * st[0] + units[k] * st[1]), st[2] / 4, st[3] / 4,
                            h, w, skip[0], above, words);
