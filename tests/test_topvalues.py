@@ -183,16 +183,21 @@ def test_nan_and_inf_are_refused_wherever_they_lie(fmt, value, unit, batch):
         q.add_maps(x)
 
 
+@pytest.mark.parametrize("sliced", [False, True])
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("compiled", [True, False])
-def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order(compiled, fmt, monkeypatch):
+def test_top_images_are_the_k_best_by_score_then_index_in_any_batch_order(compiled, fmt, sliced, monkeypatch):
     """TopKImages (the compiled top_images, and torch's sorts) against a sort of every (score,
     image) of a unit: ties on the score (many, -0.0 among them) go to the lower image index,
     whatever order the batches come in; the kept maps are the images' (copied from a batch in
     either memory format)."""
+    from netdissect.stats import streaming
     from netdissect.stats.streaming import TopKImages
     if not compiled:
         monkeypatch.setenv(NO_COMPILED, "1")
+    if sliced:   # the units in ranges on every thread torch has (one unit each, where it has more)
+        monkeypatch.setattr(streaming, "_VALUES_PER_SLICE", 1)
+        monkeypatch.setattr(streaming.torch, "get_num_threads", lambda: 3)
     gen = torch.Generator().manual_seed(4)
     n, units, k = 60, 5, 7
     acts = torch.randint(-3, 4, (n, units, 2, 3), generator=gen).float()

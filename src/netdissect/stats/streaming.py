@@ -29,7 +29,8 @@ from netdissect.stats.memory import release_free_memory
 from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile, _topvalues, compiled_available
 from netdissect.tally.kernel import pack_maps, unpack_maps
 
-_UNITS_PER_SLICE = 256   # fewer units than this per thread: the thread costs more than it saves
+_VALUES_PER_SLICE = 256 * 49   # fewer map values than this per thread (units x h x w): the thread costs
+                               # more than it saves (the entering maps are copied by the same threads)
 
 
 class TopKImages:
@@ -51,7 +52,7 @@ class TopKImages:
         """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
         if self.score.device.type == "cpu" and compiled_available():   # the same kept set (see top_images)
             entered = np.empty(tuple(self.index.shape), np.int64)
-            threads = max(1, min(torch.get_num_threads(), self.score.shape[0] // _UNITS_PER_SLICE))
+            threads = max(1, min(torch.get_num_threads(), self.maps[:, 0].numel() // _VALUES_PER_SLICE))
             _topvalues.top_images(self.score.numpy(), self.index.numpy(), maxima.detach().float().numpy(),
                                   np.ascontiguousarray(images.numpy(), dtype=np.int64), entered, threads,
                                   acts=acts.detach().float().numpy(), maps=self.maps.numpy())
