@@ -842,6 +842,15 @@ done:
     return result;
 }
 
+/* The bits set in a map's `need` row of nb bytes (bits past its hw pixels do not count). */
+static Py_ssize_t set_bits(const uint8_t *bits, Py_ssize_t nb, Py_ssize_t hw)
+{
+    Py_ssize_t n = 0;
+    for (Py_ssize_t b = 0; b < nb; b++)
+        n += __builtin_popcount(bits[b] & (8 * b + 8 <= hw ? 0xffu : (1u << (hw - 8 * b)) - 1));
+    return n;
+}
+
 PyDoc_STRVAR(unpack_maps_doc,
 "unpack_maps(fill, counts, need, values, maps, pairs=None, threads=1)\n--\n\n"
 "The maps pack_maps packed, into maps (n, h, w) float32 (writable): pixel q of map k is the next\n"
@@ -901,22 +910,14 @@ static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
                      v[VALUES].shape[0]);
         goto done;
     }
-    /* each map unpacked has as many bits set as its count (its values are its own) */
     for (Py_ssize_t i = 0; i < n; i++) {
         const Py_ssize_t k = pairs ? pairs[i] : i;
         if (k < 0 || k >= p) {
             PyErr_Format(PyExc_IndexError, "%s(): pairs[%zd] = %zd is not one of the %zd maps", fn, i, k, p);
             goto done;
         }
-        Py_ssize_t bits = 0;
-        for (Py_ssize_t b = 0; b < nb; b++)      /* bits past the map's last pixel do not count */
-            bits += __builtin_popcount(need[k * nb + b] & (8 * b + 8 <= hw ? 0xffu : (1u << (hw - 8 * b)) - 1));
-        if (counts[k] != bits) {
-            PyErr_Format(PyExc_ValueError, "%s(): map %zd has %zd bits set but a count of %lld", fn, k,
-                         bits, (long long)counts[k]);
-            goto done;
-        }
     }
+    Py_ssize_t bad = n;    /* the first map whose bits and count disagree */
     Py_BEGIN_ALLOW_THREADS
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
@@ -925,6 +926,15 @@ static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
         const Py_ssize_t k = pairs ? pairs[i] : i;
         float *m = maps + i * hw;
         const uint8_t *bits = need + k * nb;
+        /* a map unpacked has as many bits set as its count (its values are its own), checked here,
+           by the thread that unpacks it */
+        if (set_bits(bits, nb, hw) != counts[k]) {
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+            bad = i < bad ? i : bad;
+            continue;
+        }
         const float f = fill[k], *src = values + start[k];
         for (Py_ssize_t q = 0; q < hw; q++)
             m[q] = f;
@@ -936,6 +946,12 @@ static PyObject *unpack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
             }
     }
     Py_END_ALLOW_THREADS
+    if (bad < n) {
+        const Py_ssize_t k = pairs ? pairs[bad] : bad;
+        PyErr_Format(PyExc_ValueError, "%s(): map %zd has %zd bits set but a count of %lld", fn, k,
+                     set_bits(need + k * nb, nb, hw), (long long)counts[k]);
+        goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:
