@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -127,8 +128,8 @@ def write_results(out: Path, result) -> None:
 def _layer_files(d: Path, layer) -> list:
     """One layer's result files in its directory ``d``: (bytes to encode, a function that writes
     the file) each, so that the writer can start the largest first."""
-    from functools import partial
-    jobs = [(layer.thresholds.nbytes, partial(atomic_save_npy, d / "thresholds.npy", layer.thresholds.astype(np.float32))),
+    jobs = [(layer.thresholds.nbytes, partial(atomic_save_npy, d / "thresholds.npy",
+                                              layer.thresholds.astype(np.float32))),
             (layer.iou.nbytes, partial(atomic_save_npz, d / "iou.npz", iou=layer.iou.astype(np.float32),
                                        label_numbers=np.asarray(layer.concepts, dtype=np.int64),
                                        labels=np.asarray(layer.concept_names, dtype=str),

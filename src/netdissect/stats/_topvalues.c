@@ -25,7 +25,7 @@
  *
  * top_images keeps each unit's k best images (by maximum, then image index) the same way: one
  * comparison per (image, unit) with the entry that ranks last, and a scan of the k for the next
- * one when an image enters; the caller copies the entering maps.
+ * one when an image enters; given the batch, it copies the entering maps too.
  *
  * Units are independent: push_values(threads=n) splits them into n ranges. Built with OpenMP
  * (setup.py, where the compiler has it), the ranges run on the OpenMP threads that torch's CPU

@@ -777,8 +777,8 @@ static PyObject *pack_maps(PyObject *self, PyObject *args, PyObject *kwargs)
     /* a channels-last batch: the maps of one image are read together (above_bits_across) */
     const int across = labs(st[1]) < labs(st[3]);
     /* a slice's scratch, in words: the bits above of `run` maps, one map's spread bits, the
-     * accumulators of up to twice the run's units, the run's skip values and those of the units
-     * they span (floats, a word each) */
+     * accumulators of up to twice the run's units, then floats: the run's skip values and those
+     * of the up to twice as many units they span (room for a word each) */
     const Py_ssize_t run = across ? PACK_RUN : 1, per_slice = (run + 1) * h * words + 2 * run + run + 2 * run;
     done = malloc(sizeof(Py_ssize_t) * (size_t)slices);
     bitrows = malloc(sizeof(uint64_t) * (size_t)per_slice * (size_t)slices);
