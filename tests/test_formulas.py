@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 from engine_data import TinyNet, make_dataset
 from formulas_dense import DenseConcepts, all_formulas, dense_beam_search, unit_masks
 
@@ -346,3 +347,16 @@ def test_combination_index_against_one_image_at_a_time(seed):
                                                             minlength=len(distinct)).astype(np.int64))
     np.testing.assert_array_equal(index.offset, [at.get(i, -1) for i in range(n)])
     np.testing.assert_array_equal(index.n_local, [0 if t is None else len(t) for t in tables])
+
+
+def test_unit_combination_counts_of_nothing_is_nothing():
+    """No pairs, or an index without combinations (no image left): nothing counted, no error."""
+    from netdissect.tally.combinations import CombinationIndex, UnitCombinationCounts
+    empty = CombinationIndex(table=np.zeros((0, 0), np.int32), pattern=np.zeros(0, np.int64),
+                             pixels=np.zeros(0, np.int64), lookup=np.zeros(0, np.int64),
+                             offset=np.full(2, -1, np.int64), n_local=np.zeros(2, np.int64))
+    counts = UnitCombinationCounts(3, empty)
+    counts.add(torch.zeros((0, 0), dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+               torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+    result = counts.result(np.zeros(0, np.int64), [])
+    assert result.unit_indptr.tolist() == [0, 0, 0, 0] and result.unit_count.size == 0

@@ -139,6 +139,8 @@ class UnitCombinationCounts:
         """per_combo: (p, width) active pixels of each pair per local combination id; units,
         local: (p,) the pairs' unit and image, as a position in images (their distinct dataset
         image indices, ascending)."""
+        if per_combo.numel() == 0 or self.index.size == 0:   # no pairs, or no combinations to count in
+            return
         lut = self.index.local_to_global(images, per_combo.shape[1])
         if kernel.available():   # one loop over the nonzero counts
             found = kernel.combination_counts(per_combo, units, local, lut.numpy(), self.index.size, self.dense)
