@@ -519,30 +519,26 @@ PyDoc_STRVAR(top_images_doc,
 static PyObject *top_images(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"score", "index", "maxima", "images", "entered", "threads", "acts", "maps", NULL};
-    /* score, index, entered: C-contiguous and writable; maxima: any strides; images: int64 */
-    static const int int64s[5] = {0, 1, 0, 1, 1}, ndims[5] = {2, 2, 2, 1, 2};
-    static const int strided[5] = {0, 0, 1, 0, 0}, writable[5] = {1, 1, 0, 0, 1};
-    PyObject *objs[5], *acts_obj = Py_None, *maps_obj = Py_None;
-    Py_buffer v[5], acts = {0}, maps = {0};
+    /* score, index, entered, maps: C-contiguous and writable; maxima, acts: any strides; images: int64 */
+    static const char *arg[7] = {"score", "index", "maxima", "images", "entered", "acts", "maps"};
+    static const int int64s[7] = {0, 1, 0, 1, 1, 0, 0}, ndims[7] = {2, 2, 2, 1, 2, 4, 4};
+    static const int strided[7] = {0, 0, 1, 0, 0, 1, 0}, writable[7] = {1, 1, 0, 0, 1, 0, 1};
+    PyObject *objs[7] = {NULL, NULL, NULL, NULL, NULL, Py_None, Py_None};
+    Py_buffer v[7];
     int n = 0, threads = 1;
     PyObject *result = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|iOO:top_images", names, &objs[0], &objs[1],
-                                     &objs[2], &objs[3], &objs[4], &threads, &acts_obj, &maps_obj))
+                                     &objs[2], &objs[3], &objs[4], &threads, &objs[5], &objs[6]))
         return NULL;
-    if ((acts_obj == Py_None) != (maps_obj == Py_None)) {
+    const int copy = objs[5] != Py_None;   /* the entering maps, from acts into maps */
+    if (copy != (objs[6] != Py_None)) {
         PyErr_SetString(PyExc_TypeError, "top_images(): give acts and maps together, or neither");
         return NULL;
     }
-    for (; n < 5; n++)
-        if (get_buffer("top_images", names[n], objs[n], int64s[n], ndims[n], strided[n], writable[n],
-                       &v[n]) < 0)
+    for (const int wanted = copy ? 7 : 5; n < wanted; n++)
+        if (get_buffer("top_images", arg[n], objs[n], int64s[n], ndims[n], strided[n], writable[n], &v[n]) < 0)
             goto done;
-    if (acts_obj != Py_None) {
-        if (get_buffer("top_images", "acts", acts_obj, 0, 4, 1, 0, &acts) < 0)
-            goto done;
-        if (get_buffer("top_images", "maps", maps_obj, 0, 4, 0, 1, &maps) < 0)
-            goto done;
-    }
+    const Py_buffer *acts = &v[5], *maps = &v[6];
     const Py_ssize_t K = v[0].shape[0], k = v[0].shape[1], B = v[3].shape[0];
     if (v[1].shape[0] != K || v[1].shape[1] != k || v[4].shape[0] != K || v[4].shape[1] != k ||
         v[2].shape[0] != B || v[2].shape[1] != K) {
@@ -551,13 +547,12 @@ static PyObject *top_images(PyObject *self, PyObject *args, PyObject *kwargs)
                      v[1].shape[1], v[2].shape[0], v[2].shape[1], B, v[4].shape[0], v[4].shape[1]);
         goto done;
     }
-    if (acts.obj != NULL && (acts.shape[0] != B || acts.shape[1] != K || maps.shape[0] != K ||
-                             maps.shape[1] != k || maps.shape[2] != acts.shape[2] ||
-                             maps.shape[3] != acts.shape[3])) {
+    if (copy && (acts->shape[0] != B || acts->shape[1] != K || maps->shape[0] != K || maps->shape[1] != k ||
+                 maps->shape[2] != acts->shape[2] || maps->shape[3] != acts->shape[3])) {
         PyErr_Format(PyExc_ValueError, "top_images(): acts (%zd, %zd, %zd, %zd) and maps (%zd, %zd, %zd, %zd) "
                      "must be (B, K, h, w) and (K, k, h, w) of the batch's B = %zd images and K = %zd units",
-                     acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3], maps.shape[0], maps.shape[1],
-                     maps.shape[2], maps.shape[3], B, K);
+                     acts->shape[0], acts->shape[1], acts->shape[2], acts->shape[3], maps->shape[0],
+                     maps->shape[1], maps->shape[2], maps->shape[3], B, K);
         goto done;
     }
     float *sc = v[0].buf;
@@ -591,14 +586,14 @@ static PyObject *top_images(PyObject *self, PyObject *args, PyObject *kwargs)
                 uf[last] = b;
                 last = last_slot(us, ui, k);
             }
-            if (acts.obj == NULL)
+            if (!copy)
                 continue;
-            const Py_ssize_t h = acts.shape[2], w = acts.shape[3], *as = acts.strides;
+            const Py_ssize_t h = acts->shape[2], w = acts->shape[3], *as = acts->strides;
             for (Py_ssize_t j = 0; j < k; j++) {
                 if (uf[j] < 0)
                     continue;
-                const char *src = (const char *)acts.buf + uf[j] * as[0] + u * as[1];
-                float *dst = (float *)maps.buf + (u * k + j) * h * w;
+                const char *src = (const char *)acts->buf + uf[j] * as[0] + u * as[1];
+                float *dst = (float *)maps->buf + (u * k + j) * h * w;
                 for (Py_ssize_t y = 0; y < h; y++)
                     for (Py_ssize_t x = 0; x < w; x++)
                         dst[y * w + x] = *(const float *)(src + y * as[2] + x * as[3]);
@@ -615,10 +610,6 @@ static PyObject *top_images(PyObject *self, PyObject *args, PyObject *kwargs)
 done:
     while (n-- > 0)
         PyBuffer_Release(&v[n]);
-    if (acts.obj != NULL)
-        PyBuffer_Release(&acts);
-    if (maps.obj != NULL)
-        PyBuffer_Release(&maps);
     return result;
 }
 
