@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from netdissect.config import compiled_code_allowed
-from netdissect.tally.kernel import run_in_slices
+from netdissect.tally.kernel import run_in_slices, threads_for
 
 try:
     from netdissect.stats import _topvalues
@@ -102,7 +102,7 @@ class ExactTopQuantile:
             maxima = torch.empty(maps.shape[:2], dtype=torch.float32)
             rows, values, out = self._rows.numpy(), maps.detach().float().numpy(), maxima.numpy()
             # the pass is waiting: the units in slices, one per torch thread (the GIL is released)
-            threads = max(1, min(torch.get_num_threads(), self.units, values.size // _VALUES_PER_SLICE))
+            threads = min(self.units, threads_for(values.size, _VALUES_PER_SLICE))
             roots = self._full_row_minima()
             if _TOPVALUES_OPENMP:   # the units in ranges on torch's OpenMP threads
                 self._filled = _topvalues.push_values(rows, self.keep, self._filled, values, out, threads, roots)

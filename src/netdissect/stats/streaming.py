@@ -27,7 +27,7 @@ from netdissect.atomic import atomic_path
 from netdissect.runs import safe_name
 from netdissect.stats.memory import release_free_memory
 from netdissect.stats.quantile import ExactTopQuantile, RadixQuantile, _topvalues, compiled_available
-from netdissect.tally.kernel import pack_maps, unpack_maps
+from netdissect.tally.kernel import pack_maps, threads_for, unpack_maps
 
 _VALUES_PER_SLICE = 256 * 49   # fewer map values than this per thread (units x h x w): the thread costs
                                # more than it saves (the entering maps are copied by the same threads)
@@ -51,8 +51,8 @@ class TopKImages:
     def add(self, maxima: torch.Tensor, acts: torch.Tensor, images: torch.Tensor) -> None:
         """maxima: (B, K); acts: (B, K, h, w); images: (B,) global image indices."""
         if self.score.device.type == "cpu" and compiled_available():   # the same kept set (see top_images)
-            entered = np.empty(tuple(self.index.shape), np.int64)
-            threads = max(1, min(torch.get_num_threads(), self.maps[:, 0].numel() // _VALUES_PER_SLICE))
+            entered = np.empty(tuple(self.index.shape), np.int64)   # each slot's source, there to copy its map
+            threads = threads_for(self.maps[:, 0].numel(), _VALUES_PER_SLICE)
             _topvalues.top_images(self.score.numpy(), self.index.numpy(), maxima.detach().float().numpy(),
                                   np.ascontiguousarray(images.numpy(), dtype=np.int64), entered, threads,
                                   acts=acts.detach().float().numpy(), maps=self.maps.numpy())

@@ -79,6 +79,12 @@ def _pool(threads: int, pid: int):
     return ThreadPoolExecutor(threads, thread_name_prefix="netdissect-compiled")
 
 
+def threads_for(work: int, per_thread: int) -> int:
+    """torch's number of threads, fewer where ``work`` gives some less than ``per_thread`` items
+    (there a thread costs more than it saves); at least one."""
+    return max(1, min(torch.get_num_threads(), work // per_thread))
+
+
 def run_in_slices(fn, n: int, threads: int, args_of):
     """``fn(*args_of(start, stop))`` over [0, n) cut into ``threads`` slices: slices 1.. in kept
     pool threads, slice 0 in this one (``fn`` releases the GIL). Waits for every slice,
@@ -115,7 +121,7 @@ def fused_tally(maps: torch.Tensor, thresholds: torch.Tensor, images: torch.Tens
     per_combo = torch.empty((p, max_combos), dtype=torch.int64)  # every row written by the kernel
     act = torch.empty(p, dtype=torch.int64)
     arrays = (maps.numpy(), thr.numpy(), images.numpy(), ids, per_combo.numpy(), act.numpy())
-    threads = max(1, min(torch.get_num_threads(), p // _PAIRS_PER_SLICE))
+    threads = threads_for(p, _PAIRS_PER_SLICE)
     if _OPENMP:   # the slices on torch's OpenMP threads (see _kernel.c)
         _kernel.tally_bilinear(*arrays, threads=threads)
     else:
@@ -173,7 +179,7 @@ def pack_maps(maps: torch.Tensor, bounds: torch.Tensor, images: Optional[torch.T
     values = np.empty(p * h * w, np.float32)
     pairs = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.int64) for t in (images, units)]
     bounds = bounds.detach().cpu().contiguous().float()
-    threads = max(1, min(torch.get_num_threads(), p // _MAPS_PER_SLICE)) if _OPENMP else 1
+    threads = threads_for(p, _MAPS_PER_SLICE) if _OPENMP else 1
     n = _kernel.pack_maps(maps.numpy(), *pairs, bounds.numpy(), need, count, fill, values, threads)
     return {"fill": torch.from_numpy(fill), "count": torch.from_numpy(count),
             "need": torch.from_numpy(need), "values": torch.from_numpy(values[:n].copy())}
@@ -187,6 +193,6 @@ def unpack_maps(packed: dict, map_shape: Tuple[int, int], pairs: Optional[torch.
     if pairs is not None:
         pairs = np.ascontiguousarray(pairs.numpy(), dtype=np.int64)
     maps = np.empty((arrays[0].shape[0] if pairs is None else pairs.shape[0], h, w), np.float32)
-    threads = max(1, min(torch.get_num_threads(), maps.shape[0] // _MAPS_PER_SLICE)) if _OPENMP else 1
+    threads = threads_for(maps.shape[0], _MAPS_PER_SLICE) if _OPENMP else 1
     _kernel.unpack_maps(*arrays, maps, pairs, threads)
     return torch.from_numpy(maps)
